@@ -1,0 +1,110 @@
+"""Argument and input validation shared by every engine and attack.
+
+Every check runs before anything is changed (model mode, running statistics, ``.grad``,
+an engine's stored state), and every error names the argument and the allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor, nn
+
+from .perturb import Bounds
+
+
+def nonneg_float(name: str, value: object) -> float:
+    """A finite float ``≥ 0``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def unit_float(name: str, value: object) -> float:
+    """A float in ``[0, 1]``."""
+    value = nonneg_float(name, value)
+    if value > 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
+def count(name: str, value: object, *, minimum: int = 0) -> int:
+    """An integer ``≥ minimum`` (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_x(x: object, bounds: Bounds, *, name: str = "x") -> Tensor:
+    """A non-empty floating batch ``(B, ...)`` with finite values inside ``bounds``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (e.g. images scaled to [0, 1]), got dtype {x.dtype}"
+        )
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have a batch dimension and at least one more, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)})")
+    with torch.no_grad():
+        ok = torch.isfinite(x).all()
+        if bounds is not None:
+            ok = ok & (x >= bounds[0]).all() & (x <= bounds[1]).all()
+        if bool(ok):  # one device sync for all three checks
+            return x
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+    raise ValueError(
+        f"{name} has values in [{lo:.6g}, {hi:.6g}], outside bounds={bounds}; pass bounds=(lo, hi) "
+        "matching your input range, or bounds=None for unbounded inputs (standardised features, embeddings)"
+    )
+
+
+def check_y(y: object, batch: int, *, name: str = "y") -> Tensor:
+    """Integer class labels of shape ``(batch,)``, non-negative."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},) to match x's batch size, got {tuple(y.shape)}")
+    if bool((y < 0).any()):
+        raise ValueError(f"{name} holds negative class indices (min {int(y.min())})")
+    return y
+
+
+def check_classes(y: Tensor, num_classes: int, *, name: str = "y") -> None:
+    top = int(y.max())
+    if top >= num_classes:
+        raise ValueError(f"{name} holds class {top}, outside the model's classes 0..{num_classes - 1}")
+
+
+def num_classes(model: nn.Module, x: Tensor) -> int:
+    """The number of logits ``model`` returns, probed on one sample in eval mode.
+
+    Eval mode and ``no_grad`` leave running statistics, ``.grad`` and randomness of dropout
+    untouched; the modes are restored before returning.
+    """
+    from .modes import inner_mode
+
+    with torch.no_grad(), inner_mode(model, "eval"):
+        out = model(x[:1])
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model must return logits of shape (B, num_classes), got {shape}")
+    return out.shape[1]

@@ -1,0 +1,165 @@
+"""The contract every adversarial-training loss object follows.
+
+Built once, called per batch::
+
+    reg = robustreg.PGDAT(model, eps=8 / 255)
+    loss = reg(x, y)          # 0-dim tensor
+    loss.backward()           # .grad holds exactly the gradient the method prescribes
+    optimizer.step()
+
+- The inner maximisation differentiates with respect to the perturbation only
+  (``torch.autograd.grad``): it never calls ``.backward()`` on the model, never touches a
+  parameter's ``.grad`` and never changes ``requires_grad``.
+- Inner passes follow the engine's BatchNorm policy ``bn`` (:mod:`robustreg.modes`); each
+  module's train/eval flag is restored on exit, also on an exception. The returned loss is
+  computed in the mode the user left the model in.
+- Device and dtype come from the inputs; nothing is printed (``logging`` only).
+- Bad hyper-parameters or inputs raise ``ValueError``/``TypeError`` naming the argument,
+  before anything changes. Hyper-parameters are plain attributes (so a schedule may set
+  ``reg.steps`` or ``reg.alpha`` between calls); they are checked again at every call.
+- After a call, ``reg.last`` is a :class:`Record`: the adversarial input actually used and
+  scalar diagnostics, all detached. Nothing else from the batch is retained (Free-AT keeps
+  its persistent perturbation, which is the method's state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import _checks
+from ..attacks import ascend
+from ..modes import check_bn, inner_mode, unwrap
+from ..perturb import Bounds, NormBall, check_bounds, get_ball, random_start
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the last call used: ``x_adv`` (detached) and 0-dim detached ``metrics``.
+
+    Metrics are kept as tensors so that recording them never forces a device sync;
+    :meth:`as_dict` converts them to floats for logging.
+    """
+
+    x_adv: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.metrics.items()}
+
+    def __getitem__(self, key: str) -> float:
+        return float(self.metrics[key])
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Fraction of ``argmax(logits) == y``, a detached 0-dim tensor."""
+    return (logits.detach().argmax(1) == y).float().mean()
+
+
+class AdversarialLoss:
+    """Base class of the adversarial-training loss objects (see the module docstring).
+
+    Subclasses implement :meth:`_loss` and extend :meth:`_check_config` for their own
+    hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float,
+        alpha: float | None,
+        steps: int,
+        norm: str,
+        random_start: bool,
+        bounds: Bounds,
+        bn: str | None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.eps = eps
+        self.alpha = alpha
+        self.steps = steps
+        self.norm = norm
+        self.random_start = random_start
+        self.bounds = bounds
+        self.bn = bn
+        self.last: Record | None = None
+        self._num_classes: int | None = None
+        self._check_config()
+
+    # -- configuration -------------------------------------------------------------------
+    def _check_config(self) -> None:
+        """Validate every hyper-parameter (at construction and before every call)."""
+        _checks.nonneg_float("eps", self.eps)
+        if self.alpha is not None:
+            _checks.nonneg_float("alpha", self.alpha)
+        _checks.count("steps", self.steps)
+        get_ball(self.norm)
+        _checks.flag("random_start", self.random_start)
+        self.bounds = check_bounds(self.bounds)
+        if self.bn is not None:
+            check_bn(self.bn)
+
+    def _default_alpha(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def step_size(self) -> float:
+        """The step size in use: ``alpha``, or the method's default rule when ``alpha=None``."""
+        return float(self.alpha) if self.alpha is not None else self._default_alpha()
+
+    @property
+    def ball(self) -> NormBall:
+        return get_ball(self.norm)
+
+    @property
+    def net(self) -> nn.Module:
+        """The model without DDP wrappers, used for inner passes (:func:`robustreg.modes.unwrap`)."""
+        return unwrap(self.model)
+
+    # -- calling -------------------------------------------------------------------------
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """The method's training loss on the batch ``(x, y)``, a 0-dim tensor."""
+        self._check_config()
+        x = _checks.check_x(x, self.bounds)
+        y = _checks.check_y(y, x.shape[0])
+        if self._num_classes is None:
+            self._num_classes = _checks.num_classes(self.net, x)
+        _checks.check_classes(y, self._num_classes)
+        loss, record = self._loss(x, y)
+        self.last = record
+        return loss
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
+        raise NotImplementedError
+
+    def _attack(self, objective: Callable[[Tensor], Tensor], x0: Tensor) -> Tensor:
+        """δ* after ``steps`` projected ascent steps on ``objective`` from :meth:`_start`,
+        with the inner passes under the ``bn`` policy (``x0`` detached)."""
+        with inner_mode(self.net, self.bn):
+            return ascend(
+                objective, x0, self._start(x0), ball=self.ball, eps=self.eps,
+                alpha=self.step_size, steps=self.steps, bounds=self.bounds,
+            )  # fmt: skip
+
+    def _ce_sum(self, y: Tensor) -> Callable[[Tensor], Tensor]:
+        """The attack objective ``x' ↦ Σ_i CE(f(x'_i), y_i)`` on the bare model."""
+        net = self.net
+        return lambda x_adv: F.cross_entropy(net(x_adv), y, reduction="sum")
+
+    def _start(self, x: Tensor) -> Tensor:
+        """The attack's initial δ: uniform in the ball and the box, or zero."""
+        if self.random_start:
+            return random_start(x, self.ball, self.eps, self.bounds)
+        return torch.zeros_like(x)
+
+    def __repr__(self) -> str:
+        skip = {"model", "last"}
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k not in skip)
+        return f"{type(self).__name__}({type(self.model).__name__}, {args})"

@@ -1,0 +1,209 @@
+"""Evaluation attacks (FGSM, PGD-k with cross-entropy or CW margin, random restarts) and the
+projected-ascent loop that every training engine shares.
+
+PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018)
+maximises a per-sample loss ℓ over the threat model S(x) (see :mod:`robustreg.perturb`):
+
+    δ_0 ∈ S(x) (0 or uniform),   δ_{k+1} = Π_{S(x)}( δ_k + α·step(∇_δ Σ_i ℓ_i(f(x + δ_k), y_i)) ),
+
+with ``step`` the ball's steepest-ascent direction (sign for ℓ∞, normalised gradient for ℓ2).
+FGSM (Goodfellow et al., ICLR 2015) is one step with α = ε from δ_0 = 0. The CW-ℓ∞ attack is PGD
+on the Carlini–Wagner margin ``max_{j≠y} z_j − z_y`` (clipped at κ), as in the TRADES and YOPO
+evaluations.
+
+The gradient is taken with ``torch.autograd.grad`` with respect to δ alone: parameters' ``.grad``
+are never touched (module backward hooks, which watch input gradients, do see the attack's
+backward passes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import _checks
+from .modes import check_bn, inner_mode, unwrap
+from .perturb import Bounds, NormBall, check_bounds, clamp_to_box, get_ball, random_start
+
+LOSSES = ("ce", "cw")
+
+
+def ascend(
+    loss_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    delta: Tensor,
+    *,
+    ball: NormBall,
+    eps: float,
+    alpha: float,
+    steps: int,
+    bounds: Bounds,
+) -> Tensor:
+    """``steps`` projected ascent steps on ``loss_fn(x + δ)`` from ``delta``; returns δ detached.
+
+    ``loss_fn`` maps a batch ``(B, ...)`` to a scalar (a sum of per-sample losses, so that each
+    sample's gradient does not depend on the batch size). ``x`` must not require grad.
+    """
+    delta = delta.detach()
+    with torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss_fn(x + delta), delta)
+            delta = ball.project(ball.step(delta.detach(), grad, alpha), eps)
+            delta = clamp_to_box(x, delta, bounds)
+    return delta
+
+
+def cw_margin(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
+    """Per-sample Carlini–Wagner margin ``min(max_{j≠y} z_j − z_y, κ)``, shape ``(B,)``.
+
+    Positive exactly where the sample is misclassified; maximising it is the CW attack.
+    """
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return (others.amax(1) - z_y).clamp(max=kappa)
+
+
+def per_sample_loss(loss: str, logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
+    """The attack objective ``"ce"`` (cross-entropy) or ``"cw"`` (margin) per sample, ``(B,)``."""
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    return cw_margin(logits, y, kappa)
+
+
+@dataclass(frozen=True)
+class PGD:
+    """Projected gradient descent attack (Madry et al., ICLR 2018), with restarts.
+
+    Args:
+        eps: radius of the threat model.
+        alpha: step size; ``None`` means ``2.5·eps/steps`` (the rule of MadryLab's
+            ``robustness`` library: enough to cross the ball and come back).
+        steps: number of ascent steps k (PGD-k).
+        norm: ``"linf"`` or ``"l2"``.
+        loss: ``"ce"`` (cross-entropy) or ``"cw"`` (margin ``max_{j≠y} z_j − z_y``, CW-ℓ∞).
+        restarts: independent random starts; per sample the worst case is kept (a
+            misclassifying perturbation first, then the larger attack loss).
+        random_start: start uniformly in the ball (else from δ = 0).
+        bounds: valid input box, ``None`` for unbounded inputs.
+        bn: BatchNorm policy of the attack passes (:mod:`robustreg.modes`); ``"eval"`` by
+            default, so an attack never changes running statistics.
+        kappa: clip of the CW margin (``inf``: unclipped).
+
+    Calling ``attack(model, x, y)`` returns the adversarial batch ``x + δ`` (detached); the
+    model's modes, running statistics (under ``"eval"``/``"frozen"``) and ``.grad`` are left
+    as they were.
+
+    Example:
+        >>> attack = PGD(eps=8 / 255, steps=20)
+        >>> x_adv = attack(model, x, y)  # doctest: +SKIP
+    """
+
+    eps: float = 8 / 255
+    alpha: float | None = None
+    steps: int = 20
+    norm: str = "linf"
+    loss: str = "ce"
+    restarts: int = 1
+    random_start: bool = True
+    bounds: Bounds = (0.0, 1.0)
+    bn: str = "eval"
+    kappa: float = math.inf
+
+    def __post_init__(self) -> None:
+        _checks.nonneg_float("eps", self.eps)
+        if self.alpha is not None:
+            _checks.nonneg_float("alpha", self.alpha)
+        _checks.count("steps", self.steps)
+        get_ball(self.norm)
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        _checks.count("restarts", self.restarts, minimum=1)
+        _checks.flag("random_start", self.random_start)
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError("restarts > 1 needs random_start=True (restarts from δ = 0 are all the same)")
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+        check_bn(self.bn)
+        if not self.kappa > 0:
+            raise ValueError(f"kappa must be > 0, got {self.kappa}")
+
+    @property
+    def step_size(self) -> float:
+        if self.alpha is not None:
+            return float(self.alpha)
+        return 2.5 * self.eps / max(self.steps, 1)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        x = _checks.check_x(x, self.bounds).detach()
+        y = _checks.check_y(y, x.shape[0])
+        _checks.check_classes(y, _checks.num_classes(unwrap(model), x))
+        net = unwrap(model)
+        ball = get_ball(self.norm)
+
+        def objective(x_adv: Tensor) -> Tensor:
+            return per_sample_loss(self.loss, net(x_adv), y, self.kappa).sum()
+
+        best: tuple[Tensor, Tensor, Tensor] | None = None  # (δ, attack loss, misclassified)
+        with inner_mode(net, self.bn):
+            for _ in range(self.restarts):
+                start = random_start(x, ball, self.eps, self.bounds) if self.random_start else torch.zeros_like(x)
+                delta = ascend(
+                    objective, x, start, ball=ball, eps=self.eps, alpha=self.step_size,
+                    steps=self.steps, bounds=self.bounds,
+                )  # fmt: skip
+                if self.restarts == 1:
+                    return x + delta
+                with torch.no_grad():
+                    logits = net(x + delta)
+                cand = (delta, per_sample_loss(self.loss, logits, y, self.kappa), logits.argmax(1) != y)
+                best = cand if best is None else keep_worst(best, cand)
+        assert best is not None
+        return x + best[0]
+
+
+def keep_worst(
+    best: tuple[Tensor, Tensor, Tensor], cand: tuple[Tensor, Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Merge a restart ``(δ, loss, misclassified)`` into the running worst case, per sample.
+
+    The candidate replaces the incumbent where it misclassifies and the incumbent does not,
+    or where both agree on that and the candidate's loss is higher.
+    """
+    (b_delta, b_loss, b_fooled), (delta, loss, fooled) = best, cand
+    take = (fooled & ~b_fooled) | ((fooled == b_fooled) & (loss > b_loss))
+    mask = take.reshape(-1, *([1] * (delta.dim() - 1)))
+    return torch.where(mask, delta, b_delta), torch.where(take, loss, b_loss), b_fooled | fooled
+
+
+def FGSM(
+    eps: float = 8 / 255, *, norm: str = "linf", loss: str = "ce", bounds: Bounds = (0.0, 1.0), bn: str = "eval"
+) -> PGD:
+    """Fast gradient sign method (Goodfellow et al., ICLR 2015): ``x + ε·sign(∇_x ℓ)``.
+
+    One step of size ε from δ = 0 (for ``norm="l2"``: the fast gradient method ``x + ε·g/‖g‖₂``),
+    i.e. ``PGD(steps=1, alpha=eps, random_start=False)``.
+    """
+    return PGD(eps=eps, alpha=eps, steps=1, norm=norm, loss=loss, random_start=False, bounds=bounds, bn=bn)
+
+
+def CW(
+    eps: float = 8 / 255,
+    *,
+    steps: int = 20,
+    alpha: float | None = None,
+    norm: str = "linf",
+    kappa: float = math.inf,
+    restarts: int = 1,
+    bounds: Bounds = (0.0, 1.0),
+    bn: str = "eval",
+) -> PGD:
+    """CW-ℓ∞ (or ℓ2): PGD-k on the Carlini–Wagner margin ``min(max_{j≠y} z_j − z_y, κ)``."""
+    return PGD(
+        eps=eps, alpha=alpha, steps=steps, norm=norm, loss="cw", kappa=kappa,
+        restarts=restarts, bounds=bounds, bn=bn,
+    )  # fmt: skip

@@ -1,0 +1,192 @@
+"""Robust accuracy over a dataset, and a sanity report for gradient masking.
+
+Robust accuracy counts a sample as robust when the model classifies it correctly and also
+classifies correctly the adversarial example of every attack given (the per-sample worst
+case over attacks, as in AutoAttack). Clean predictions use eval mode; each attack runs its
+passes under its own ``bn`` policy (``"eval"`` by default); each module's mode is restored
+afterwards.
+
+The gradient-masking report follows the checks of Athalye, Carlini, Wagner (ICML 2018) and
+Carlini et al., "On Evaluating Adversarial Robustness" (2019): robust accuracy must not rise
+with more attack steps or more restarts, single-step FGSM must not beat multi-step PGD, and
+an attack with an unbounded budget must reach (near) zero accuracy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks
+from .attacks import FGSM, PGD
+from .modes import inner_mode
+from .perturb import Bounds, check_bounds, get_ball
+
+Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
+Data = Iterable[Sequence[Tensor]] | tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Clean accuracy, worst-case robust accuracy over all attacks, and each attack's own."""
+
+    clean: float
+    robust: float
+    n: int
+    per_attack: dict[str, float] = field(default_factory=dict)
+
+
+def _batches(data: Data, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"data tensors differ in length: x has {x.shape[0]}, y has {y.shape[0]}")
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    for batch in data:
+        yield batch[0], batch[1]
+
+
+def robust_accuracy(
+    model: nn.Module,
+    data: Data,
+    *,
+    attack: Attack | Mapping[str, Attack],
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> Accuracy:
+    """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
+
+    Args:
+        model: a classifier returning logits.
+        data: an iterable of ``(x, y, ...)`` batches (a DataLoader) or a pair of tensors.
+        attack: one attack ``(model, x, y) -> x_adv`` (e.g. :class:`robustreg.PGD`) or a
+            mapping ``name -> attack``; robust means correct under every one of them.
+        batch_size: the chunk size when ``data`` is a pair of tensors.
+        device: where batches go; by default the device of the model's parameters.
+
+    Returns:
+        :class:`Accuracy` with ``clean``, ``robust``, ``n`` and ``per_attack`` (each attack's
+        accuracy on its own; for a single attack the key is ``"attack"``).
+    """
+    attacks = dict(attack) if isinstance(attack, Mapping) else {"attack": attack}
+    if not attacks or not all(callable(a) for a in attacks.values()):
+        raise TypeError("attack must be a callable (model, x, y) -> x_adv or a non-empty mapping of them")
+    _checks.count("batch_size", batch_size, minimum=1)
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else None
+    n = clean = robust = 0
+    per = dict.fromkeys(attacks, 0)
+    with inner_mode(model, "eval"):
+        for x, y in _batches(data, batch_size):
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                ok = model(x).argmax(1) == y
+            clean += int(ok.sum())
+            robust_ok = ok.clone()
+            for name, atk in attacks.items():
+                x_adv = atk(model, x, y)
+                with torch.no_grad():
+                    hit = model(x_adv).argmax(1) == y
+                per[name] += int(hit.sum())
+                robust_ok &= hit
+            robust += int(robust_ok.sum())
+            n += x.shape[0]
+    if n == 0:
+        raise ValueError("data yielded no samples")
+    return Accuracy(clean / n, robust / n, n, {k: v / n for k, v in per.items()})
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class MaskingReport:
+    """Accuracies under each attack of the report and the checks made on them."""
+
+    accuracy: dict[str, float]
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def __str__(self) -> str:
+        lines = [f"{k:>16}: {v:.4f}" for k, v in self.accuracy.items()]
+        lines += [f"[{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def gradient_masking_report(
+    model: nn.Module,
+    data: Data,
+    *,
+    eps: float = 8 / 255,
+    norm: str = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    steps: tuple[int, int] = (10, 50),
+    restarts: int = 5,
+    tolerance: float = 0.01,
+    batch_size: int = 256,
+) -> MaskingReport:
+    """Run FGSM, PGD with few and many steps, PGD with restarts and an unbounded PGD, and
+    check that the accuracies are ordered as they must be for a model without masked
+    gradients:
+
+    - ``pgd-{many} ≤ pgd-{few}`` (more steps never help the model),
+    - ``pgd-{few}x{restarts} ≤ pgd-{few}`` (more restarts never help the model),
+    - ``pgd-{few} ≤ fgsm`` (one step never beats many),
+    - ``unbounded ≈ 0``: PGD-{many} from δ = 0 with PGD-{few}'s step size and a radius that
+      covers the whole input box (100·ε without a box) must reach (near) zero accuracy,
+
+    each up to ``tolerance`` (a fraction of samples) for the attacks' randomness.
+    """
+    _checks.nonneg_float("eps", eps)
+    get_ball(norm)
+    bounds = check_bounds(bounds)
+    few, many = (_checks.count("steps", s, minimum=1) for s in steps)
+    if not few < many:
+        raise ValueError(f"steps must be (few, many) with few < many, got {steps}")
+    _checks.count("restarts", restarts, minimum=2)
+    _checks.unit_float("tolerance", tolerance)
+    batches = iter(_batches(data, batch_size))
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("data yielded no samples")
+    batches = itertools.chain([first], batches)  # a generator's first batch is not lost
+    if bounds is None:
+        big = 100 * eps
+    else:
+        width = bounds[1] - bounds[0]
+        big = width if norm == "linf" else width * math.sqrt(first[0][0].numel())
+    common = {"eps": eps, "norm": norm, "bounds": bounds}
+    attacks = {
+        "fgsm": FGSM(**common),
+        f"pgd-{few}": PGD(steps=few, **common),
+        f"pgd-{many}": PGD(steps=many, **common),
+        f"pgd-{few}x{restarts}": PGD(steps=few, restarts=restarts, **common),
+        # From δ = 0 with PGD-few's step: a random start in a huge ball, or a huge step, would
+        # leave the data's region and could miss the other class entirely.
+        "unbounded": PGD(eps=big, alpha=2.5 * eps / few, steps=many, norm=norm, bounds=bounds, random_start=False),
+    }
+    res = robust_accuracy(model, batches, attack=attacks)
+    acc = {"clean": res.clean} | res.per_attack
+    a_few, a_many, a_rs = acc[f"pgd-{few}"], acc[f"pgd-{many}"], acc[f"pgd-{few}x{restarts}"]
+    checks = [
+        Check("more steps", a_many <= a_few + tolerance, f"PGD-{many} {a_many:.4f} vs PGD-{few} {a_few:.4f}"),
+        Check("restarts", a_rs <= a_few + tolerance, f"{restarts} restarts {a_rs:.4f} vs 1 restart {a_few:.4f}"),
+        Check("fgsm vs pgd", a_few <= acc["fgsm"] + tolerance, f"PGD-{few} {a_few:.4f} vs FGSM {acc['fgsm']:.4f}"),
+        Check("unbounded", acc["unbounded"] <= tolerance, f"accuracy {acc['unbounded']:.4f} at eps={big:.4g}"),
+    ]
+    return MaskingReport(acc, checks)

@@ -1,0 +1,196 @@
+"""Reference networks used by the papers this library implements.
+
+- :class:`SmallCNN`: the MNIST network of TRADES and YOPO (4 conv + 3 fc, 312,202 weights);
+  its first layer ``layer_one = conv1 + ReLU`` is exposed, as YOPO's official code does.
+- :func:`preact_resnet18`: PreAct-ResNet-18 for CIFAR-10 (He et al. 2016, identity mappings),
+  the network of Fast-AT, Free-AT and YOPO's CIFAR experiments.
+- :func:`wide_resnet34_10`: WideResNet-34-10 for CIFAR-10 (Zagoruyko & Komodakis 2016), the
+  network of Madry et al., TRADES and YOPO's WRN experiments. The TRADES file also builds a
+  ``sub_block1`` that its forward never calls; it is left out here (an unused block breaks
+  DDP and inflates the weight count), which changes no output.
+
+Each takes inputs in ``[0, 1]``; ``mean``/``std`` (per channel) add a normalisation layer in
+front, so the threat model stays in pixel space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Normalize(nn.Module):
+    """``(x − mean) / std`` per channel, for ``(B, C, ...)`` inputs."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std must have the same length and std > 0, got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean).reshape(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).reshape(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+def _input_layer(mean: Sequence[float] | None, std: Sequence[float] | None) -> nn.Module:
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither")
+    return nn.Identity() if mean is None else Normalize(mean, std)  # type: ignore[arg-type]
+
+
+class SmallCNN(nn.Module):
+    """MNIST SmallCNN of TRADES (Zhang et al. 2019) and YOPO (Zhang et al. 2019).
+
+    ``(B, 1, 28, 28) → layer_one (conv 3×3, 32; ReLU) → conv 32 → pool → conv 64 → conv 64 →
+    pool → fc 200 → dropout → fc 200 → fc num_classes``. Convolutions use Kaiming-normal
+    initialisation and the last layer starts at zero, as in the official code.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, drop: float = 0.5) -> None:
+        super().__init__()
+        self.layer_one = nn.Sequential(nn.Conv2d(in_channels, 32, 3), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3), nn.ReLU(),
+            nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 200), nn.ReLU(), nn.Dropout(drop),
+            nn.Linear(200, 200), nn.ReLU(),
+            nn.Linear(200, num_classes),
+        )  # fmt: skip
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.classifier[-1].weight)
+        nn.init.zeros_(self.classifier[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 1, 28, 28) -> (B, num_classes)
+        return self.classifier(self.features(self.layer_one(x)))
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv-BN-ReLU-conv with an identity (or 1×1 conv) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        return self.conv2(F.relu(self.bn2(out))) + skip
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet for 32×32 inputs with a final BN-ReLU before pooling."""
+
+    def __init__(
+        self,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        *,
+        in_channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalize = _input_layer(mean, std)
+        self.layer_one = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        layers, cin = [], 64
+        for i, n in enumerate(blocks):
+            cout = 64 * 2**i
+            for j in range(n):
+                layers.append(PreActBlock(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(cin)
+        self.linear = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, num_classes)
+        out = self.layers(self.layer_one(self.normalize(x)))
+        out = F.relu(self.bn(out))  # (B, 512, 4, 4)
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def preact_resnet18(num_classes: int = 10, **kwargs) -> PreActResNet:
+    """PreAct-ResNet-18 (11.17 M weights for 10 classes)."""
+    return PreActResNet((2, 2, 2, 2), num_classes, **kwargs)
+
+
+class WideBlock(nn.Module):
+    """WRN basic block: BN-ReLU-conv3×3-BN-ReLU-conv3×3, with a 1×1 conv shortcut on change."""
+
+    def __init__(self, cin: int, cout: int, stride: int, drop: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.drop = drop
+        self.shortcut = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        # As in the reference code: with a projection the shortcut takes the pre-activated input.
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = F.relu(self.bn2(self.conv1(out)))
+        out = F.dropout(out, p=self.drop, training=self.training)
+        return self.conv2(out) + skip
+
+
+class WideResNet(nn.Module):
+    """WideResNet-depth-widen for 32×32 inputs (Zagoruyko & Komodakis, BMVC 2016)."""
+
+    def __init__(
+        self,
+        depth: int = 34,
+        widen: int = 10,
+        num_classes: int = 10,
+        *,
+        drop: float = 0.0,
+        in_channels: int = 3,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"depth must be 6n + 4, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.normalize = _input_layer(mean, std)
+        self.layer_one = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks, cin = [], widths[0]
+        for cout, stride in zip(widths[1:], (1, 2, 2), strict=True):
+            for j in range(n):
+                blocks.append(WideBlock(cin, cout, stride if j == 0 else 1, drop))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, num_classes)
+        out = self.blocks(self.layer_one(self.normalize(x)))
+        out = F.relu(self.bn(out))  # (B, 64·widen, 8, 8)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def wide_resnet34_10(num_classes: int = 10, **kwargs) -> WideResNet:
+    """WideResNet-34-10 (46.2 M weights for 10 classes)."""
+    return WideResNet(34, 10, num_classes, **kwargs)

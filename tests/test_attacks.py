@@ -1,0 +1,142 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustreg import CW, FGSM, PGD, cw_margin
+from robustreg.attacks import keep_worst
+
+from .conftest import TinyConvBN
+
+
+def linear_binary(dim: int = 10) -> nn.Linear:
+    lin = nn.Linear(dim, 2).double()
+    return lin
+
+
+def worst_case_linf(lin: nn.Linear, x, y, eps, bounds):
+    """argmax_{‖δ‖∞ ≤ ε, x+δ ∈ box} CE for a 2-class linear model, in closed form.
+
+    CE is increasing in the margin (w_o − w_y)·(x + δ), which is separable over coordinates,
+    so each coordinate goes to its end of the interval [max(−ε, lo − x), min(ε, hi − x)]."""
+    w = lin.weight.detach()
+    v = w[1 - y] - w[y]  # (B, D)
+    lo = torch.full_like(x, -eps)
+    hi = torch.full_like(x, eps)
+    if bounds is not None:
+        lo, hi = torch.maximum(lo, bounds[0] - x), torch.minimum(hi, bounds[1] - x)
+    return torch.where(v > 0, hi, lo)
+
+
+@pytest.mark.parametrize("bounds", [None, (0.0, 1.0)])
+def test_pgd_linf_on_a_linear_model_reaches_the_closed_form_worst_case(bounds):
+    lin = linear_binary()
+    x = torch.rand(16, 10, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    eps = 0.1
+    x_adv = PGD(eps=eps, alpha=0.02, steps=10, bounds=bounds)(lin, x, y)
+    torch.testing.assert_close(x_adv - x, worst_case_linf(lin, x, y, eps, bounds))
+
+
+@pytest.mark.parametrize(("random_start", "steps"), [(False, 6), (True, 200)])
+def test_pgd_l2_on_a_linear_model_reaches_the_closed_form_worst_case(random_start, steps):
+    # From δ = 0 the steps run along v and stop on the sphere: exact after ε/α steps. From a
+    # random start the radial projection shrinks the off-axis part geometrically.
+    lin = linear_binary()
+    x = torch.randn(16, 10, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    eps = 0.5
+    w = lin.weight.detach()
+    v = w[1 - y] - w[y]
+    expected = eps * v / v.norm(dim=1, keepdim=True)
+    x_adv = PGD(eps=eps, alpha=0.1, steps=steps, norm="l2", bounds=None, random_start=random_start)(lin, x, y)
+    torch.testing.assert_close(x_adv - x, expected)
+
+
+def test_cw_attack_on_a_linear_model_reaches_the_best_margin():
+    # Two classes: the margin is linear, so its maximum over the ℓ∞ ball is attained at
+    # δ = ε·sign(w_o − w_y) and equals the clean margin plus ε·‖w_o − w_y‖₁.
+    lin = linear_binary()
+    x = torch.rand(8, 10, dtype=torch.float64)
+    y = torch.randint(0, 2, (8,))
+    w = lin.weight.detach()
+    x_adv = CW(eps=0.05, steps=5, alpha=0.02, bounds=None)(lin, x, y)
+    expected = cw_margin(lin(x), y) + 0.05 * (w[1 - y] - w[y]).abs().sum(1)
+    torch.testing.assert_close(cw_margin(lin(x_adv), y), expected)
+
+
+def test_cw_margin_matches_a_loop():
+    logits = torch.randn(7, 5)
+    y = torch.randint(0, 5, (7,))
+    expected = torch.stack(
+        [max(logits[i, j] for j in range(5) if j != y[i]) - logits[i, y[i]] for i in range(7)]
+    )
+    torch.testing.assert_close(cw_margin(logits, y), expected)
+    torch.testing.assert_close(cw_margin(logits, y, kappa=0.1), expected.clamp(max=0.1))
+
+
+def test_fgsm_is_one_signed_gradient_step_in_eval_mode(conv_batch):
+    model, x, y = conv_batch
+    model.train()
+    ref = copy.deepcopy(model).eval()
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(ref(xr), y, reduction="sum"), xr)
+    expected = (x + 0.1 * g.sign()).clamp(0, 1)
+    torch.testing.assert_close(FGSM(0.1)(model, x, y), expected)
+    assert model.training  # restored
+
+
+def test_restarts_keep_the_per_sample_worst_case(conv_batch):
+    model, x, y = conv_batch
+    model.eval()
+    torch.manual_seed(3)
+    single = PGD(eps=0.3, steps=2, restarts=1)(model, x, y)
+    torch.manual_seed(3)  # the first restart draws the same start as the single run
+    multi = PGD(eps=0.3, steps=2, restarts=4)(model, x, y)
+    with torch.no_grad():
+        l1, l4 = (F.cross_entropy(model(a), y, reduction="none") for a in (single, multi))
+        f1, f4 = (model(a).argmax(1) != y for a in (single, multi))
+    assert (f4 >= f1).all()
+    assert ((f4 & ~f1) | (l4 >= l1 - 1e-6)).all()
+    assert (multi - x).abs().max() <= 0.3 + 1e-6
+
+
+def test_keep_worst_rule():
+    d0, d1 = torch.zeros(4, 2), torch.ones(4, 2)
+    best = (d0, torch.tensor([1.0, 1.0, 1.0, 5.0]), torch.tensor([False, True, False, True]))
+    cand = (d1, torch.tensor([2.0, 9.0, 0.5, 1.0]), torch.tensor([False, False, True, True]))
+    delta, loss, fooled = keep_worst(best, cand)
+    # sample 0: same status, higher loss -> take; 1: incumbent fools -> keep;
+    # 2: candidate fools -> take; 3: both fool, lower loss -> keep.
+    torch.testing.assert_close(delta[:, 0], torch.tensor([1.0, 0.0, 1.0, 0.0]))
+    torch.testing.assert_close(loss, torch.tensor([2.0, 1.0, 0.5, 5.0]))
+    assert fooled.tolist() == [False, True, True, True]
+
+
+def test_attack_leaves_model_state_alone(conv_batch):
+    model, x, y = conv_batch
+    model.train()
+    model.bn.eval()  # a mixed-mode model must come back exactly as it was
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    state = copy.deepcopy(model.state_dict())
+    PGD(eps=0.1, steps=3, restarts=2)(model, x, y)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    assert model.training and model.conv.training and not model.bn.training
+    assert all(bool((p.grad == 1).all()) for p in model.parameters())
+
+
+def test_attack_argument_errors():
+    with pytest.raises(ValueError, match="loss must be one of"):
+        PGD(loss="hinge")
+    with pytest.raises(ValueError, match="restarts > 1 needs random_start"):
+        PGD(restarts=2, random_start=False)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        PGD(eps=-1.0)
+    with pytest.raises(ValueError, match="bn must be one of"):
+        PGD(bn="batch")
+    with pytest.raises(ValueError, match="outside the model's classes"):
+        PGD(eps=0.1)(TinyConvBN(classes=3), torch.rand(2, 1, 8, 8), torch.tensor([0, 3]))

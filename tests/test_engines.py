@@ -1,0 +1,321 @@
+"""The loss-object contract (docs/contract.md), checked for every engine."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robustreg
+from robustreg import PGDAT, TRADES, FastAT, FreeAT
+
+from .conftest import TinyConvBN, tiny_mlp
+
+SMALL = {"eps": 0.1, "alpha": 0.04, "steps": 3}
+ENGINES = {  # name -> (model, **overrides) -> loss object with small test settings
+    "pgdat": lambda m, **kw: PGDAT(m, **SMALL | kw),
+    "pgdat-mix": lambda m, **kw: PGDAT(m, **SMALL | {"clean_weight": 0.5} | kw),
+    "fast": lambda m, **kw: FastAT(m, **{"eps": 0.1} | kw),
+    "free": lambda m, **kw: FreeAT(m, **{"eps": 0.1} | kw),
+    "trades": lambda m, **kw: TRADES(m, **SMALL | kw),
+}
+WITH_BN = ["pgdat", "pgdat-mix", "fast", "trades"]  # engines with inner passes
+ATTACK_PASSES = {"pgdat": 3, "pgdat-mix": 3, "fast": 1, "trades": 4}  # TRADES: + the target pass
+FINAL_INPUTS = {"pgdat": ["adv"], "pgdat-mix": ["adv", "clean"], "fast": ["adv"], "trades": ["clean", "adv"]}
+
+
+def snapshot(model: nn.Module):
+    return {
+        "state": copy.deepcopy(model.state_dict()),
+        "modes": [m.training for m in model.modules()],
+        "tracking": [getattr(m, "track_running_stats", None) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+def assert_same(model: nn.Module, snap) -> None:
+    now = snapshot(model)
+    for k, v in snap["state"].items():
+        torch.testing.assert_close(now["state"][k], v, msg=k)
+    assert now["modes"] == snap["modes"]
+    assert now["tracking"] == snap["tracking"]
+    assert now["requires_grad"] == snap["requires_grad"]
+    for a, b in zip(now["grad"], snap["grad"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def reference_loss(name: str, reg, model: nn.Module, x, y) -> torch.Tensor:
+    """The loss each method prescribes, written out from reg.last.x_adv."""
+    x_adv = reg.last.x_adv
+    if name == "trades":
+        logits, adv = model(x), model(x_adv)
+        p, log_q = F.softmax(logits, 1), F.log_softmax(adv, 1)
+        kl = (p * (torch.log(p) - log_q)).sum() / x.shape[0]
+        return F.cross_entropy(logits, y) + reg.beta * kl
+    loss = F.cross_entropy(model(x_adv), y)
+    if name == "pgdat-mix":
+        loss = 0.5 * loss + 0.5 * F.cross_entropy(model(x), y)
+    return loss
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_returns_a_scalar_whose_backward_is_the_prescribed_gradient(name):
+    model = TinyConvBN()
+    model.drop.p = 0.0  # deterministic passes, so the reference sees the same function
+    model.train()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    reg = ENGINES[name](model)
+    loss = reg(x, y)
+    assert loss.dim() == 0 and loss.requires_grad
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref = reference_loss(name, reg, model, x, y)
+    torch.testing.assert_close(loss, ref)
+    ref.backward()
+    for g, p in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("user_mode", ["train", "eval", "mixed"])
+def test_call_changes_no_grad_mode_or_requires_grad(name, user_mode):
+    model = TinyConvBN()
+    model.train(user_mode != "eval")
+    if user_mode == "mixed":
+        model.bn.eval()
+        model.conv.bias.requires_grad_(False)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0) if p.requires_grad else None
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    snap = snapshot(model)
+    reg = ENGINES[name](model)
+    reg(x, y)
+    now = snapshot(model)
+    assert now["modes"] == snap["modes"]
+    assert now["requires_grad"] == snap["requires_grad"]
+    assert now["tracking"] == snap["tracking"]
+    for a, b in zip(now["grad"], snap["grad"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+class ModeSpy(nn.Module):
+    """Wraps TinyConvBN and records (model.training, bn.training, bn.track_running_stats, dropout.training)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyConvBN()
+        self.seen: list[tuple[bool, bool, bool, bool]] = []
+
+    def forward(self, x):
+        n = self.net
+        self.seen.append((self.training, n.bn.training, n.bn.track_running_stats, n.drop.training))
+        return n(x)
+
+
+@pytest.mark.parametrize("name", WITH_BN)
+@pytest.mark.parametrize("bn", ["train", "eval", "frozen"])
+def test_bn_policy_in_inner_passes_and_running_stats(name, bn):
+    spy = ModeSpy().train()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    reg = ENGINES[name](spy, bn=bn)
+    reg(x, y)  # first call: the class-count probe (eval, no_grad) comes first
+    start = copy.deepcopy(spy.state_dict())
+    spy.seen.clear()
+    reg(x, y)
+    n_inner = ATTACK_PASSES[name]
+    inner, final = spy.seen[:n_inner], spy.seen[n_inner:]
+    expected = {"train": (True, True, True, True), "eval": (False, False, True, False),
+                "frozen": (True, True, False, True)}[bn]  # fmt: skip
+    assert inner == [expected] * n_inner
+    assert final == [(True, True, True, True)] * len(FINAL_INPUTS[name])  # the user's mode
+    # Running statistics: the final passes update them as in natural training; inner passes
+    # only under "train".
+    ref = ModeSpy().train()
+    ref.load_state_dict(start)
+    with torch.no_grad():
+        for which in FINAL_INPUTS[name]:
+            ref(reg.last.x_adv if which == "adv" else x)
+    bn_now, bn_ref = spy.net.bn, ref.net.bn
+    extra = n_inner if bn == "train" else 0
+    assert int(bn_now.num_batches_tracked) == int(bn_ref.num_batches_tracked) + extra
+    if bn != "train":
+        torch.testing.assert_close(bn_now.running_mean, bn_ref.running_mean)
+        torch.testing.assert_close(bn_now.running_var, bn_ref.running_var)
+
+
+class Exploding(TinyConvBN):
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.after:
+            raise RuntimeError("boom")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("name", WITH_BN)
+@pytest.mark.parametrize("bn", ["train", "eval", "frozen"])
+def test_modes_restored_when_the_model_raises_mid_attack(name, bn):
+    model = Exploding(after=2).train()  # the probe, one attack pass, then failure
+    model.bn.eval()
+    snap = snapshot(model)
+    reg = ENGINES[name](model, bn=bn)
+    with pytest.raises(RuntimeError, match="boom"):
+        reg(torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,)))
+    now = snapshot(model)
+    assert now["modes"] == snap["modes"] and now["tracking"] == snap["tracking"]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_float64_and_tabular_inputs(name):
+    model = tiny_mlp().double().train()
+    x = torch.randn(8, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+    reg = ENGINES[name](model, bounds=None)
+    loss = reg(x, y)
+    assert loss.dtype == torch.float64
+    loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float64 for p in model.parameters())
+    assert reg.last.x_adv.shape == x.shape and reg.last.x_adv.dtype == torch.float64
+    assert not reg.last.x_adv.requires_grad
+    assert float(reg.ball.norm(reg.last.x_adv - x).max()) <= 0.1 + 1e-12
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_adversary_stays_in_ball_and_box(name, norm):
+    model, x, y = TinyConvBN().train(), torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    reg = ENGINES[name](model, norm=norm)
+    for _ in range(2):  # FreeAT: the second call uses the updated perturbation
+        reg(x, y).backward()
+        x_adv = reg.last.x_adv
+        assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+        assert float(reg.ball.norm(x_adv - x).max()) <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_gradient_reaches_an_input_that_requires_grad(name):
+    # Embedding-style inputs: the adversarial loss back-propagates into the input's graph.
+    emb = nn.Embedding(10, 6)
+    model = tiny_mlp().train()
+    tokens = torch.randint(0, 10, (8,))
+    y = torch.randint(0, 3, (8,))
+    reg = ENGINES[name](model, bounds=None)
+    reg(emb(tokens), y).backward()
+    assert emb.weight.grad is not None and emb.weight.grad.abs().sum() > 0
+
+
+BAD_CONFIG = [
+    ({"eps": -0.1}, ValueError, "eps must be a finite number >= 0"),
+    ({"eps": math.nan}, ValueError, "eps must be a finite number >= 0"),
+    ({"eps": math.inf}, ValueError, "eps must be a finite number >= 0"),
+    ({"alpha": -1.0}, ValueError, "alpha must be a finite number >= 0"),
+    ({"alpha": math.inf}, ValueError, "alpha must be a finite number >= 0"),
+    ({"norm": "l1"}, ValueError, "norm must be one of"),
+    ({"bounds": (1.0, 0.0)}, ValueError, "lo < hi"),
+    ({"random_start": 1}, TypeError, "random_start must be a bool"),
+]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize(("kwargs", "exc", "match"), BAD_CONFIG)
+def test_bad_hyperparameters_raise_at_construction(name, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        ENGINES[name](TinyConvBN(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("pgdat", {"steps": -1}, "steps must be an int >= 0"),
+        ("trades", {"steps": 2.5}, "steps must be an int"),
+        ("pgdat", {"bn": "batch"}, "bn must be one of"),
+        ("trades", {"beta": -1.0}, "beta must be a finite number >= 0"),
+        ("pgdat", {"clean_weight": 1.5}, r"clean_weight must be in \[0, 1\]"),
+    ],
+)
+def test_engine_specific_bad_hyperparameters(name, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ENGINES[name](TinyConvBN(), **kwargs)
+
+
+def bad_inputs():
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    nan = x.clone()
+    nan[0, 0, 0, 0] = math.nan
+    inf = x.clone()
+    inf[1, 0, 2, 2] = math.inf
+    return [
+        ((x * 255).to(torch.uint8), y, TypeError, "floating-point"),
+        (nan, y, ValueError, "NaN or inf"),
+        (inf, y, ValueError, "NaN or inf"),
+        (x + 1.5, y, ValueError, "outside bounds"),
+        (x - 0.5, y, ValueError, "outside bounds"),
+        (x, y[:3], ValueError, "to match x's batch size"),
+        (x, torch.tensor([0, 1, 5, 2]), ValueError, "outside the model's classes 0..4"),
+        (x, torch.tensor([0, -1, 2, 2]), ValueError, "negative class"),
+        (x, y.float(), TypeError, "integer class indices"),
+        (x[:0], y[:0], ValueError, "empty batch"),
+        (x[0, 0, 0], y, ValueError, "batch dimension"),
+        (x.numpy(), y, TypeError, "torch.Tensor"),
+    ]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_bad_inputs_raise_before_anything_changes(name):
+    model = TinyConvBN().train()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    reg = ENGINES[name](model, bn="train") if name in WITH_BN else ENGINES[name](model)
+    snap = snapshot(model)
+    for x, y, exc, match in bad_inputs():
+        with pytest.raises(exc, match=match):
+            reg(x, y)
+        assert_same(model, snap)
+        assert reg.last is None
+        assert getattr(reg, "delta", None) is None
+    # A hyper-parameter set to a bad value after construction is caught at the next call.
+    reg.eps = -1.0
+    with pytest.raises(ValueError, match="eps must be"):
+        reg(torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,)))
+    assert_same(model, snap)
+
+
+def test_model_must_be_a_module_and_return_logits():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        PGDAT(lambda x: x)
+    with pytest.raises(ValueError, match="logits of shape"):
+        PGDAT(nn.Flatten(0), bounds=None)(torch.rand(3, 4), torch.tensor([0, 1, 0]))
+
+
+def test_record_holds_detached_metrics():
+    model = TinyConvBN()
+    reg = TRADES(model, eps=0.1, steps=2)
+    reg(torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,)))
+    d = reg.last.as_dict()
+    assert set(d) == {"loss", "natural_loss", "robust_loss", "clean_acc", "adv_acc"}
+    assert all(isinstance(v, float) for v in d.values())
+    assert all(not t.requires_grad and t.dim() == 0 for t in reg.last.metrics.values())
+    assert reg.last["loss"] == d["loss"]
+
+
+def test_repr_names_the_hyperparameters():
+    r = repr(PGDAT(TinyConvBN(), eps=0.1))
+    assert r.startswith("PGDAT(TinyConvBN, ") and "eps=0.1," in r and "steps=10" in r and "bn='eval'" in r
+
+
+def test_steps_zero_is_training_on_the_start_point():
+    model, x, y = TinyConvBN().eval(), torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    reg = PGDAT(model, eps=0.1, steps=0, random_start=False)
+    torch.testing.assert_close(reg(x, y), F.cross_entropy(model(x), y))
+
+
+def test_public_names():
+    for name in ["PGDAT", "FastAT", "FreeAT", "TRADES", "PGD", "FGSM", "CW", "robust_accuracy", "replay"]:
+        assert hasattr(robustreg, name)

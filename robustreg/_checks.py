@@ -53,9 +53,7 @@ def check_x(x: object, bounds: Bounds, *, name: str = "x") -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor (e.g. images scaled to [0, 1]), got dtype {x.dtype}"
-        )
+        raise TypeError(f"{name} must be a floating-point tensor (e.g. images scaled to [0, 1]), got dtype {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"{name} must have a batch dimension and at least one more, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:

@@ -70,9 +70,7 @@ def test_cw_attack_on_a_linear_model_reaches_the_best_margin():
 def test_cw_margin_matches_a_loop():
     logits = torch.randn(7, 5)
     y = torch.randint(0, 5, (7,))
-    expected = torch.stack(
-        [max(logits[i, j] for j in range(5) if j != y[i]) - logits[i, y[i]] for i in range(7)]
-    )
+    expected = torch.stack([max(logits[i, j] for j in range(5) if j != y[i]) - logits[i, y[i]] for i in range(7)])
     torch.testing.assert_close(cw_margin(logits, y), expected)
     torch.testing.assert_close(cw_margin(logits, y, kappa=0.1), expected.clamp(max=0.1))
 

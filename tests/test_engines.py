@@ -288,7 +288,7 @@ def test_bad_inputs_raise_before_anything_changes(name):
 
 
 def test_model_must_be_a_module_and_return_logits():
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         PGDAT(lambda x: x)
     with pytest.raises(ValueError, match="logits of shape"):
         PGDAT(nn.Flatten(0), bounds=None)(torch.rand(3, 4), torch.tensor([0, 1, 0]))
@@ -319,3 +319,16 @@ def test_steps_zero_is_training_on_the_start_point():
 def test_public_names():
     for name in ["PGDAT", "FastAT", "FreeAT", "TRADES", "PGD", "FGSM", "CW", "robust_accuracy", "replay"]:
         assert hasattr(robustreg, name)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_bf16_autocast(name):
+    model, x, y = TinyConvBN().train(), torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    reg = ENGINES[name](model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = reg(x, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert reg.last.x_adv.dtype == torch.float32  # the perturbation stays in the input's dtype
+    assert float(reg.ball.norm(reg.last.x_adv - x).max()) <= 0.1 + 1e-6
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -100,8 +100,7 @@ def test_trades_is_the_official_objective_and_attack():
     # And exactly on the adversary actually used:
     torch.testing.assert_close(
         loss,
-        F.cross_entropy(model(x), y)
-        + beta * kl(F.log_softmax(model(reg.last.x_adv), 1), F.softmax(model(x), 1)) / 8,
+        F.cross_entropy(model(x), y) + beta * kl(F.log_softmax(model(reg.last.x_adv), 1), F.softmax(model(x), 1)) / 8,
     )
 
 
@@ -172,7 +171,7 @@ def test_works_with_accelerate_backward():
     model, x, y = model_and_batch()
     plain = copy.deepcopy(model)
     acc = Accelerator(cpu=True)
-    wrapped, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    wrapped = acc.prepare(model)
     torch.manual_seed(1)
     reg = PGDAT(wrapped, eps=0.1, steps=2)
     reg._num_classes = 5

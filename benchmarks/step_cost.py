@@ -21,11 +21,11 @@ round), so that drift in machine speed hits all methods alike. Each step is time
 the ratio of the median to natural training's median. The system load average before and after is
 recorded in ``config``: other processes competing for the cores inflate the timings (longest steps most).
 
-Run from the repository root::
+Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYTHONPATH=.``)::
 
-    PYTHONPATH=. python benchmarks/step_cost.py
-    PYTHONPATH=. python benchmarks/step_cost.py --repeats 11 --threads 1 --out step_cost.json
-    PYTHONPATH=. python benchmarks/step_cost.py --methods natural,fast,free
+    python benchmarks/step_cost.py
+    python benchmarks/step_cost.py --repeats 11 --threads 1 --out step_cost.json
+    python benchmarks/step_cost.py --methods natural,fast,free
 
 The JSON report is the only output on stdout; progress goes to stderr.
 """

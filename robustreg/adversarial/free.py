@@ -4,7 +4,7 @@ Goldstein, "Adversarial Training for Free!", NeurIPS 2019)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import torch
@@ -123,7 +123,7 @@ class FreeAT(AdversarialLoss):
         loss = F.cross_entropy(logits, y)
         return loss, Record(x_adv.detach(), {"loss": loss.detach(), "adv_acc": accuracy(logits, y)})
 
-    def _hook(self, start: Tensor, alpha: float, eps: float):
+    def _hook(self, start: Tensor, alpha: float, eps: float) -> Callable[[Tensor], None]:
         """The update ``δ ← Π_ε(δ + α·step(g))`` of the stored rows, run by autograd with g."""
         ball = self.ball
 
@@ -132,9 +132,9 @@ class FreeAT(AdversarialLoss):
             if stored is None or stored.shape[1:] != start.shape[1:] or stored.shape[0] < start.shape[0]:
                 return  # reset or re-made since the forward: nothing to update
             with torch.no_grad():
-                if not bool(torch.isfinite(grad).all()):
-                    log.debug("FreeAT: non-finite input gradient, perturbation left unchanged")
-                    return
-                stored[: start.shape[0]] = ball.project(ball.step(start, grad, alpha), eps)
+                # A non-finite gradient (an AMP overflow step) keeps δ; no device sync needed.
+                finite = torch.isfinite(grad).all()
+                moved = ball.project(ball.step(start, torch.where(finite, grad, 0), alpha), eps)
+                stored[: start.shape[0]] = torch.where(finite, moved, start)
 
         return update

@@ -74,7 +74,7 @@ def check_x(x: object, bounds: Bounds, *, name: str = "x") -> Tensor:
 
 
 def check_y(y: object, batch: int, *, name: str = "y") -> Tensor:
-    """Integer class labels of shape ``(batch,)``, non-negative."""
+    """Integer class labels of shape ``(batch,)``, non-negative; returned as int64."""
     if not isinstance(y, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
@@ -83,7 +83,7 @@ def check_y(y: object, batch: int, *, name: str = "y") -> Tensor:
         raise ValueError(f"{name} must have shape ({batch},) to match x's batch size, got {tuple(y.shape)}")
     if bool((y < 0).any()):
         raise ValueError(f"{name} holds negative class indices (min {int(y.min())})")
-    return y
+    return y.long()  # cross-entropy and gather want int64 (int32 or uint8 labels are common)
 
 
 def check_classes(y: Tensor, num_classes: int, *, name: str = "y") -> None:

@@ -141,8 +141,8 @@ class PGD:
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x = _checks.check_x(x, self.bounds).detach()
         y = _checks.check_y(y, x.shape[0])
-        _checks.check_classes(y, _checks.num_classes(unwrap(model), x))
         net = unwrap(model)
+        _checks.check_classes(y, _checks.num_classes(net, x))
         ball = get_ball(self.norm)
 
         def objective(x_adv: Tensor) -> Tensor:

@@ -287,6 +287,16 @@ def test_bad_inputs_raise_before_anything_changes(name):
     assert_same(model, snap)
 
 
+@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8])
+def test_labels_of_any_integer_dtype(name, dtype):
+    model, x, y = TinyConvBN().train(), torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    reg = ENGINES[name](model)
+    torch.manual_seed(0)
+    a = reg(x, y.to(dtype))
+    assert torch.isfinite(a)
+
+
 def test_model_must_be_a_module_and_return_logits():
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         PGDAT(lambda x: x)

@@ -50,7 +50,7 @@ def fit(loss_fn, model, data, epochs=3):
 
 def test_adversarial_training_is_robust_on_mnist(mnist):
     train, test = mnist
-    eps = 0.1
+    eps = 0.2  # at 0.1 a natural SmallCNN keeps ~75% PGD-20 accuracy; at 0.2 about 20%
     attack = PGD(eps=eps, steps=20)
     results = {}
     for name in ("natural", "pgdat", "fast"):
@@ -58,7 +58,7 @@ def test_adversarial_training_is_robust_on_mnist(mnist):
         model = SmallCNN()
         loss_fn = {
             "natural": lambda x, y, m=model: F.cross_entropy(m(x), y),
-            "pgdat": PGDAT(model, eps=eps, alpha=0.025, steps=7),
+            "pgdat": PGDAT(model, eps=eps, alpha=eps / 4, steps=7),
             "fast": FastAT(model, eps=eps),
         }[name]
         fit(loss_fn, model, train)
@@ -69,5 +69,5 @@ def test_adversarial_training_is_robust_on_mnist(mnist):
     assert results["natural"].clean > 0.9
     assert results["natural"].robust < 0.4
     for name in ("pgdat", "fast"):
-        assert results[name].clean > 0.85, results
+        assert results[name].clean > 0.9, results
         assert results[name].robust > results["natural"].robust + 0.3, results

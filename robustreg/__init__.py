@@ -11,7 +11,7 @@ See ``docs/contract.md`` for what every loss object guarantees.
 """
 
 from . import models
-from .adversarial import PGDAT, TRADES, AdversarialLoss, FastAT, FreeAT, Record, replay
+from .adversarial import PGDAT, TRADES, YOPO, AdversarialLoss, FastAT, FreeAT, Record, replay
 from .attacks import CW, FGSM, PGD, cw_margin
 from .evaluate import Accuracy, MaskingReport, gradient_masking_report, robust_accuracy
 from .modes import inner_mode
@@ -26,6 +26,7 @@ __all__ = [
     "PGD",
     "PGDAT",
     "TRADES",
+    "YOPO",
     "Accuracy",
     "AdversarialLoss",
     "FastAT",

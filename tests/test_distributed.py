@@ -11,13 +11,19 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from robustreg import PGDAT, TRADES, FastAT
+from robustreg import PGDAT, TRADES, YOPO, FastAT
 
 ENGINES = {
     "pgdat": lambda m: PGDAT(m, eps=0.1, alpha=0.03, steps=3, random_start=False, bounds=None),
     "fast": lambda m: FastAT(m, eps=0.1, random_start=False, bounds=None),
     "trades": lambda m: TRADES(m, eps=0.1, alpha=0.03, steps=3, bounds=None),
+    "yopo": lambda m: YOPO(m, m=3, n=2, eps=0.1, alpha=0.03, random_start=False, bounds=None),
+    "yopo-backprop": lambda m: YOPO(
+        m, m=2, n=2, eps=0.1, alpha=0.03, random_start=False, bounds=None, first_layer_grad="backprop"
+    ),
+    "yopo-trades": lambda m: YOPO(m, m=2, n=2, eps=0.1, alpha=0.03, objective="trades", bounds=None),
 }
+TRADES_START = {"trades", "yopo-trades"}  # engines whose start is 0.001·N(0, I)
 
 
 def make_model() -> nn.Module:
@@ -42,7 +48,7 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             noise = 0.001 * torch.randn_like(x)
             model = DDP(make_model())
             reg = make(model)
-            if name == "trades":
+            if name in TRADES_START:  # each rank takes its share of one global draw
                 reg._start = lambda x0, noise=noise: noise[share]
             for _ in range(2):  # DDP must be fine with repeated calls and inner passes
                 model.zero_grad()
@@ -75,7 +81,7 @@ def test_ddp_gradients_equal_single_process(name, ddp_grads):
     noise = 0.001 * torch.randn_like(x)
     model = make_model()
     reg = ENGINES[name](model)
-    if name == "trades":
+    if name in TRADES_START:
         reg._start = lambda x0: noise
     reg(x, y).backward()
     for a, b in zip(ddp_grads[name], (p.grad for p in model.parameters()), strict=True):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustreg
-from robustreg import PGDAT, TRADES, FastAT, FreeAT
+from robustreg import PGDAT, TRADES, YOPO, FastAT, FreeAT
 
 from .conftest import TinyConvBN, tiny_mlp
 
@@ -20,10 +20,20 @@ ENGINES = {  # name -> (model, **overrides) -> loss object with small test setti
     "fast": lambda m, **kw: FastAT(m, **{"eps": 0.1} | kw),
     "free": lambda m, **kw: FreeAT(m, **{"eps": 0.1} | kw),
     "trades": lambda m, **kw: TRADES(m, **SMALL | kw),
+    "yopo": lambda m, **kw: YOPO(m, **{"m": 2, "n": 2, "eps": 0.1, "alpha": 0.04} | kw),
+    "yopo-trades": lambda m, **kw: YOPO(m, **{"m": 2, "n": 2, "eps": 0.1, "alpha": 0.04, "objective": "trades"} | kw),
 }
-WITH_BN = ["pgdat", "pgdat-mix", "fast", "trades"]  # engines with inner passes
-ATTACK_PASSES = {"pgdat": 3, "pgdat-mix": 3, "fast": 1, "trades": 4}  # TRADES: + the target pass
-FINAL_INPUTS = {"pgdat": ["adv"], "pgdat-mix": ["adv", "clean"], "fast": ["adv"], "trades": ["clean", "adv"]}
+# Engines with separate inner passes before the loss's own (YOPO-CE has none: its m passes
+# are the training passes, tested in test_yopo.py).
+WITH_BN = ["pgdat", "pgdat-mix", "fast", "trades", "yopo-trades"]
+ATTACK_PASSES = {"pgdat": 3, "pgdat-mix": 3, "fast": 1, "trades": 4, "yopo-trades": 3}  # + the target pass
+FINAL_INPUTS = {
+    "pgdat": ["adv"],
+    "pgdat-mix": ["adv", "clean"],
+    "fast": ["adv"],
+    "trades": ["clean", "adv"],
+    "yopo-trades": ["clean", "adv"],
+}
 
 
 def snapshot(model: nn.Module):
@@ -50,7 +60,7 @@ def assert_same(model: nn.Module, snap) -> None:
 def reference_loss(name: str, reg, model: nn.Module, x, y) -> torch.Tensor:
     """The loss each method prescribes, written out from reg.last.x_adv."""
     x_adv = reg.last.x_adv
-    if name == "trades":
+    if name.endswith("trades"):
         logits, adv = model(x), model(x_adv)
         p, log_q = F.softmax(logits, 1), F.log_softmax(adv, 1)
         kl = (p * (torch.log(p) - log_q)).sum() / x.shape[0]
@@ -61,7 +71,7 @@ def reference_loss(name: str, reg, model: nn.Module, x, y) -> torch.Tensor:
     return loss
 
 
-@pytest.mark.parametrize("name", ENGINES)
+@pytest.mark.parametrize("name", [k for k in ENGINES if k != "yopo"])  # YOPO: test_yopo.py
 def test_returns_a_scalar_whose_backward_is_the_prescribed_gradient(name):
     model = TinyConvBN()
     model.drop.p = 0.0  # deterministic passes, so the reference sees the same function
@@ -162,7 +172,7 @@ class Exploding(TinyConvBN):
 @pytest.mark.parametrize("name", WITH_BN)
 @pytest.mark.parametrize("bn", ["train", "eval", "frozen"])
 def test_modes_restored_when_the_model_raises_mid_attack(name, bn):
-    model = Exploding(after=2).train()  # the probe, one attack pass, then failure
+    model = Exploding(after=2).train()  # the probe(s), then failure inside the inner passes
     model.bn.eval()
     snap = snapshot(model)
     reg = ENGINES[name](model, bn=bn)

@@ -9,13 +9,19 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..modes import inner_mode
-from ..perturb import Bounds, clamp_to_box
+from ..perturb import Bounds, NormBall, clamp_to_box
 from .base import AdversarialLoss, Record, accuracy
 
 
 def kl_sum(logits_q: Tensor, p: Tensor) -> Tensor:
     """``Σ_i KL(p_i ‖ softmax(logits_q)_i)``, summed over the batch (``nn.KLDivLoss(reduction='sum')``)."""
     return F.kl_div(F.log_softmax(logits_q, dim=1), p, reduction="sum")
+
+
+def kl_start(x: Tensor, ball: NormBall, eps: float, bounds: Bounds) -> Tensor:
+    """TRADES' attack start ``0.001·N(0, I)`` (the KL's gradient vanishes at x itself),
+    projected into the ball and clamped into the box."""
+    return clamp_to_box(x, ball.project(0.001 * torch.randn_like(x), eps), bounds)
 
 
 class TRADES(AdversarialLoss):
@@ -75,8 +81,7 @@ class TRADES(AdversarialLoss):
     def _start(self, x: Tensor) -> Tensor:
         if not self.random_start:
             return torch.zeros_like(x)
-        delta = self.ball.project(0.001 * torch.randn_like(x), self.eps)
-        return clamp_to_box(x, delta, self.bounds)
+        return kl_start(x, self.ball, self.eps, self.bounds)
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
         net, x0 = self.net, x.detach()

@@ -1,0 +1,252 @@
+"""YOPO (Zhang, Zhang, Lu, Zhu, Dong, "You Only Propagate Once: Accelerating Adversarial
+Training via Maximal Principle", NeurIPS 2019)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import _checks
+from ..first_layer import FirstLayer, find_first_layer, first_input_check
+from ..modes import inner_mode
+from ..perturb import Bounds, clamp_to_box
+from .base import AdversarialLoss, Record, accuracy
+from .trades import kl_start, kl_sum
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("ce", "trades")
+FIRST_LAYER_GRADS = ("hamiltonian", "backprop")
+
+
+class YOPO(AdversarialLoss):
+    """YOPO-m-n: the adversary is updated n times per full forward/backward, through the first
+    layer only, with the rest of the network's co-state frozen.
+
+    Split f = g ∘ f0 with f0 the first layer. Per batch, from η = 0 or a uniform start in the
+    ball (clamped into ``bounds``), for j = 1..m:
+
+    1. one full forward/backward at x + η: ``L_j = CE(f(x + η), y)`` (batch mean), the weight
+       gradients ``∇_θ L_j`` and the co-state ``p_j = ∂L_j/∂x1`` at ``x1 = f0(x + η)``;
+    2. n inner steps with ``p_j`` frozen:
+       ``η ← Π_ε(η + α·sign(∇_η ⟨p_j, f0(x + η)⟩))``, then η clamped so that x + η ∈ bounds;
+    3. the first layer's Hamiltonian gradient ``∇_θ0 ⟨p_j, f0(x + η)⟩`` at the new η.
+
+    The returned loss's value is ``mean_j L_j``; its one backward leaves in ``.grad`` the mean
+    over j of ``∇_θ L_j`` for every parameter outside f0 and, for f0's parameters, the mean of
+    step 3's gradients (``first_layer_grad="hamiltonian"``, the paper's Algorithm 1 and the
+    official MNIST code) or of ``∇_θ0 L_j`` (``"backprop"``). η persists across the m passes.
+    Step 2 costs a forward and a transposed product of f0 alone
+    (:class:`robustreg.first_layer.FirstLayer`); for an affine f0 the direction does not depend
+    on η and is computed once per pass.
+
+    Note on learning rates: this loss averages the m gradients; the official code sums them and
+    divides the learning rate by m (e.g. 0.1/5 on MNIST), so the paper's learning rate applies
+    here unchanged.
+
+    ``objective="trades"`` is YOPO-TRADES: the passes craft η against the TRADES attack
+    objective ``Σ_i KL(f(x_i) ‖ f(x_i + η_i))`` (the target ``f(x)`` held fixed), and the loss is
+    ``CE(f(x), y) + β·Σ_i KL(f(x_i) ‖ f(x_i + η_i))/B`` back-propagated into every layer, as in
+    :class:`robustreg.TRADES`. (The official YOPO-TRADES code also adds the attack passes'
+    layer-one Hamiltonian gradients to layer one's; that is not reproduced, so
+    ``first_layer_grad`` must be ``"backprop"`` there.)
+
+    Args:
+        model: a classifier returning logits ``(B, C)``.
+        m: full forward/backward passes per batch (5).
+        n: inner first-layer steps per pass (3).
+        eps: threat-model radius (8/255).
+        alpha: inner step size (2/255).
+        norm: ``"linf"`` or ``"l2"``.
+        random_start: start η uniformly in the ball (else 0).
+        first_layer: the module f0, which must receive the model's input itself (e.g.
+            ``model.layer_one`` of :class:`robustreg.models.SmallCNN`, conv + ReLU).
+            ``None``: the first module with parameters applied to the input, found by tracing
+            one forward; it is logged and kept in ``reg.first_layer``.
+        first_layer_grad: ``"hamiltonian"`` or ``"backprop"`` (``None``: ``"hamiltonian"``
+            for ``"ce"``, ``"backprop"`` for ``"trades"``).
+        objective: ``"ce"`` or ``"trades"``.
+        beta: TRADES weight β (6.0), used with ``objective="trades"``.
+        bounds: valid input box, ``None`` for unbounded inputs.
+        bn: BatchNorm policy of the m passes (``None``: ``"train"`` for ``"ce"``, as the
+            official code, whose passes are training passes; ``"eval"`` for the TRADES attack
+            passes, as the official YOPO-TRADES code).
+
+    ``reg.last.x_adv`` is x + η after the last inner step; ``reg.last.metrics``: ``loss``,
+    ``adv_acc`` (of the last pass) and, for TRADES, ``natural_loss``, ``robust_loss``,
+    ``clean_acc``.
+
+    Example:
+        >>> reg = YOPO(model, m=5, n=3, first_layer=model.layer_one)  # doctest: +SKIP
+        >>> loss = reg(x, y); loss.backward(); optimizer.step()        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        m: int = 5,
+        n: int = 3,
+        *,
+        eps: float = 8 / 255,
+        alpha: float = 2 / 255,
+        norm: str = "linf",
+        random_start: bool = True,
+        first_layer: nn.Module | None = None,
+        first_layer_grad: str | None = None,
+        objective: str = "ce",
+        beta: float = 6.0,
+        bounds: Bounds = (0.0, 1.0),
+        bn: str | None = None,
+    ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.m = m
+        self.objective = objective
+        self.beta = beta
+        self.first_layer_grad = first_layer_grad or ("hamiltonian" if objective == "ce" else "backprop")
+        self.first_layer = first_layer
+        self._f0: FirstLayer | None = None if first_layer is None else FirstLayer(first_layer)
+        self._f0_checked = False  # set once f0 is known to receive the model's input
+        bn = bn or ("train" if objective == "ce" else "eval")
+        super().__init__(
+            model, eps=eps, alpha=alpha, steps=n, norm=norm, random_start=random_start, bounds=bounds, bn=bn
+        )
+
+    @property
+    def n(self) -> int:
+        """Inner steps per pass (the base class's ``steps``)."""
+        return self.steps
+
+    @n.setter
+    def n(self, value: int) -> None:
+        self.steps = value
+
+    def _check_config(self) -> None:
+        super()._check_config()
+        _checks.nonneg_float("alpha", self.alpha)
+        _checks.count("m", self.m, minimum=1)
+        _checks.nonneg_float("beta", self.beta)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.first_layer_grad not in FIRST_LAYER_GRADS:
+            raise ValueError(f"first_layer_grad must be one of {FIRST_LAYER_GRADS}, got {self.first_layer_grad!r}")
+        if self.objective == "trades" and self.first_layer_grad != "backprop":
+            raise ValueError('objective="trades" trains every layer on CE + β·KL: first_layer_grad must be "backprop"')
+
+    def _first_layer(self, x: Tensor) -> FirstLayer:
+        """f0, found (or checked) on the first call by tracing one eval-mode forward."""
+        if not self._f0_checked:
+            probe = x[:1].detach()
+            if self._f0 is None:
+                self.first_layer = find_first_layer(self.net, probe)
+                self._f0 = FirstLayer(self.first_layer)
+                log.info("YOPO: first layer f0 = %s", self.first_layer)
+            elif (why := first_input_check(self.net, self._f0.module, probe)) is not None:
+                raise ValueError(
+                    "first_layer must receive the model's input itself (YOPO perturbs x through f0 alone); "
+                    f"the {type(self._f0.module).__name__} given {why}"
+                )
+            self._f0_checked = True
+        return self._f0
+
+    def _start(self, x: Tensor) -> Tensor:
+        """Uniform in the ball, or for TRADES ``0.001·N(0, I)`` (its KL has no gradient at η = 0)."""
+        if self.random_start and self.objective == "trades":
+            return kl_start(x, self.ball, self.eps, self.bounds)
+        return super()._start(x)
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
+        f0 = self._first_layer(x)
+        if self.objective == "trades":
+            return self._trades(x, y, f0)
+        return self._ce(x, y, f0)
+
+    def _inner_steps(self, f0: FirstLayer, x0: Tensor, eta: Tensor, p: Tensor) -> Tensor:
+        """Step 2: n projected ascent steps on ``⟨p, f0(x + η)⟩`` with p frozen."""
+        ball, direction = self.ball, None
+        for _ in range(self.steps):
+            if direction is None or not f0.affine:  # affine f0: Jᵀp is the same at every η
+                direction = f0.input_vjp(x0 + eta, p)
+            eta = clamp_to_box(x0, ball.project(ball.step(eta, direction, self.step_size), self.eps), self.bounds)
+        return eta
+
+    def _ce(self, x: Tensor, y: Tensor, f0: FirstLayer) -> tuple[Tensor, Record]:
+        net, x0 = self.net, x.detach()
+        theta = [p for p in net.parameters() if p.requires_grad]
+        in_f0 = {id(p) for p in f0.params.values()}
+        hamiltonian = self.first_layer_grad == "hamiltonian"
+        # Step 1 asks autograd for these; f0's weights come from step 3 in "hamiltonian" mode.
+        wanted = [p for p in theta if not (hamiltonian and id(p) in in_f0)]
+        total = {id(p): torch.zeros_like(p) for p in theta}
+        extra = [x] if x.requires_grad else []  # embeddings: the loss's gradient reaches x too
+        x_total = torch.zeros_like(x) if extra else None
+        captured: list[Tensor] = []
+        handle = f0.module.register_forward_hook(lambda mod, args, out: captured.append(out))
+        eta = self._start(x0)
+        losses = []
+        try:
+            with torch.enable_grad(), inner_mode(net, self.bn):
+                for j in range(self.m):
+                    captured.clear()
+                    # The last pass runs through the model as given: under DDP its forward arms
+                    # the gradient reducer, which then all-reduces the gradients of the loss
+                    # returned below during the user's backward.
+                    runner = self.model if j == self.m - 1 else net
+                    xin = (x if extra else x0) + eta
+                    logits = runner(xin)
+                    loss_j = F.cross_entropy(logits, y)
+                    grads = torch.autograd.grad(loss_j, [*wanted, captured[0], *extra], allow_unused=True)
+                    for p, g in zip(wanted, grads, strict=False):
+                        if g is not None:
+                            total[id(p)] += g
+                    p_j = grads[len(wanted)].detach()
+                    if extra:
+                        x_total += grads[-1]
+                    losses.append(loss_j.detach())
+                    eta = self._inner_steps(f0, x0, eta, p_j)
+                    if hamiltonian:
+                        for name, g in f0.param_grad(x0 + eta, p_j).items():
+                            total[id(f0.params[name])] += g
+        finally:
+            handle.remove()
+        value = torch.stack(losses).mean()
+        # A loss whose value is mean_j L_j and whose gradient is the accumulated one.
+        surrogate = sum((p * (total[id(p)] / self.m)).sum() for p in theta)
+        if extra:
+            surrogate = surrogate + (x * (x_total / self.m)).sum()
+        loss = value + (surrogate - surrogate.detach()) if torch.is_tensor(surrogate) else value
+        record = Record((x0 + eta).detach(), {"loss": value, "adv_acc": accuracy(logits, y)})
+        return loss, record
+
+    def _trades(self, x: Tensor, y: Tensor, f0: FirstLayer) -> tuple[Tensor, Record]:
+        net, x0 = self.net, x.detach()
+        captured: list[Tensor] = []
+        handle = f0.module.register_forward_hook(lambda mod, args, out: captured.append(out))
+        eta = self._start(x0)
+        try:
+            with torch.enable_grad(), inner_mode(net, self.bn):
+                with torch.no_grad():
+                    target = F.softmax(net(x0), dim=1)  # (B, C), fixed during the attack
+                for _ in range(self.m):
+                    captured.clear()
+                    attack = kl_sum(net(x0 + eta), target)
+                    (p_j,) = torch.autograd.grad(attack, captured[0])
+                    eta = self._inner_steps(f0, x0, eta, p_j.detach())
+        finally:
+            handle.remove()
+        x_adv = x + eta
+        logits, adv_logits = self.model(x), self.model(x_adv)
+        natural = F.cross_entropy(logits, y)
+        robust = kl_sum(adv_logits, F.softmax(logits, dim=1)) / x.shape[0]
+        loss = natural + self.beta * robust
+        metrics = {
+            "loss": loss.detach(),
+            "natural_loss": natural.detach(),
+            "robust_loss": robust.detach(),
+            "clean_acc": accuracy(logits, y),
+            "adv_acc": accuracy(adv_logits, y),
+        }
+        return loss, Record(x_adv.detach(), metrics)

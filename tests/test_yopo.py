@@ -154,7 +154,7 @@ def test_unidentifiable_or_wrong_first_layer_raises_before_anything_changes():
         YOPO(Inline())(x, y)
     model = SmallCNN()
     state = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match="must receive the model's input.*something other"):
+    with pytest.raises(ValueError, match=r"must receive the model's input.*something other"):
         YOPO(model, first_layer=model.features)(torch.rand(2, 1, 28, 28), y)
     with pytest.raises(ValueError, match="never called"):
         YOPO(model, first_layer=model.features[:2])(torch.rand(2, 1, 28, 28), y)
@@ -172,7 +172,7 @@ def test_bad_yopo_arguments():
         YOPO(model, first_layer_grad="both")
     with pytest.raises(ValueError, match='first_layer_grad must be "backprop"'):
         YOPO(model, objective="trades", first_layer_grad="hamiltonian")
-    with pytest.raises(TypeError, match="first_layer must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"first_layer must be a torch\.nn\.Module"):
         YOPO(model, first_layer="layer_one")
     reg = YOPO(model, m=2, n=1)
     reg.n = 4

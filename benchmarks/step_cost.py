@@ -5,8 +5,9 @@ What is measured: the time of ONE optimisation step,
     optimizer.zero_grad(); loss = objective(x, y); loss.backward(); optimizer.step()
 
 for natural training (plain cross-entropy), PGD-10 and PGD-40 (:class:`robustreg.PGDAT`), Fast-AT
-(:class:`robustreg.FastAT`), Free-AT (:class:`robustreg.FreeAT`; one replay = one step) and TRADES-10
-(:class:`robustreg.TRADES`), on :class:`robustreg.models.SmallCNN` with one MNIST-shaped batch of random
+(:class:`robustreg.FastAT`), Free-AT (:class:`robustreg.FreeAT`; one replay = one step), TRADES-10
+(:class:`robustreg.TRADES`) and YOPO-5-3 / YOPO-5-10 (:class:`robustreg.YOPO`, f0 = conv1 + ReLU),
+on :class:`robustreg.models.SmallCNN` with one MNIST-shaped batch of random
 images in [0, 1] (``torch.rand(B, 1, 28, 28)``, labels in 0..9), on the CPU, with the MNIST settings
 eps = 0.3 and alpha = 0.01 for PGD and TRADES (Fast-AT and Free-AT use their default step sizes,
 1.25·eps and eps). The model is in train mode (SmallCNN's dropout is active) and the optimizer is SGD
@@ -20,6 +21,7 @@ round), so that drift in machine speed hits all methods alike. Each step is time
 ``time.perf_counter``; the report gives, per method, the median over the rounds, every timing, and
 the ratio of the median to natural training's median. The system load average before and after is
 recorded in ``config``: other processes competing for the cores inflate the timings (longest steps most).
+``ratios`` gives the YOPO yardsticks: YOPO-5-10 / PGD-40, YOPO-5-3 / PGD-10 and YOPO-5-n / (5 × natural).
 
 Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYTHONPATH=.``)::
 
@@ -75,6 +77,16 @@ BUILDERS: dict[str, Callable[[nn.Module], Objective]] = {
     "fast": lambda m: robustreg.FastAT(m, eps=EPS),
     "free": lambda m: robustreg.FreeAT(m, eps=EPS),
     "trades10": lambda m: robustreg.TRADES(m, eps=EPS, alpha=ALPHA, steps=10),
+    # YOPO with SmallCNN's conv1 + ReLU as f0, as the official MNIST code.
+    "yopo5-3": lambda m: robustreg.YOPO(m, m=5, n=3, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
+    "yopo5-10": lambda m: robustreg.YOPO(m, m=5, n=10, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
+}
+# The issue's yardsticks, computed from the medians: (numerator, denominator, scale of denominator).
+RATIOS = {
+    "yopo5-10 / pgd40": ("yopo5-10", "pgd40", 1),
+    "yopo5-3 / pgd10": ("yopo5-3", "pgd10", 1),
+    "yopo5-3 / (5 x natural)": ("yopo5-3", "natural", 5),
+    "yopo5-10 / (5 x natural)": ("yopo5-10", "natural", 5),
 }
 
 
@@ -144,6 +156,12 @@ def summarise(times: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
         }
         for name, ts in times.items()
     }
+
+
+def ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """The yardstick ratios of :data:`RATIOS` whose methods were measured."""
+    med = {name: statistics.median(ts) for name, ts in times.items()}
+    return {k: med[a] / (s * med[b]) for k, (a, b, s) in RATIOS.items() if a in med and b in med}
 
 
 def parse_methods(text: str) -> list[str]:
@@ -218,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             "loadavg_end": [round(v, 2) for v in load_end],
         },
         "results": summarise(times),
+        "ratios": ratios(times),
     }
     text = json.dumps(report, indent=2)
     if args.out is not None:

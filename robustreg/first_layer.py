@@ -79,52 +79,126 @@ class FirstLayer:
                 params = {k: v.detach() for k, v in self.params.items()}
                 _, pullback = vjp(lambda t: functional_call(self.module, params, (t,)), z)
                 return pullback(p)[0]
-            return self._fast_vjp(z, p)
-
-    def _fast_vjp(self, z: Tensor, p: Tensor) -> Tensor:
-        # Forward through the pieces, keeping each input; only activations need theirs.
-        inputs = []
-        h = z
-        for m in self.ops:
-            inputs.append(h)
-            h = m(h)
-        for m, h_in in zip(reversed(self.ops), reversed(inputs), strict=True):
-            p = _vjp_one(m, h_in, p)
-        return p
+            return self._reverse(z, p, param_grads=None)
 
     def param_grad(self, z: Tensor, p: Tensor) -> dict[str, Tensor]:
-        """``∇_θ0 ⟨p, f0(z)⟩`` for every parameter θ0 of f0 (the YOPO Hamiltonian gradient)."""
-        names = [k for k, v in self.params.items() if v.requires_grad]
+        """``∇_θ0 ⟨p, f0(z)⟩`` for every trainable parameter θ0 of f0 (YOPO's Hamiltonian gradient)."""
+        names = {id(v): k for k, v in self.params.items() if v.requires_grad}
         if not names:
             return {}
+        if self.ops is not None:
+            grads: dict[int, Tensor] = {}
+            with torch.no_grad():
+                self._reverse(z, p, param_grads=grads)
+            return {names[i]: g for i, g in grads.items() if i in names}
         with torch.enable_grad():
             out = self.module(z.detach())
-            grads = torch.autograd.grad((out * p).sum(), [self.params[k] for k in names], allow_unused=True)
-        return {k: g for k, g in zip(names, grads, strict=True) if g is not None}
+            wanted = [self.params[k] for k in names.values()]
+            grads_ = torch.autograd.grad((out * p).sum(), wanted, allow_unused=True)
+        return {k: g for k, g in zip(names.values(), grads_, strict=True) if g is not None}
+
+    def _reverse(self, z: Tensor, p: Tensor, param_grads: dict[int, Tensor] | None) -> Tensor:
+        """One forward through the known pieces (keeping what the reverse pass needs), then
+        the reverse pass with the closed forms. Fills ``param_grads`` (by parameter id) when
+        given; returns ``Jᵀp`` (not computed through the first piece when only parameter
+        gradients are asked)."""
+        saved = []  # per piece: its input, or for a 2-D convolution its unfolded input
+        h = z
+        for i, m in enumerate(self.ops):
+            if _as_matmul(m):
+                cols = F.unfold(h, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, Cin·k·k, L)
+                saved.append((h.shape, cols))
+                if i < len(self.ops) - 1:  # the last piece's output is never needed
+                    h = _conv_from_cols(m, cols, h.shape)
+            else:
+                saved.append(h)
+                if i < len(self.ops) - 1:
+                    h = m(h)
+        for i in range(len(self.ops) - 1, -1, -1):
+            m, s_in = self.ops[i], saved[i]
+            if param_grads is not None:
+                for prm, g in _param_grads(m, s_in, p):
+                    param_grads[id(prm)] = g
+                if i == 0:
+                    return p
+            p = _vjp_one(m, s_in, p)
+        return p
 
 
-def _vjp_one(m: nn.Module, h: Tensor, p: Tensor) -> Tensor:
-    """The input-VJP of one known piece ``m`` at its input ``h``."""
+def _as_matmul(m: nn.Module) -> bool:
+    """2-D convolutions without groups run as unfold + matmul: for the thin first layers YOPO
+    differentiates (few input channels), on CPU this is faster and far steadier than the
+    convolution kernels, and the unfolded input also gives the weight gradient."""
+    return isinstance(m, nn.Conv2d) and m.groups == 1
+
+
+def _conv_from_cols(m: nn.Conv2d, cols: Tensor, in_shape: torch.Size) -> Tensor:
+    # Batched kernels on an expanded (not copied) weight: torch.matmul of a 2-D by a 3-D tensor
+    # transposes through a copy, ~10× slower here.
+    batch = cols.shape[0]
+    w = m.weight.detach().to(cols.dtype).reshape(1, m.out_channels, -1).expand(batch, -1, -1)
+    if m.bias is None:
+        out = torch.bmm(w, cols)  # (B, Cout, L)
+    else:
+        bias = m.bias.detach().to(cols.dtype).reshape(1, -1, 1).expand(batch, -1, cols.shape[2])
+        out = torch.baddbmm(bias, w, cols)
+    size = [
+        (in_shape[2 + d] + 2 * m.padding[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1) // m.stride[d] + 1
+        for d in range(2)
+    ]
+    return out.reshape(out.shape[0], out.shape[1], *size)
+
+
+def _vjp_one(m: nn.Module, saved, p: Tensor) -> Tensor:
+    """The input-VJP of one known piece ``m`` (``saved``: its input, or for a 2-D convolution
+    the input's shape and unfolded columns)."""
     if isinstance(m, nn.ReLU):
-        return p * (h > 0)
+        return torch.ops.aten.threshold_backward(p, saved, 0)  # autograd's fused kernel
     if isinstance(m, nn.LeakyReLU):
-        return torch.where(h > 0, p, m.negative_slope * p)
+        return torch.ops.aten.leaky_relu_backward(p, saved, m.negative_slope, False)
     if isinstance(m, Normalize):
         return p / m.std.to(p.dtype)
+    w = m.weight.detach().to(p.dtype)  # detached: ATen takes slower paths for operands needing grad
     if isinstance(m, nn.Linear):
-        return p @ m.weight.to(p.dtype)
-    # Convolution: the adjoint is the transposed convolution, with output_padding chosen so
-    # that the result has the input's spatial size (strides can drop trailing rows).
+        return p @ w
+    if _as_matmul(m):
+        # Jᵀp = fold(Wᵀ · p_cols): the transposed convolution as a matrix product and a
+        # scatter-add; fold takes the input's size, so no output_padding is needed.
+        in_shape, _ = saved
+        wt = w.reshape(1, w.shape[0], -1).transpose(1, 2).expand(p.shape[0], -1, -1)  # (B, Cin·k·k, Cout)
+        cols = torch.bmm(wt, p.flatten(2))  # (B, Cin·k·k, L)
+        return F.fold(cols, in_shape[2:], m.kernel_size, m.dilation, m.padding, m.stride)
+    h = saved
     dims = h.dim() - 2
-    w = m.weight.to(p.dtype)
     out_pad = []
     for i in range(dims):
         k = m.dilation[i] * (m.kernel_size[i] - 1) + 1
-        full = (p.shape[2 + i] - 1) * m.stride[i] - 2 * m.padding[i] + k
-        out_pad.append(h.shape[2 + i] - full)
+        out_pad.append(h.shape[2 + i] - ((p.shape[2 + i] - 1) * m.stride[i] - 2 * m.padding[i] + k))
     return _CONV_T[dims](
         p, w, stride=m.stride, padding=m.padding, output_padding=tuple(out_pad), groups=m.groups, dilation=m.dilation
     )
+
+
+def _param_grads(m: nn.Module, saved, p: Tensor) -> list[tuple[nn.Parameter, Tensor]]:
+    """``∇_θ ⟨p, m(h)⟩`` for an affine piece's weight and bias (none for the others)."""
+    if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return []
+    out = []
+    if m.weight.requires_grad:
+        if isinstance(m, nn.Linear):
+            gw = p.reshape(-1, p.shape[-1]).t() @ saved.reshape(-1, saved.shape[-1])
+        elif _as_matmul(m):
+            _, cols = saved
+            gw = torch.bmm(p.flatten(2), cols.transpose(1, 2)).sum(0).reshape(m.weight.shape)
+        else:
+            grad_fn = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+            h = saved
+            gw = grad_fn[h.dim() - 2](h, m.weight.shape, p, m.stride, m.padding, m.dilation, m.groups)
+        out.append((m.weight, gw.to(m.weight.dtype)))
+    if m.bias is not None and m.bias.requires_grad:
+        dims = [0, *range(2, p.dim())] if not isinstance(m, nn.Linear) else list(range(p.dim() - 1))
+        out.append((m.bias, p.sum(dims).to(m.bias.dtype)))
+    return out
 
 
 def find_first_layer(model: nn.Module, x: Tensor) -> nn.Module:

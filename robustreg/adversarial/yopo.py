@@ -19,6 +19,7 @@ from .trades import kl_start, kl_sum
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("ce", "trades")
+CHUNK_BYTES = 1 << 22  # co-state bytes per chunk of the inner steps (4 MiB: fits in L2/L3)
 FIRST_LAYER_GRADS = ("hamiltonian", "backprop")
 
 
@@ -165,7 +166,21 @@ class YOPO(AdversarialLoss):
         return self._ce(x, y, f0)
 
     def _inner_steps(self, f0: FirstLayer, x0: Tensor, eta: Tensor, p: Tensor) -> Tensor:
-        """Step 2: n projected ascent steps on ``⟨p, f0(x + η)⟩`` with p frozen."""
+        """Step 2: n projected ascent steps on ``⟨p, f0(x + η)⟩`` with p frozen.
+
+        The steps are independent per sample, so they run on chunks of the batch small enough
+        (:data:`CHUNK_BYTES` of co-state) for a chunk's intermediates to stay in cache through
+        all n steps: about 2× faster on CPU than whole-batch steps, and the same numbers."""
+        if self.steps == 0:
+            return eta
+        rows = max(1, CHUNK_BYTES // max(1, p[0].numel() * p.element_size()))
+        parts = [
+            self._steps_on(f0, xc, ec, pc)
+            for xc, ec, pc in zip(x0.split(rows), eta.split(rows), p.split(rows), strict=True)
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _steps_on(self, f0: FirstLayer, x0: Tensor, eta: Tensor, p: Tensor) -> Tensor:
         ball, direction = self.ball, None
         for _ in range(self.steps):
             if direction is None or not f0.affine:  # affine f0: Jᵀp is the same at every η

@@ -192,3 +192,36 @@ def test_bn_policy_governs_every_pass():
         reg(x, y).backward()
         assert int(model.rest[1].num_batches_tracked) == updates, bn
         assert model.training
+
+
+def test_chunked_inner_steps_give_the_same_adversary(monkeypatch):
+    import robustreg.adversarial.yopo as yopo_module
+
+    model = SmallCNN().double()
+    nn.init.normal_(model.classifier[-1].weight, std=0.1)
+    x, y = torch.rand(9, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (9,))
+    results = []
+    for chunk_bytes in (1 << 30, 1):  # one chunk; one sample per chunk
+        monkeypatch.setattr(yopo_module, "CHUNK_BYTES", chunk_bytes)
+        model.zero_grad()
+        torch.manual_seed(0)
+        reg = YOPO(model, m=2, n=3, eps=0.3, alpha=0.05, first_layer=model.layer_one)
+        reg(x, y).backward()
+        results.append((reg.last.x_adv, [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_in_place_op_after_the_first_layer():
+    # conv -> ReLU(inplace=True): the co-state must be taken at the conv's output, untouched.
+    torch.manual_seed(0)
+    plain = Net(relu=False).double()
+    plain.rest.insert(0, nn.ReLU())
+    inplace = copy.deepcopy(plain)
+    inplace.rest[0] = nn.ReLU(inplace=True)
+    x, y = torch.rand(4, 1, 8, 8, dtype=torch.float64), torch.randint(0, 5, (4,))
+    expected, _ = slow_yopo(plain, x, y, m=2, n=2, eps=0.2, alpha=0.07, mode="hamiltonian")
+    YOPO(inplace, m=2, n=2, eps=0.2, alpha=0.07, random_start=False, first_layer=inplace.layer_one)(x, y).backward()
+    for k, p in inplace.named_parameters():
+        torch.testing.assert_close(p.grad, expected[k], msg=k)

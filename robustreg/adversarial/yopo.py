@@ -23,6 +23,17 @@ CHUNK_BYTES = 1 << 22  # co-state bytes per chunk of the inner steps (4 MiB: fit
 FIRST_LAYER_GRADS = ("hamiltonian", "backprop")
 
 
+def _capture(store: list[Tensor]):
+    """A forward hook keeping f0's output x1 (for ``∂L/∂x1``) and passing on a copy, so that an
+    in-place op after f0 (``ReLU(inplace=True)``) cannot overwrite x1 or change its grad_fn."""
+
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        store.append(out)
+        return out.clone()
+
+    return hook
+
+
 class YOPO(AdversarialLoss):
     """YOPO-m-n: the adversary is updated n times per full forward/backward, through the first
     layer only, with the rest of the network's co-state frozen.
@@ -199,7 +210,7 @@ class YOPO(AdversarialLoss):
         extra = [x] if x.requires_grad else []  # embeddings: the loss's gradient reaches x too
         x_total = torch.zeros_like(x) if extra else None
         captured: list[Tensor] = []
-        handle = f0.module.register_forward_hook(lambda mod, args, out: captured.append(out))
+        handle = f0.module.register_forward_hook(_capture(captured))
         eta = self._start(x0)
         losses = []
         try:
@@ -239,7 +250,7 @@ class YOPO(AdversarialLoss):
     def _trades(self, x: Tensor, y: Tensor, f0: FirstLayer) -> tuple[Tensor, Record]:
         net, x0 = self.net, x.detach()
         captured: list[Tensor] = []
-        handle = f0.module.register_forward_hook(lambda mod, args, out: captured.append(out))
+        handle = f0.module.register_forward_hook(_capture(captured))
         eta = self._start(x0)
         try:
             with torch.enable_grad(), inner_mode(net, self.bn):

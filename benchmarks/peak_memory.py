@@ -1,0 +1,86 @@
+"""Peak memory of one training step, YOPO against PGD (CPU).
+
+    python benchmarks/peak_memory.py
+
+Each (method, repeat) runs in a fresh Python process: it builds SmallCNN, runs one warm-up step
+on a batch of 2 (so that lazily created kernels and caches exist), reads the process's peak
+resident set size, runs one step on an MNIST-shaped batch of ``--batch-size`` (128), and reports
+how far the peak grew: the memory that step needed at its peak beyond what the process already
+held. The report gives the median over ``--repeats`` processes per method and the ratio
+YOPO-5-3 / PGD-10, the issue's yardstick (≤ 1.25). YOPO never holds more than one pass's graph:
+each pass's graph is freed by ``torch.autograd.grad`` before the next pass starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("natural", "pgd10", "yopo5-3", "yopo5-10")
+
+
+def one(method: str, batch_size: int) -> float:
+    """Run in a child process: the growth of peak RSS (MiB) caused by one full-size step."""
+    import robustreg
+    from robustreg.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN().train()
+    loss_fn = {
+        "natural": lambda x, y: F.cross_entropy(model(x), y),
+        "pgd10": robustreg.PGDAT(model, eps=0.3, alpha=0.01, steps=10),
+        "yopo5-3": robustreg.YOPO(model, m=5, n=3, eps=0.3, alpha=0.01, first_layer=model.layer_one),
+        "yopo5-10": robustreg.YOPO(model, m=5, n=10, eps=0.3, alpha=0.01, first_layer=model.layer_one),
+    }[method]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(n: int) -> None:
+        x, y = torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
+        opt.zero_grad(set_to_none=True)
+        loss_fn(x, y).backward()
+        opt.step()
+
+    step(2)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(batch_size)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(one(args.child, args.batch_size))
+        return {}
+    peaks: dict[str, list[float]] = {m: [] for m in METHODS}
+    for _ in range(args.repeats):
+        for method in METHODS:
+            cmd = [sys.executable, __file__, "--child", method, "--batch-size", str(args.batch_size)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            peaks[method].append(float(out.stdout.strip()))
+    med = {m: statistics.median(v) for m, v in peaks.items()}
+    report = {
+        "config": {"batch_size": args.batch_size, "repeats": args.repeats, "torch": torch.__version__},
+        "peak_growth_mib": {m: {"median": med[m], "all": peaks[m]} for m in METHODS},
+        "ratios": {
+            "yopo5-3 / pgd10": med["yopo5-3"] / med["pgd10"],
+            "yopo5-10 / pgd10": med["yopo5-10"] / med["pgd10"],
+        },
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

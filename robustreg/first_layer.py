@@ -5,12 +5,15 @@ steps need ``∇_z ⟨p, f0(z)⟩ = J_{f0}(z)ᵀ p`` for a frozen co-state p, ma
 For the layers networks start with this product has a closed form much cheaper than autograd:
 
 - ``Linear``:           ``Jᵀp = p W``;
-- ``Conv{1,2,3}d``:     ``Jᵀp = conv_transpose(p, W)`` (zero padding, numeric padding);
-- a pointwise ``ReLU``/``LeakyReLU`` after it:  ``p ← p ⊙ σ'(pre-activation)``;
-- a per-channel normalisation ``(x − μ)/σ``:     ``p ← p / σ``.
+- ``Conv2d``:           ``Jᵀp = fold(Wᵀ p)`` with its forward as ``W unfold(z) + b``, batched
+  matrix products that also give the weight gradient ``Σ_b p_b unfold(z)_bᵀ``;
+- ``Conv1d``/``Conv3d`` and grouped convolutions: the transposed convolution;
+- a pointwise ``ReLU``/``LeakyReLU``:  ``p ← p ⊙ σ'(pre-activation)`` (ATen's fused kernels);
+- a per-channel normalisation ``(x − μ)/σ`` (:class:`robustreg.models.Normalize`): ``p ← p / σ``.
 
-:class:`FirstLayer` recognises a module made of these (alone or in an ``nn.Sequential``) and
-uses the closed forms; anything else falls back to ``torch.func.vjp``. When f0 is affine (no
+:class:`FirstLayer` recognises a module made of exactly these types (alone or in a plain
+``nn.Sequential``; subclasses may override ``forward`` and are not trusted) with zero, numeric
+padding, and uses the closed forms; anything else falls back to ``torch.func.vjp``. When f0 is affine (no
 activation), ``Jᵀp`` does not depend on z and :attr:`FirstLayer.affine` says so, so that a
 caller computes it once.
 
@@ -30,18 +33,22 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
 
 
+_KNOWN = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, Normalize, nn.ReLU, nn.LeakyReLU, nn.Identity)
+
+
 def _leaves(module: nn.Module) -> list[nn.Module]:
-    if isinstance(module, nn.Sequential):
+    if type(module) is nn.Sequential:
         return [leaf for child in module for leaf in _leaves(child)]
     return [module]
 
 
-def _fast_conv(m: nn.Module) -> bool:
-    return (
-        isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-        and not isinstance(m.padding, str)
-        and m.padding_mode == "zeros"
-    )
+def _known(m: nn.Module) -> bool:
+    """Exactly a type whose forward we know (a subclass may override forward)."""
+    if type(m) not in _KNOWN:
+        return False
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return not isinstance(m.padding, str) and m.padding_mode == "zeros"
+    return True
 
 
 class FirstLayer:
@@ -58,8 +65,9 @@ class FirstLayer:
         self.module = module
         leaves = _leaves(module)
         # The fast path: a chain of pieces whose input-VJP we know in closed form.
-        ops = [m for m in leaves if not isinstance(m, nn.Identity)]
-        fast = bool(ops) and all(isinstance(m, (nn.Linear, Normalize, *_ACTIVATIONS)) or _fast_conv(m) for m in ops)
+        fast = all(_known(m) for m in leaves)
+        ops = [m for m in leaves if type(m) is not nn.Identity]
+        fast = fast and bool(ops)
         self.ops = ops if fast else None
         self.affine = fast and not any(isinstance(m, _ACTIVATIONS) for m in ops)
         self.params = dict(module.named_parameters())
@@ -74,6 +82,7 @@ class FirstLayer:
 
     def input_vjp(self, z: Tensor, p: Tensor) -> Tensor:
         """``J_{f0}(z)ᵀ p``: the gradient of ``⟨p, f0(z)⟩`` with respect to z, detached."""
+        p = p.to(z.dtype)  # under autocast the co-state can arrive in half precision
         with torch.no_grad():
             if self.ops is None:
                 params = {k: v.detach() for k, v in self.params.items()}
@@ -86,6 +95,7 @@ class FirstLayer:
         names = {id(v): k for k, v in self.params.items() if v.requires_grad}
         if not names:
             return {}
+        p = p.to(z.dtype)
         if self.ops is not None:
             grads: dict[int, Tensor] = {}
             with torch.no_grad():

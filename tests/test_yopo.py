@@ -225,3 +225,32 @@ def test_in_place_op_after_the_first_layer():
     YOPO(inplace, m=2, n=2, eps=0.2, alpha=0.07, random_start=False, first_layer=inplace.layer_one)(x, y).backward()
     for k, p in inplace.named_parameters():
         torch.testing.assert_close(p.grad, expected[k], msg=k)
+
+
+class ScaledConv(nn.Conv2d):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_subclasses_with_their_own_forward_use_the_generic_path():
+    layer = nn.Sequential(ScaledConv(1, 2, 3), nn.ReLU()).double()
+    f0 = FirstLayer(layer)
+    assert not f0.fast
+    z = torch.randn(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    out = layer(z)
+    p = torch.randn_like(out)
+    (ref,) = torch.autograd.grad((out * p).sum(), z)
+    torch.testing.assert_close(f0.input_vjp(z.detach(), p), ref)
+
+
+def test_bf16_autocast_with_a_relu_first_layer():
+    model = SmallCNN()
+    nn.init.normal_(model.classifier[-1].weight, std=0.1)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    reg = YOPO(model, m=2, n=2, eps=0.3, alpha=0.1, first_layer=model.layer_one)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = reg(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and reg.last.x_adv.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert float((reg.last.x_adv - x).abs().max()) > 0.1

@@ -18,6 +18,23 @@ def kl_sum(logits_q: Tensor, p: Tensor) -> Tensor:
     return F.kl_div(F.log_softmax(logits_q, dim=1), p, reduction="sum")
 
 
+def trades_loss(model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor, beta: float) -> tuple[Tensor, Record]:
+    """``CE(f(x), y) + β·Σ_i KL(f(x_i) ‖ f(x'_i))/B`` in the model's own mode, both sides of the
+    KL carrying gradient (the official ``trades_loss``), with its record."""
+    logits, adv_logits = model(x), model(x_adv)
+    natural = F.cross_entropy(logits, y)
+    robust = kl_sum(adv_logits, F.softmax(logits, dim=1)) / x.shape[0]
+    loss = natural + beta * robust
+    metrics = {
+        "loss": loss.detach(),
+        "natural_loss": natural.detach(),
+        "robust_loss": robust.detach(),
+        "clean_acc": accuracy(logits, y),
+        "adv_acc": accuracy(adv_logits, y),
+    }
+    return loss, Record(x_adv.detach(), metrics)
+
+
 def kl_start(x: Tensor, ball: NormBall, eps: float, bounds: Bounds) -> Tensor:
     """TRADES' attack start ``0.001·N(0, I)`` (the KL's gradient vanishes at x itself),
     projected into the ball and clamped into the box."""
@@ -88,16 +105,4 @@ class TRADES(AdversarialLoss):
         with torch.no_grad(), inner_mode(net, self.bn):
             p_clean = F.softmax(net(x0), dim=1)  # (B, C), the attack's fixed target
         x_adv = x + self._attack(lambda x_adv: kl_sum(net(x_adv), p_clean), x0)
-        logits = self.model(x)
-        adv_logits = self.model(x_adv)
-        natural = F.cross_entropy(logits, y)
-        robust = kl_sum(adv_logits, F.softmax(logits, dim=1)) / x.shape[0]
-        loss = natural + self.beta * robust
-        metrics = {
-            "loss": loss.detach(),
-            "natural_loss": natural.detach(),
-            "robust_loss": robust.detach(),
-            "clean_acc": accuracy(logits, y),
-            "adv_acc": accuracy(adv_logits, y),
-        }
-        return loss, Record(x_adv.detach(), metrics)
+        return trades_loss(self.model, x, x_adv, y, self.beta)

@@ -14,7 +14,7 @@ from ..first_layer import FirstLayer, find_first_layer, first_input_check
 from ..modes import inner_mode
 from ..perturb import Bounds, clamp_to_box
 from .base import AdversarialLoss, Record, accuracy
-from .trades import kl_start, kl_sum
+from .trades import kl_start, kl_sum, trades_loss
 
 log = logging.getLogger(__name__)
 
@@ -263,16 +263,4 @@ class YOPO(AdversarialLoss):
                     eta = self._inner_steps(f0, x0, eta, p_j.detach())
         finally:
             handle.remove()
-        x_adv = x + eta
-        logits, adv_logits = self.model(x), self.model(x_adv)
-        natural = F.cross_entropy(logits, y)
-        robust = kl_sum(adv_logits, F.softmax(logits, dim=1)) / x.shape[0]
-        loss = natural + self.beta * robust
-        metrics = {
-            "loss": loss.detach(),
-            "natural_loss": natural.detach(),
-            "robust_loss": robust.detach(),
-            "clean_acc": accuracy(logits, y),
-            "adv_acc": accuracy(adv_logits, y),
-        }
-        return loss, Record(x_adv.detach(), metrics)
+        return trades_loss(self.model, x, x + eta, y, self.beta)

@@ -10,7 +10,10 @@ seconds of *training* time the run pauses its clock and evaluates clean and PGD-
 accuracy (ε = 0.3, α = 0.01, random start) on a fixed subset of the test set (the first
 ``--n-test`` images). It writes ``curves.json`` (every evaluation point of every method, plus
 the time each method needed to reach the PGD-40 run's final robust accuracy) and
-``robust_vs_time.png`` (needs matplotlib: ``pip install -e ".[plot]"``).
+``robust_vs_time.png`` (needs matplotlib: ``pip install -e ".[plot]"``). The time to reach the
+target is given at evaluation granularity (the first evaluation at or above it) and linearly
+interpolated between the evaluations around the crossing. ``--summarize curves.json`` recomputes
+the summary and the plot of a saved run.
 
 The learning rate is exposed on purpose: the official YOPO MNIST code sums its m gradients and
 divides the learning rate by m (SGD 0.1/5), which is SGD at 0.1 on the mean gradient that
@@ -25,6 +28,7 @@ temporary directory when the given one is read-only (torchvision extracts them).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -117,6 +121,34 @@ def time_to_reach(curve: list[dict], target: float) -> float | None:
     return next((p["train_s"] for p in curve if p["robust"] >= target), None)
 
 
+def time_to_reach_interpolated(curve: list[dict], target: float) -> float | None:
+    """The crossing of ``target``, linearly interpolated between the two evaluations around it
+    (evaluations are ``--eval-every-s`` apart, so the first one above can be late by that much)."""
+    for before, after in itertools.pairwise(curve):
+        if after["robust"] >= target:
+            if before["robust"] >= target:
+                return before["train_s"]
+            w = (target - before["robust"]) / (after["robust"] - before["robust"])
+            return before["train_s"] + w * (after["train_s"] - before["train_s"])
+    return None
+
+
+def summarize(report: dict) -> dict:
+    """Target (PGD-40's final robust accuracy), each method's time to reach it, and the ratios."""
+    curves = report["curves"]
+    if "pgd40" not in curves:
+        return report
+    target = curves["pgd40"][-1]["robust"]
+    report["target_robust"] = target
+    for key, fn in (("time_to_target_s", time_to_reach), ("time_to_target_interpolated_s", time_to_reach_interpolated)):
+        reach = {name: fn(c, target) for name, c in curves.items()}
+        report[key] = reach
+        if reach.get("yopo5-10") is not None and reach.get("pgd40"):
+            ratio_key = key.replace("time_to_target", "yopo_over_pgd40").removesuffix("_s")
+            report[ratio_key] = reach["yopo5-10"] / reach["pgd40"]
+    return report
+
+
 def plot(curves: dict[str, list[dict]], path: Path) -> bool:
     try:
         import matplotlib
@@ -152,21 +184,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same for every method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_robust")
+    p.add_argument("--summarize", type=Path, help="recompute the summary of a saved curves.json (and its plot)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.summarize:
+        report = summarize(json.loads(args.summarize.read_text()))
+        args.summarize.write_text(json.dumps(report, indent=2) + "\n")
+        plot(report["curves"], args.summarize.with_name("robust_vs_time.png"))
+        print(json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=2))
+        return report
     train, (xt, yt) = load_mnist(args.data_dir)
     test = (xt[: args.n_test], yt[: args.n_test])
     curves = {name: run(name, train, test, args) for name in args.methods.split(",")}
     report: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     report["config"] |= {"torch": torch.__version__, "threads": torch.get_num_threads(), "eps": EPS, "alpha": ALPHA}
     report["curves"] = curves
-    if "pgd40" in curves:
-        target = curves["pgd40"][-1]["robust"]
-        reach = {name: time_to_reach(c, target) for name, c in curves.items()}
-        report["target_robust"] = target
-        report["time_to_target_s"] = reach
-        if reach.get("yopo5-10") is not None and reach.get("pgd40"):
-            report["yopo_over_pgd40_time"] = reach["yopo5-10"] / reach["pgd40"]
+    summarize(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curves.json").write_text(json.dumps(report, indent=2) + "\n")
     if plot(curves, args.out / "robust_vs_time.png"):

@@ -19,3 +19,22 @@ def test_step_cost_reports_each_method_and_its_ratio():
     }  # fmt: skip
     assert report["results"]["natural"]["ratio_to_natural"] == 1.0
     assert all(r["median_s"] > 0 for r in report["results"].values())
+
+
+def test_time_to_robust_summary():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from time_to_robust import summarize
+    finally:
+        sys.path.pop(0)
+    curves = {
+        "pgd40": [{"train_s": 0, "robust": 0.1}, {"train_s": 100, "robust": 0.5}, {"train_s": 200, "robust": 0.8}],
+        "yopo5-10": [{"train_s": 0, "robust": 0.1}, {"train_s": 50, "robust": 0.6}, {"train_s": 100, "robust": 0.9}],
+    }
+    report = summarize({"curves": curves})
+    assert report["target_robust"] == 0.8
+    assert report["time_to_target_s"] == {"pgd40": 200, "yopo5-10": 100}
+    assert report["yopo_over_pgd40"] == 0.5
+    # YOPO crosses 0.8 two thirds of the way from 0.6 (t = 50) to 0.9 (t = 100).
+    assert abs(report["time_to_target_interpolated_s"]["yopo5-10"] - 250 / 3) < 1e-9
+    assert abs(report["yopo_over_pgd40_interpolated"] - 250 / 600) < 1e-9

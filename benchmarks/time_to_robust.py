@@ -136,6 +136,8 @@ def time_to_reach_interpolated(curve: list[dict], target: float) -> float | None
 def summarize(report: dict) -> dict:
     """Target (PGD-40's final robust accuracy), each method's time to reach it, and the ratios."""
     curves = report["curves"]
+    for key in [k for k in report if k.startswith(("target_", "time_to_target", "yopo_over_pgd40"))]:
+        del report[key]  # recomputed below
     if "pgd40" not in curves:
         return report
     target = curves["pgd40"][-1]["robust"]

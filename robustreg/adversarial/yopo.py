@@ -23,15 +23,29 @@ CHUNK_BYTES = 1 << 22  # co-state bytes per chunk of the inner steps (4 MiB: fit
 FIRST_LAYER_GRADS = ("hamiltonian", "backprop")
 
 
-def _capture(store: list[Tensor]):
-    """A forward hook keeping f0's output x1 (for ``∂L/∂x1``) and passing on a copy, so that an
-    in-place op after f0 (``ReLU(inplace=True)``) cannot overwrite x1 or change its grad_fn."""
+def _capture(store: list[Tensor], clone: bool):
+    """A forward hook keeping f0's output x1 (for ``∂L/∂x1``). With ``clone`` it passes on a
+    copy, so that an in-place op after f0 (``ReLU(inplace=True)``) cannot overwrite x1 or change
+    its grad_fn; the copy costs one more x1-sized buffer, so it is made only for models that need
+    it (:func:`_overwrites_f0_output`)."""
 
-    def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+    def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
         store.append(out)
-        return out.clone()
+        return out.clone() if clone else None
 
     return hook
+
+
+def _overwrites_f0_output(model: nn.Module, f0: nn.Module, x: Tensor) -> bool:
+    """Whether ``model(x)`` modifies f0's output in place (its version counter moves)."""
+    seen: list[tuple[Tensor, int]] = []
+    handle = f0.register_forward_hook(lambda mod, args, out: seen.append((out, out._version)))
+    try:
+        with torch.no_grad(), inner_mode(model, "eval"):
+            model(x)
+    finally:
+        handle.remove()
+    return any(out._version != version for out, version in seen)
 
 
 class YOPO(AdversarialLoss):
@@ -122,6 +136,7 @@ class YOPO(AdversarialLoss):
         self.first_layer = first_layer
         self._f0: FirstLayer | None = None if first_layer is None else FirstLayer(first_layer)
         self._f0_checked = False  # set once f0 is known to receive the model's input
+        self._clone_x1 = False  # whether an in-place op after f0 overwrites its output
         bn = bn or ("train" if objective == "ce" else "eval")
         super().__init__(
             model, eps=eps, alpha=alpha, steps=n, norm=norm, random_start=random_start, bounds=bounds, bn=bn
@@ -161,6 +176,7 @@ class YOPO(AdversarialLoss):
                     "first_layer must receive the model's input itself (YOPO perturbs x through f0 alone); "
                     f"the {type(self._f0.module).__name__} given {why}"
                 )
+            self._clone_x1 = _overwrites_f0_output(self.net, self._f0.module, probe)
             self._f0_checked = True
         return self._f0
 
@@ -184,12 +200,15 @@ class YOPO(AdversarialLoss):
         all n steps: about 2× faster on CPU than whole-batch steps, and the same numbers."""
         if self.steps == 0:
             return eta
-        rows = max(1, CHUNK_BYTES // max(1, p[0].numel() * p.element_size()))
-        parts = [
-            self._steps_on(f0, xc, ec, pc)
-            for xc, ec, pc in zip(x0.split(rows), eta.split(rows), p.split(rows), strict=True)
-        ]
+        parts = [self._steps_on(f0, xc, ec, pc) for xc, ec, pc in zip(*self._chunks(x0, eta, p), strict=True)]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    @staticmethod
+    def _chunks(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+        """Split batch-aligned tensors into chunks of :data:`CHUNK_BYTES` of the last one (the co-state)."""
+        p = tensors[-1]
+        rows = max(1, CHUNK_BYTES // max(1, p[0].numel() * p.element_size()))
+        return [t.split(rows) for t in tensors]
 
     def _steps_on(self, f0: FirstLayer, x0: Tensor, eta: Tensor, p: Tensor) -> Tensor:
         ball, direction = self.ball, None
@@ -210,7 +229,7 @@ class YOPO(AdversarialLoss):
         extra = [x] if x.requires_grad else []  # embeddings: the loss's gradient reaches x too
         x_total = torch.zeros_like(x) if extra else None
         captured: list[Tensor] = []
-        handle = f0.module.register_forward_hook(_capture(captured))
+        handle = f0.module.register_forward_hook(_capture(captured, self._clone_x1))
         eta = self._start(x0)
         losses = []
         try:
@@ -224,6 +243,8 @@ class YOPO(AdversarialLoss):
                     xin = (x if extra else x0) + eta
                     logits = runner(xin)
                     loss_j = F.cross_entropy(logits, y)
+                    last_logits = logits.detach()  # the graph itself must not outlive the pass
+                    del logits
                     grads = torch.autograd.grad(loss_j, [*wanted, captured[0], *extra], allow_unused=True)
                     for p, g in zip(wanted, grads, strict=False):
                         if g is not None:
@@ -232,10 +253,13 @@ class YOPO(AdversarialLoss):
                     if extra:
                         x_total += grads[-1]
                     losses.append(loss_j.detach())
+                    del grads, loss_j
+                    captured.clear()  # x1 is not needed past its co-state
                     eta = self._inner_steps(f0, x0, eta, p_j)
                     if hamiltonian:
-                        for name, g in f0.param_grad(x0 + eta, p_j).items():
-                            total[id(f0.params[name])] += g
+                        for xc, pc in zip(*self._chunks(x0 + eta, p_j), strict=True):
+                            for name, g in f0.param_grad(xc, pc).items():
+                                total[id(f0.params[name])] += g
         finally:
             handle.remove()
         value = torch.stack(losses).mean()
@@ -244,13 +268,13 @@ class YOPO(AdversarialLoss):
         if extra:
             surrogate = surrogate + (x * (x_total / self.m)).sum()
         loss = value + (surrogate - surrogate.detach()) if torch.is_tensor(surrogate) else value
-        record = Record((x0 + eta).detach(), {"loss": value, "adv_acc": accuracy(logits, y)})
+        record = Record((x0 + eta).detach(), {"loss": value, "adv_acc": accuracy(last_logits, y)})
         return loss, record
 
     def _trades(self, x: Tensor, y: Tensor, f0: FirstLayer) -> tuple[Tensor, Record]:
         net, x0 = self.net, x.detach()
         captured: list[Tensor] = []
-        handle = f0.module.register_forward_hook(_capture(captured))
+        handle = f0.module.register_forward_hook(_capture(captured, self._clone_x1))
         eta = self._start(x0)
         try:
             with torch.enable_grad(), inner_mode(net, self.bn):

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vjp
 
 from .models import Normalize
+from .modes import inner_mode
 
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
@@ -211,6 +212,18 @@ def _param_grads(m: nn.Module, saved, p: Tensor) -> list[tuple[nn.Parameter, Ten
     return out
 
 
+def _trace(model: nn.Module, x: Tensor, modules: list[nn.Module], hook) -> None:
+    """Run ``model(x)`` once in eval mode without gradients, with ``hook`` as a forward hook on
+    ``modules``; modes and running statistics are left as they were."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad(), inner_mode(model, "eval"):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def find_first_layer(model: nn.Module, x: Tensor) -> nn.Module:
     """The first module with parameters that the model applies to its input, found by tracing
     ``model(x)`` with forward hooks (one pass, in eval mode, without gradients).
@@ -219,21 +232,9 @@ def find_first_layer(model: nn.Module, x: Tensor) -> nn.Module:
     input first (a normalisation written as a module, an ``F.interpolate`` in ``forward``)
     makes f0 ambiguous: a ``ValueError`` asks for ``first_layer=`` then.
     """
-    from .modes import inner_mode
-
     calls: list[tuple[nn.Module, tuple, object]] = []
     leaves = [m for m in model.modules() if not list(m.children())]
-
-    def hook(mod: nn.Module, args: tuple, out: object) -> None:
-        calls.append((mod, args, out))
-
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad(), inner_mode(model, "eval"):
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _trace(model, x, leaves, lambda mod, args, out: calls.append((mod, args, out)))
     current: set[int] = {id(x)}
     for mod, args, out in calls:
         if not args or id(args[0]) not in current:
@@ -254,21 +255,13 @@ def find_first_layer(model: nn.Module, x: Tensor) -> nn.Module:
     )
 
 
-def first_input_check(model: nn.Module, layer: nn.Module, x: Tensor) -> str | None:
-    """``None`` if ``layer`` receives the model's input ``x`` itself in ``model(x)``, else why not."""
-    from .modes import inner_mode
-
-    seen: list[bool] = []
-
-    def hook(mod: nn.Module, args: tuple) -> None:
-        seen.append(bool(args) and args[0] is x)
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad(), inner_mode(model, "eval"):
-            model(x)
-    finally:
-        handle.remove()
+def inspect_first_layer(model: nn.Module, layer: nn.Module, x: Tensor) -> tuple[str | None, bool]:
+    """One traced ``model(x)``: why ``layer`` cannot be f0 (``None`` if it receives the model's
+    input ``x`` itself), and whether the forward later modifies its output in place (its
+    version counter moves, as after ``ReLU(inplace=True)``)."""
+    seen: list[tuple[bool, Tensor, int]] = []
+    _trace(model, x, [layer], lambda mod, args, out: seen.append((bool(args) and args[0] is x, out, out._version)))
     if not seen:
-        return "is never called by the model's forward (a slice such as model[:2] is a new module)"
-    return None if seen[0] else "receives something other than the model's input"
+        return "is never called by the model's forward (a slice such as model[:2] is a new module)", False
+    why = None if seen[0][0] else "receives something other than the model's input"
+    return why, any(out._version != version for _, out, version in seen)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
-from ..first_layer import FirstLayer, find_first_layer, first_input_check
+from ..first_layer import FirstLayer, find_first_layer, inspect_first_layer
 from ..modes import inner_mode
 from ..perturb import Bounds, clamp_to_box
 from .base import AdversarialLoss, Record, accuracy
@@ -27,25 +27,13 @@ def _capture(store: list[Tensor], clone: bool):
     """A forward hook keeping f0's output x1 (for ``∂L/∂x1``). With ``clone`` it passes on a
     copy, so that an in-place op after f0 (``ReLU(inplace=True)``) cannot overwrite x1 or change
     its grad_fn; the copy costs one more x1-sized buffer, so it is made only for models that need
-    it (:func:`_overwrites_f0_output`)."""
+    it (:func:`robustreg.first_layer.inspect_first_layer`)."""
 
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
         store.append(out)
         return out.clone() if clone else None
 
     return hook
-
-
-def _overwrites_f0_output(model: nn.Module, f0: nn.Module, x: Tensor) -> bool:
-    """Whether ``model(x)`` modifies f0's output in place (its version counter moves)."""
-    seen: list[tuple[Tensor, int]] = []
-    handle = f0.register_forward_hook(lambda mod, args, out: seen.append((out, out._version)))
-    try:
-        with torch.no_grad(), inner_mode(model, "eval"):
-            model(x)
-    finally:
-        handle.remove()
-    return any(out._version != version for out, version in seen)
 
 
 class YOPO(AdversarialLoss):
@@ -171,12 +159,12 @@ class YOPO(AdversarialLoss):
                 self.first_layer = find_first_layer(self.net, probe)
                 self._f0 = FirstLayer(self.first_layer)
                 log.info("YOPO: first layer f0 = %s", self.first_layer)
-            elif (why := first_input_check(self.net, self._f0.module, probe)) is not None:
+            why, self._clone_x1 = inspect_first_layer(self.net, self._f0.module, probe)
+            if why is not None:
                 raise ValueError(
                     "first_layer must receive the model's input itself (YOPO perturbs x through f0 alone); "
                     f"the {type(self._f0.module).__name__} given {why}"
                 )
-            self._clone_x1 = _overwrites_f0_output(self.net, self._f0.module, probe)
             self._f0_checked = True
         return self._f0
 

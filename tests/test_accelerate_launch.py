@@ -15,6 +15,7 @@ import torch
 from robustreg import YOPO
 
 from .accelerate_yopo import model_and_batch
+from .test_distributed import free_port
 
 SCRIPT = Path(__file__).with_name("accelerate_yopo.py")
 
@@ -23,8 +24,10 @@ SCRIPT = Path(__file__).with_name("accelerate_yopo.py")
 def test_yopo_under_accelerate_launch_matches_one_process(tmp_path):
     out = tmp_path / "grads.pt"
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[1])
+           "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(SCRIPT), str(out)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=SCRIPT.parents[1])
+    assert run.returncode == 0, run.stderr[-3000:]
     got = torch.load(out)
     assert got["world"] == 2
     model, x, y = model_and_batch()

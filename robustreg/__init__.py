@@ -10,9 +10,23 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import models
-from .adversarial import PGDAT, TRADES, YOPO, AdversarialLoss, FastAT, FreeAT, Record, replay
+from . import diagnostics, models
+from .adversarial import (
+    ATTA,
+    PGDAT,
+    TRADES,
+    YOPO,
+    AdversarialLoss,
+    Amata,
+    AmataSchedule,
+    FastAT,
+    FreeAT,
+    Record,
+    amata_schedule,
+    replay,
+)
 from .attacks import CW, FGSM, PGD, cw_margin
+from .diagnostics import CriterionC, criterion_c, fosc
 from .evaluate import Accuracy, MaskingReport, gradient_masking_report, robust_accuracy
 from .modes import inner_mode
 from .perturb import BALLS, L2Ball, LinfBall, clamp_to_box, get_ball
@@ -20,6 +34,7 @@ from .perturb import BALLS, L2Ball, LinfBall, clamp_to_box, get_ball
 __version__ = "0.1.0"
 
 __all__ = [
+    "ATTA",
     "BALLS",
     "CW",
     "FGSM",
@@ -29,14 +44,21 @@ __all__ = [
     "YOPO",
     "Accuracy",
     "AdversarialLoss",
+    "Amata",
+    "AmataSchedule",
+    "CriterionC",
     "FastAT",
     "FreeAT",
     "L2Ball",
     "LinfBall",
     "MaskingReport",
     "Record",
+    "amata_schedule",
     "clamp_to_box",
+    "criterion_c",
     "cw_margin",
+    "diagnostics",
+    "fosc",
     "get_ball",
     "gradient_masking_report",
     "inner_mode",

@@ -1,9 +1,12 @@
 """The benchmark scripts run and report every method (a smoke run; no timing is asserted)."""
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,20 +25,51 @@ def test_step_cost_reports_each_method_and_its_ratio():
     assert all(r["median_s"] > 0 for r in report["results"].values())
 
 
-def test_time_to_robust_summary():
+def _time_to_robust():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from time_to_robust import summarize
+        import time_to_robust
     finally:
         sys.path.pop(0)
+    return time_to_robust
+
+
+def test_time_to_robust_summary():
     curves = {
         "pgd40": [{"train_s": 0, "robust": 0.1}, {"train_s": 100, "robust": 0.5}, {"train_s": 200, "robust": 0.8}],
         "yopo5-10": [{"train_s": 0, "robust": 0.1}, {"train_s": 50, "robust": 0.6}, {"train_s": 100, "robust": 0.9}],
+        "amata": [{"train_s": 0, "robust": 0.1}, {"train_s": 100, "robust": 0.8}],
+        "amata-yopo": [{"train_s": 0, "robust": 0.1}, {"train_s": 100, "robust": 0.7}],
     }
-    report = summarize({"curves": curves})
+    report = _time_to_robust().summarize({"curves": curves})
     assert report["target_robust"] == 0.8
-    assert report["time_to_target_s"] == {"pgd40": 200, "yopo5-10": 100}
-    assert report["yopo_over_pgd40"] == 0.5
+    assert report["time_to_target_s"] == {"pgd40": 200, "yopo5-10": 100, "amata": 100, "amata-yopo": None}
+    assert report["ratios"] == {"yopo5-10 / pgd40": 0.5, "amata / pgd40": 0.5}  # amata-yopo never reached it
     # YOPO crosses 0.8 two thirds of the way from 0.6 (t = 50) to 0.9 (t = 100).
     assert abs(report["time_to_target_interpolated_s"]["yopo5-10"] - 250 / 3) < 1e-9
-    assert abs(report["yopo_over_pgd40_interpolated"] - 250 / 600) < 1e-9
+    assert abs(report["ratios_interpolated"]["yopo5-10 / pgd40"] - 250 / 600) < 1e-9
+
+
+def test_time_to_robust_runs_every_method_interleaved(monkeypatch):
+    ttr = _time_to_robust()
+    monkeypatch.setattr(ttr, "evaluate", lambda model, test: {"clean": 0.5, "robust": 0.25, "fosc_pgd20": 0.0})
+    order = []
+    real = ttr.make_method
+
+    def spy(name, model):
+        model.register_forward_pre_hook(lambda *_: order.append(name))
+        return real(name, model)
+
+    monkeypatch.setattr(ttr, "make_method", spy)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    args = argparse.Namespace(
+        budget_s=1e-9, eval_every_s=1.0, batch_size=16, lr=1e-3, seed=0, c_at="1.0", c_batch=4, gamma=0.04
+    )
+    names = ["pgd40", "amata", "yopo5-10", "amata-yopo"]
+    curves, table = ttr.run_all(names, (x, y), (x[:8], y[:8]), args)
+    turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert turns == names  # one step each, in turn (all clocks at 0; the budget ends after a step)
+    assert all(len(curves[n]) == 2 and curves[n][-1]["step"] == 1 for n in names)
+    assert curves["amata"][-1]["K"] == 5 and curves["amata-yopo"][-1]["K"] == 2
+    (row,) = table
+    assert row["C_current"] >= 0 and {"C_pgd10", "C_pgd20", "C_pgd40"} <= set(row)

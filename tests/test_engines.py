@@ -9,26 +9,38 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustreg
-from robustreg import PGDAT, TRADES, YOPO, FastAT, FreeAT
+from robustreg import ATTA, PGDAT, TRADES, YOPO, FastAT, FreeAT
 
 from .conftest import TinyConvBN, tiny_mlp
 
 SMALL = {"eps": 0.1, "alpha": 0.04, "steps": 3}
+
+
+class ATTAByPosition(ATTA):
+    """ATTA called as ``reg(x, y)``, the batch position standing for the dataset index."""
+
+    def __call__(self, x, y):
+        index = torch.arange(x.shape[0] if isinstance(x, torch.Tensor) and x.dim() else 1)
+        return super().__call__(x, y, index)
+
+
 ENGINES = {  # name -> (model, **overrides) -> loss object with small test settings
     "pgdat": lambda m, **kw: PGDAT(m, **SMALL | kw),
     "pgdat-mix": lambda m, **kw: PGDAT(m, **SMALL | {"clean_weight": 0.5} | kw),
     "fast": lambda m, **kw: FastAT(m, **{"eps": 0.1} | kw),
     "free": lambda m, **kw: FreeAT(m, **{"eps": 0.1} | kw),
     "trades": lambda m, **kw: TRADES(m, **SMALL | kw),
+    "atta": lambda m, **kw: ATTAByPosition(m, 64, **SMALL | kw),
     "yopo": lambda m, **kw: YOPO(m, **{"m": 2, "n": 2, "eps": 0.1, "alpha": 0.04} | kw),
     "yopo-trades": lambda m, **kw: YOPO(m, **{"m": 2, "n": 2, "eps": 0.1, "alpha": 0.04, "objective": "trades"} | kw),
 }
 # Engines with separate inner passes before the loss's own (YOPO-CE has none: its m passes
 # are the training passes, tested in test_yopo.py).
-WITH_BN = ["pgdat", "pgdat-mix", "fast", "trades", "yopo-trades"]
-ATTACK_PASSES = {"pgdat": 3, "pgdat-mix": 3, "fast": 1, "trades": 4, "yopo-trades": 3}  # + the target pass
+WITH_BN = ["pgdat", "pgdat-mix", "fast", "trades", "atta", "yopo-trades"]
+ATTACK_PASSES = {"pgdat": 3, "pgdat-mix": 3, "fast": 1, "trades": 4, "atta": 3, "yopo-trades": 3}  # + the target pass
 FINAL_INPUTS = {
     "pgdat": ["adv"],
+    "atta": ["adv"],
     "pgdat-mix": ["adv", "clean"],
     "fast": ["adv"],
     "trades": ["clean", "adv"],

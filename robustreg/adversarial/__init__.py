@@ -1,5 +1,8 @@
-"""Adversarial-training loss objects: PGD-AT, Fast-AT, Free-AT, TRADES, YOPO."""
+"""Adversarial-training loss objects: PGD-AT, Fast-AT, Free-AT, TRADES, YOPO, ATTA, and Amata's
+annealing of any of them."""
 
+from .amata import Amata, AmataSchedule, amata_schedule
+from .atta import ATTA
 from .base import AdversarialLoss, Record
 from .fast import FastAT
 from .free import FreeAT, replay
@@ -7,4 +10,17 @@ from .pgd import PGDAT
 from .trades import TRADES
 from .yopo import YOPO
 
-__all__ = ["PGDAT", "TRADES", "YOPO", "AdversarialLoss", "FastAT", "FreeAT", "Record", "replay"]
+__all__ = [
+    "ATTA",
+    "PGDAT",
+    "TRADES",
+    "YOPO",
+    "AdversarialLoss",
+    "Amata",
+    "AmataSchedule",
+    "FastAT",
+    "FreeAT",
+    "Record",
+    "amata_schedule",
+    "replay",
+]

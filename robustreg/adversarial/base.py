@@ -126,25 +126,31 @@ class AdversarialLoss:
     # -- calling -------------------------------------------------------------------------
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """The method's training loss on the batch ``(x, y)``, a 0-dim tensor."""
+        x, y = self._prepare(x, y)
+        loss, record = self._loss(x, y)
+        self.last = record
+        return loss
+
+    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Check the configuration and the batch (nothing changes before this returns)."""
         self._check_config()
         x = _checks.check_x(x, self.bounds)
         y = _checks.check_y(y, x.shape[0])
         if self._num_classes is None:
             self._num_classes = _checks.num_classes(self.net, x)
         _checks.check_classes(y, self._num_classes)
-        loss, record = self._loss(x, y)
-        self.last = record
-        return loss
+        return x, y
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
         raise NotImplementedError
 
-    def _attack(self, objective: Callable[[Tensor], Tensor], x0: Tensor) -> Tensor:
-        """δ* after ``steps`` projected ascent steps on ``objective`` from :meth:`_start`,
-        with the inner passes under the ``bn`` policy (``x0`` detached)."""
+    def _attack(self, objective: Callable[[Tensor], Tensor], x0: Tensor, start: Tensor | None = None) -> Tensor:
+        """δ* after ``steps`` projected ascent steps on ``objective`` from ``start`` (default
+        :meth:`_start`), with the inner passes under the ``bn`` policy (``x0`` detached)."""
+        start = self._start(x0) if start is None else start
         with inner_mode(self.net, self.bn):
             return ascend(
-                objective, x0, self._start(x0), ball=self.ball, eps=self.eps,
+                objective, x0, start, ball=self.ball, eps=self.eps,
                 alpha=self.step_size, steps=self.steps, bounds=self.bounds,
             )  # fmt: skip
 

@@ -1,0 +1,337 @@
+"""Amata's schedules and their use by every engine, and ATTA's per-sample memory."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robustreg
+from robustreg import ATTA, PGDAT, TRADES, YOPO, Amata, AmataSchedule, FastAT, FreeAT, amata_schedule
+
+from .conftest import TinyConvBN
+from .test_engines import assert_same, snapshot
+
+# -- schedules -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("k_min", "k_max", "tau"), [(10, 40, 0.4), (5, 40, 0.3), (2, 4, 8 / 255)])
+def test_linear_schedule_matches_algorithm_1(k_min, k_max, tau):
+    for p, k_real in [(0.0, k_min), (0.5, (k_min + k_max) / 2), (1.0, k_max)]:
+        k, alpha = amata_schedule(p, k_min=k_min, k_max=k_max, tau=tau)
+        assert k == math.floor(k_real + 0.5)
+        assert alpha == pytest.approx(tau / k, rel=1e-15)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0, 3.0])
+def test_exponential_schedule_matches_eq_16(eta):
+    k_min, k_max, tau = 10, 40, 0.4
+    for p in (0.0, 0.5, 1.0):
+        k_real = k_min + (k_max - k_min) * (1 - math.exp(-eta * p)) / (1 - math.exp(-eta))
+        k, alpha = amata_schedule(p, k_min=k_min, k_max=k_max, tau=tau, kind="exponential", eta=eta)
+        assert k == math.floor(k_real + 0.5) and alpha == pytest.approx(tau / k)
+    # Concave: ahead of the linear schedule in the middle of training.
+    assert amata_schedule(0.5, k_min=10, k_max=40, tau=0.4, kind="exponential", eta=eta)[0] > 25
+
+
+def test_paper_example_values():
+    assert amata_schedule(0.0, k_min=10, k_max=40, tau=0.4) == (10, 0.04)
+    assert amata_schedule(0.5, k_min=10, k_max=40, tau=0.4) == (25, pytest.approx(0.016))
+    assert amata_schedule(1.0, k_min=10, k_max=40, tau=0.4) == (40, pytest.approx(0.01))
+    assert amata_schedule(0.3, k_min=10, k_max=40, tau=0.4, kind="constant") == (40, pytest.approx(0.01))
+
+
+@pytest.mark.parametrize("kind", ["linear", "exponential", "constant"])
+def test_schedule_k_is_monotone_and_in_range(kind):
+    ps = torch.linspace(0, 1, 1001).tolist()
+    ks = [amata_schedule(p, k_min=3, k_max=17, tau=1.0, kind=kind, eta=2.0)[0] for p in ps]
+    assert all(a <= b for a, b in itertools.pairwise(ks))
+    assert min(ks) >= 3 and max(ks) == 17
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"progress": 1.5}, ValueError, r"progress must be a number in \[0, 1\]"),
+        ({"progress": -0.1}, ValueError, r"progress must be a number in \[0, 1\]"),
+        ({"progress": math.nan}, ValueError, "progress"),
+        ({"k_min": 41}, ValueError, "k_min must be <= k_max"),
+        ({"k_min": 0}, ValueError, "k_min must be an int >= 1"),
+        ({"k_max": 2.5}, TypeError, "k_max must be an int"),
+        ({"tau": 0.0}, ValueError, "tau must be a finite number > 0"),
+        ({"tau": -1.0}, ValueError, "tau must be a finite number >= 0"),
+        ({"kind": "cosine"}, ValueError, "kind must be one of"),
+        ({"kind": "exponential", "eta": 0.0}, ValueError, "eta must be a finite number > 0"),
+    ],
+)
+def test_bad_schedule_arguments(kwargs, exc, match):
+    args = {"progress": 0.5, "k_min": 10, "k_max": 40, "tau": 0.4} | kwargs
+    with pytest.raises(exc, match=match):
+        amata_schedule(args.pop("progress"), **args)
+    if "progress" not in kwargs:
+        with pytest.raises(exc, match=match):
+            AmataSchedule(args["k_min"], args["k_max"], args["tau"], args.get("kind", "linear"), args.get("eta", 1.0))
+
+
+# -- Amata on the engines --------------------------------------------------------------------
+
+
+class CountingLinear(nn.Module):
+    """Two-class linear model counting its forward calls; its CE input gradient has a fixed sign."""
+
+    def __init__(self, dim: int = 5) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x)
+
+
+def test_amata_pgd_takes_k_t_steps_of_alpha_t():
+    model = CountingLinear()
+    x, y = torch.randn(8, 5), torch.randint(0, 2, (8,))
+    eps, tau = 10.0, 0.6  # a ball too large to bind: δ is the sum of the K steps
+    reg = Amata(PGDAT(model, eps=eps, random_start=False, bounds=None), k_min=3, k_max=12, tau=tau, total=10)
+    w = model.fc.weight.detach()
+    direction = torch.sign(w[1 - y] - w[y])  # sign of ∇_x CE for two classes
+    reg(x, y)  # the first call also probes the number of classes
+    for epoch in (0, 5, 9):
+        reg.set_epoch(epoch)
+        k, alpha = amata_schedule(epoch / 10, k_min=3, k_max=12, tau=tau)
+        model.calls = 0
+        reg(x, y)
+        assert model.calls == k + 1  # K attack passes + the loss's own
+        assert reg.engine.steps == k and reg.engine.alpha == alpha
+        torch.testing.assert_close(reg.last.x_adv - x, k * alpha * direction)
+        assert reg.last["K"] == k and reg.last["alpha"] == pytest.approx(alpha)
+
+
+def test_amata_sets_the_knobs_of_each_engine():
+    model = TinyConvBN()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    sched = AmataSchedule(2, 4, 0.2)
+
+    yopo = Amata(YOPO(model, m=9, n=2, eps=0.1), sched, total=4)
+    yopo.set_epoch(2)
+    yopo(x, y)
+    assert (yopo.engine.m, yopo.engine.n, yopo.engine.alpha) == (3, 2, pytest.approx(0.2 / 3))
+
+    trades = Amata(TRADES(model, eps=0.1), sched, total=4)
+    trades.set_epoch(4)
+    trades(x, y)
+    assert (trades.engine.steps, trades.engine.alpha) == (4, pytest.approx(0.05))
+
+    free = Amata(FreeAT(model, eps=0.1), sched, total=4)
+    free.set_epoch(0)
+    assert free.replays == 2
+    free(x, y).backward()
+    assert free.engine.alpha == pytest.approx(0.1)
+    free.set_epoch(4)
+    assert free.replays == 4 and len(list(robustreg.replay([(x, y)], free.replays))) == 4
+    with pytest.raises(TypeError, match="replays is Free-AT's knob"):
+        _ = trades.replays
+
+
+def test_amata_fast_uses_a_fixed_start_early_then_the_random_one():
+    model = CountingLinear()
+    x, y = torch.full((6, 5), 0.5), torch.randint(0, 2, (6,))
+    fast = FastAT(model, eps=0.2, alpha=0.0)  # α = 0: x_adv shows the start itself
+    reg = Amata(fast, total=10, early=0.3, early_init=0.5)
+    reg.set_epoch(2)
+    reg(x, y)
+    torch.testing.assert_close(reg.last.x_adv - x, torch.full_like(x, 0.1))  # δ_0 = c·ε·𝟙
+    assert fast.init == 0.5 and reg.K is None
+    reg.set_epoch(3)
+    reg(x, y)
+    assert fast.init is None
+    delta = reg.last.x_adv - x
+    assert float(delta.abs().max()) <= 0.2 and delta.unique().numel() > 10  # uniform start again
+
+
+def test_fast_init_for_l2_is_a_constant_vector_of_norm_c_eps():
+    fast = FastAT(CountingLinear(), eps=0.4, alpha=0.0, norm="l2", init=0.5)
+    x = torch.full((3, 5), 0.5)
+    fast(x, torch.zeros(3, dtype=torch.long))
+    delta = fast.last.x_adv - x
+    torch.testing.assert_close(delta.norm(dim=1), torch.full((3,), 0.2))
+    assert delta.unique().numel() == 1
+
+
+def test_progress_by_epoch_iteration_or_value_and_checkpointing():
+    reg = Amata(PGDAT(TinyConvBN()), k_min=1, k_max=11, tau=1.0, total=10)
+    reg.set_epoch(3)
+    assert reg.progress == pytest.approx(0.3) and reg.K == 4
+    for _ in range(4):
+        reg.step()
+    assert reg.t == 7 and reg.K == 8
+    state = reg.state_dict()
+    other = Amata(PGDAT(TinyConvBN()), k_min=1, k_max=11, tau=1.0, total=10)
+    other.load_state_dict(state)
+    assert other.K == 8
+    reg.set_epoch(25)
+    assert reg.progress == 1.0 and reg.K == 11
+    reg.set_progress(0.5)
+    assert reg.knobs() == (6, pytest.approx(1 / 6)) and reg.knobs(0.0) == (1, 1.0)
+
+
+def test_user_supplied_schedule_and_its_checks():
+    reg = Amata(PGDAT(TinyConvBN(), eps=0.1), lambda p: (1 + int(4 * p), 0.02), total=4)
+    reg.set_epoch(2)
+    assert reg.knobs() == (3, 0.02)
+    bad = Amata(PGDAT(TinyConvBN(), eps=0.1), lambda p: (0, 0.02))
+    with pytest.raises(ValueError, match="K must be an int >= 1"):
+        bad(torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({}, ValueError, "pass schedule=, or k_min=, k_max= and tau="),
+        ({"schedule": 3}, TypeError, "schedule must be callable"),
+        ({"k_min": 5, "k_max": 2, "tau": 1.0}, ValueError, "k_min must be <= k_max"),
+        ({"k_min": 1, "k_max": 2, "tau": 1.0, "total": 0}, ValueError, "total must be an int >= 1"),
+        ({"k_min": 1, "k_max": 2, "tau": 1.0, "early": 2.0}, ValueError, r"early must be in \[0, 1\]"),
+    ],
+)
+def test_bad_amata_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Amata(PGDAT(TinyConvBN()), **kwargs)
+
+
+def test_amata_needs_an_engine_and_total_for_epochs():
+    with pytest.raises(TypeError, match="engine must be a robustreg adversarial loss"):
+        Amata(nn.Linear(2, 2), k_min=1, k_max=2, tau=1.0)
+    reg = Amata(PGDAT(TinyConvBN()), k_min=1, k_max=2, tau=1.0)
+    with pytest.raises(ValueError, match="total is None"):
+        reg.set_epoch(1)
+    with pytest.raises(ValueError, match="progress must be"):
+        reg.set_progress(2)
+
+
+def test_amata_call_is_side_effect_free():
+    model = TinyConvBN().eval()  # so the loss's own pass leaves the running statistics too
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    snap = snapshot(model)
+    reg = Amata(PGDAT(model, eps=0.1), k_min=1, k_max=3, tau=0.1, total=2)
+    reg(torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,)))
+    assert_same(model, snap)  # modes, .grad, requires_grad, running statistics
+    assert reg.last["K"] == 1
+
+
+# -- ATTA ------------------------------------------------------------------------------------
+
+
+def linear_atta(**kw) -> tuple[ATTA, CountingLinear]:
+    model = CountingLinear()
+    return ATTA(model, 10, **{"eps": 1.0, "alpha": 0.1, "steps": 1, "random_start": False, "bounds": None} | kw), model
+
+
+def test_atta_carries_each_samples_perturbation_across_epochs():
+    reg, model = linear_atta()
+    x, y = torch.randn(10, 5), torch.randint(0, 2, (10,))
+    w = model.fc.weight.detach()
+    direction = torch.sign(w[1 - y] - w[y])
+    for epoch in range(3):
+        reg.set_epoch(epoch)
+        for rows in (torch.tensor([3, 0, 7]), torch.tensor([1, 2, 4, 5, 6, 8, 9])):
+            reg(x[rows], y[rows], rows)
+            assert reg.last["carried"] == (1.0 if epoch else 0.0)
+        # One step per epoch, each from the previous epoch's perturbation.
+        torch.testing.assert_close(reg.memory, 0.1 * (epoch + 1) * direction)
+
+
+def test_atta_resets_on_schedule():
+    reg, _ = linear_atta(reset=2)
+    x, y, index = torch.randn(4, 5), torch.randint(0, 2, (4,)), torch.tensor([9, 1, 2, 3])
+    carried = []
+    for epoch in range(5):
+        reg.set_epoch(epoch)
+        reg(x, y, index)
+        carried.append(reg.last["carried"])
+    assert carried == [0.0, 1.0, 0.0, 1.0, 0.0]  # fresh at epochs 0, 2, 4
+    assert float(reg.memory[9].abs().max()) == pytest.approx(0.1)
+
+
+def test_amata_atta_resets_every_2_epochs_early_then_as_configured():
+    reg, _ = linear_atta(reset=None)
+    amata = Amata(reg, k_min=1, k_max=2, tau=0.2, total=10, early=0.4, early_reset=2)
+    x, y, index = torch.randn(3, 5), torch.randint(0, 2, (3,)), torch.tensor([0, 1, 2])
+    carried = []
+    for epoch in range(8):
+        amata.set_epoch(epoch)
+        amata(x, y, index)
+        carried.append(reg.last["carried"])
+    assert carried == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert reg.reset is None and reg.steps == 2
+
+
+def test_atta_storage_on_cpu_gives_the_same_numbers():
+    x, y, index = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 2, (4,)), torch.tensor([5, 6, 7, 8])
+    out = []
+    for storage in ("input", "cpu"):
+        torch.manual_seed(0)
+        reg, model = linear_atta(storage=storage, random_start=True, eps=0.3)
+        model.double()
+        for epoch in range(2):
+            reg.set_epoch(epoch)
+            loss = reg(x, y, index)
+        out.append((loss.detach(), reg.memory.clone()))
+        assert reg.memory.dtype == torch.float64 and reg.memory_bytes == 10 * 5 * 8
+    torch.testing.assert_close(out[0], out[1])
+
+
+@pytest.mark.parametrize(
+    ("index", "exc", "match"),
+    [
+        (torch.tensor([0, 1, 10]), ValueError, r"outside \[0, dataset_size\) = \[0, 10\)"),
+        (torch.tensor([0, -1, 2]), ValueError, "outside"),
+        (torch.tensor([0, 1]), ValueError, r"index must have shape \(3,\)"),
+        (torch.tensor([0.0, 1.0, 2.0]), TypeError, "integer dataset indices"),
+        (torch.tensor([1, 1, 2]), ValueError, "duplicates"),
+        ([0, 1, 2], TypeError, "torch.Tensor"),
+    ],
+)
+def test_atta_bad_indices_raise_before_anything_changes(index, exc, match):
+    reg, model = linear_atta()
+    x, y = torch.randn(3, 5), torch.randint(0, 2, (3,))
+    reg(x, y, torch.tensor([0, 1, 2]))
+    before = reg.memory.clone()
+    snap = snapshot(model)
+    with pytest.raises(exc, match=match):
+        reg(x, y, index)
+    assert torch.equal(reg.memory, before)
+    assert_same(model, snap)
+
+
+def test_atta_changed_dataset_or_sample_shape_is_an_error():
+    reg, _ = linear_atta()
+    x, y = torch.randn(3, 5), torch.randint(0, 2, (3,))
+    reg(x, y, torch.tensor([0, 1, 2]))
+    reg.dataset_size = 12
+    with pytest.raises(ValueError, match="dataset_size changed from 10 to 12"):
+        reg(x, y, torch.tensor([0, 1, 2]))
+    reg.clear()
+    reg(x, y, torch.tensor([0, 1, 11]))
+    assert reg.memory.shape == (12, 5)
+    with pytest.raises(ValueError, match="sample shape"):
+        reg(torch.randn(3, 6), y, torch.tensor([0, 1, 2]))
+    with pytest.raises(TypeError, match=r"call reg\(x, y, index\)"):
+        reg._loss(x, y)
+
+
+def test_atta_loss_is_ce_at_the_carried_adversary():
+    model = TinyConvBN()
+    model.drop.p = 0.0
+    reg = ATTA(model, 20, eps=0.1, alpha=0.04, steps=2)
+    x, y, index = torch.rand(5, 1, 8, 8), torch.randint(0, 5, (5,)), torch.arange(5) * 3
+    for epoch in range(2):
+        reg.set_epoch(epoch)
+        loss = reg(x, y, index)
+    torch.testing.assert_close(loss, F.cross_entropy(model(reg.last.x_adv), y))
+    torch.testing.assert_close(reg.memory[index], reg.last.x_adv - x)
+    assert float((reg.last.x_adv - x).abs().max()) <= 0.1 + 1e-6

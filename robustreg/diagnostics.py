@@ -148,9 +148,9 @@ def _scores(net, params, x, y, start, alpha, ks, ball, eps, bounds) -> dict[int,
         delta = delta.detach().requires_grad_(k < last)
         loss = F.cross_entropy(net(x + delta), y)
         wanted = (params if k in ks else []) + ([delta] if k < last else [])
-        grads = torch.autograd.grad(loss, wanted)
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)  # unused parameters: zero gradient
         if k in ks:
-            out[k] = sum(g.pow(2).sum() for g in grads[: len(params)]).detach()
+            out[k] = sum(g.pow(2).sum() for g in grads[: len(params)] if g is not None).detach()
         if k < last:  # the ascent direction is scale-free: the mean's gradient serves the sum's
             delta = clamp_to_box(x, ball.project(ball.step(delta.detach(), grads[-1], alpha), eps), bounds)
     return out

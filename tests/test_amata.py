@@ -152,6 +152,11 @@ def test_amata_fast_uses_a_fixed_start_early_then_the_random_one():
     assert float(delta.abs().max()) <= 0.2 and delta.unique().numel() > 10  # uniform start again
 
 
+def test_amata_fast_refuses_a_k_schedule():
+    with pytest.raises(ValueError, match="FastAT takes one step"):
+        Amata(FastAT(CountingLinear()), k_min=1, k_max=2, tau=0.1)
+
+
 def test_fast_init_for_l2_is_a_constant_vector_of_norm_c_eps():
     fast = FastAT(CountingLinear(), eps=0.4, alpha=0.0, norm="l2", init=0.5)
     x = torch.full((3, 5), 0.5)

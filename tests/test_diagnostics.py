@@ -53,6 +53,13 @@ def test_scores_equal_pgd_then_the_gradient_norm_written_out(norm):
     assert c.as_dict()["C"] == c.value and c.as_dict()["best_K"] == c.best[0]
 
 
+def test_c_ignores_parameters_outside_the_graph():
+    model, (x, y) = TinyConvBN(), batch()
+    model.unused = nn.Linear(3, 3)
+    c = criterion_c(model, x, y, steps=1, alpha=0.02, eps=0.1, candidates=GRID)
+    assert c.value >= 0
+
+
 def test_c_leaves_the_model_as_it_was():
     model, (x, y) = TinyConvBN().train(), batch()
     for p in model.parameters():

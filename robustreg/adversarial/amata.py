@@ -126,7 +126,8 @@ class Amata:
             ``None`` builds ``AmataSchedule(k_min, k_max, tau, kind, eta)`` (not needed for
             FastAT).
         total: T, the number of epochs (or iterations) that p = t/T counts.
-        early: the fraction of training with the weak start (FastAT) or short reset (ATTA).
+        early: the fraction of training (0.2) with the weak start (FastAT) or the short reset
+            period (ATTA).
         early_init: FastAT's fixed start c (δ_0 = c·ε·𝟙) early on.
         early_reset: ATTA's reset period early on (2 epochs).
 
@@ -151,7 +152,7 @@ class Amata:
         tau: float | None = None,
         kind: str = "linear",
         eta: float = 1.0,
-        early: float = 0.0,
+        early: float = 0.2,
         early_init: float = 0.5,
         early_reset: int = 2,
     ) -> None:
@@ -159,6 +160,8 @@ class Amata:
             raise TypeError(
                 f"engine must be a robustreg adversarial loss (PGDAT, YOPO, …), got {type(engine).__name__}"
             )
+        if isinstance(engine, FastAT) and (schedule is not None or (k_min, k_max, tau) != (None, None, None)):
+            raise ValueError("FastAT takes one step: Amata anneals its start (early=, early_init=), not K or alpha")
         if schedule is None and not isinstance(engine, FastAT):
             if k_min is None or k_max is None or tau is None:
                 raise ValueError("pass schedule=, or k_min=, k_max= and tau= to build an AmataSchedule")

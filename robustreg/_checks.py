@@ -73,14 +73,20 @@ def check_x(x: object, bounds: Bounds, *, name: str = "x") -> Tensor:
     )
 
 
+def integer_vector(name: str, value: object, batch: int, what: str) -> Tensor:
+    """An integer tensor of shape ``(batch,)`` (class labels, dataset indices)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of {what}, got {type(value).__name__}")
+    if value.dtype == torch.bool or value.is_floating_point() or value.is_complex():
+        raise TypeError(f"{name} must hold integer {what}, got dtype {value.dtype}")
+    if value.dim() != 1 or value.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},) to match x's batch size, got {tuple(value.shape)}")
+    return value
+
+
 def check_y(y: object, batch: int, *, name: str = "y") -> Tensor:
     """Integer class labels of shape ``(batch,)``, non-negative; returned as int64."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(y).__name__}")
-    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise TypeError(f"{name} must hold integer class indices, got dtype {y.dtype}")
-    if y.dim() != 1 or y.shape[0] != batch:
-        raise ValueError(f"{name} must have shape ({batch},) to match x's batch size, got {tuple(y.shape)}")
+    y = integer_vector(name, y, batch, "class indices")
     if bool((y < 0).any()):
         raise ValueError(f"{name} holds negative class indices (min {int(y.min())})")
     return y.long()  # cross-entropy and gather want int64 (int32 or uint8 labels are common)

@@ -242,8 +242,9 @@ class Amata:
             raise TypeError(f"replays is Free-AT's knob; the engine is {type(self.engine).__name__}")
         return self.K
 
-    def apply(self) -> None:
-        """Set the engine's knobs for the current progress (every call does this first)."""
+    def apply(self) -> tuple[int, float] | None:
+        """Set the engine's knobs for the current progress (every call does this first);
+        returns them (:meth:`knobs`)."""
         engine, knobs, early = self.engine, self.knobs(), self.progress < self.early
         if knobs is not None:
             k, alpha = knobs
@@ -257,14 +258,14 @@ class Amata:
             engine.init = self.early_init if early else self._own["init"]
         if isinstance(engine, ATTA):
             engine.reset = self.early_reset if early else self._own["reset"]
+        return knobs
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, *batch: Tensor) -> Tensor:
         """The engine's loss on ``batch`` (``x, y``; ATTA: ``x, y, index``) with the current knobs."""
-        self.apply()
+        knobs = self.apply()
         loss = self.engine(*batch)
         record = self.engine.last
-        knobs = self.knobs()
         extra = {"progress": torch.tensor(self.progress)}
         if knobs is not None:
             extra |= {"K": torch.tensor(float(knobs[0])), "alpha": torch.tensor(knobs[1])}

@@ -163,13 +163,8 @@ class ATTA(AdversarialLoss):
         raise TypeError("ATTA needs each sample's dataset index: call reg(x, y, index)")
 
     def _check_index(self, index: object, batch: int) -> Tensor:
-        if not isinstance(index, Tensor):
-            raise TypeError(f"index must be a torch.Tensor of dataset indices, got {type(index).__name__}")
-        if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
-            raise TypeError(f"index must hold integer dataset indices, got dtype {index.dtype}")
-        if index.dim() != 1 or index.shape[0] != batch:
-            raise ValueError(f"index must have shape ({batch},) to match x's batch size, got {tuple(index.shape)}")
-        lo, hi = int(index.min()), int(index.max())
+        index = _checks.integer_vector("index", index, batch, "dataset indices")
+        lo, hi = (int(v) for v in torch.stack(index.aminmax()))  # one device sync
         if lo < 0 or hi >= self.dataset_size:
             raise ValueError(
                 f"index holds values in [{lo}, {hi}], outside [0, dataset_size) = [0, {self.dataset_size}); "

@@ -8,13 +8,20 @@ resident set size, runs one step on an MNIST-shaped batch of ``--batch-size`` (1
 how far the peak grew: the memory that step needed at its peak beyond what the process already
 held. The report gives the median over ``--repeats`` processes per method and the ratio
 YOPO-5-3 / PGD-10, the issue's yardstick (≤ 1.25). YOPO never holds more than one pass's graph:
-each pass's graph is freed by ``torch.autograd.grad`` before the next pass starts.
+each pass's graph is freed by ``torch.autograd.grad`` before the next pass starts, and nothing of
+a pass but η outlives it.
+
+The children run with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc): tensors above 128 KiB are mapped
+and unmapped on their own, so the resident set follows the tensors alive at each moment instead
+of what glibc's heap happens to keep cached (without it the same step's peak varies by ±15 MiB
+from process to process). ``--glibc-cache`` measures with glibc's defaults instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -58,20 +65,29 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--glibc-cache", action="store_true", help="measure with glibc's default heap caching")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(one(args.child, args.batch_size))
         return {}
+    env = dict(os.environ)
+    if not args.glibc_cache:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     peaks: dict[str, list[float]] = {m: [] for m in METHODS}
     for _ in range(args.repeats):
         for method in METHODS:
             cmd = [sys.executable, __file__, "--child", method, "--batch-size", str(args.batch_size)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             peaks[method].append(float(out.stdout.strip()))
     med = {m: statistics.median(v) for m, v in peaks.items()}
     report = {
-        "config": {"batch_size": args.batch_size, "repeats": args.repeats, "torch": torch.__version__},
+        "config": {
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "malloc_mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_"),
+            "torch": torch.__version__,
+        },
         "peak_growth_mib": {m: {"median": med[m], "all": peaks[m]} for m in METHODS},
         "ratios": {
             "yopo5-3 / pgd10": med["yopo5-3"] / med["pgd10"],

@@ -5,8 +5,8 @@ steps need ``∇_z ⟨p, f0(z)⟩ = J_{f0}(z)ᵀ p`` for a frozen co-state p, ma
 For the layers networks start with this product has a closed form much cheaper than autograd:
 
 - ``Linear``:           ``Jᵀp = p W``;
-- ``Conv2d``:           ``Jᵀp = fold(Wᵀ p)`` with its forward as ``W unfold(z) + b``, batched
-  matrix products that also give the weight gradient ``Σ_b p_b unfold(z)_bᵀ``;
+- ``Conv2d``:           its forward as batched matrix products ``W cols(z)_b + b``, ``Jᵀp`` as
+  ``Wᵀ p_b`` added back over the kernel offsets, and the weight gradient as ``Σ_b p_b cols(z)_bᵀ``;
 - ``Conv1d``/``Conv3d`` and grouped convolutions: the transposed convolution;
 - a pointwise ``ReLU``/``LeakyReLU``:  ``p ← p ⊙ σ'(pre-activation)`` (ATen's fused kernels);
 - a per-channel normalisation ``(x − μ)/σ`` (:class:`robustreg.models.Normalize`): ``p ← p / σ``.
@@ -21,6 +21,8 @@ caller computes it once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -108,19 +110,41 @@ class FirstLayer:
             grads_ = torch.autograd.grad((out * p).sum(), wanted, allow_unused=True)
         return {k: g for k, g in zip(names.values(), grads_, strict=True) if g is not None}
 
-    def _reverse(self, z: Tensor, p: Tensor, param_grads: dict[int, Tensor] | None) -> Tensor:
+    def pullback(self, p: Tensor) -> Callable[[Tensor], Tensor]:
+        """``z ↦ J_{f0}(z)ᵀ p`` for one co-state ``p`` taken at many points z (YOPO's inner steps).
+
+        The closed forms write into buffers kept between calls instead of allocating large
+        tensors at every step: each result is overwritten by the next call (copy it to keep it)."""
+        if self.ops is None:
+            return lambda z: self.input_vjp(z, p)
+        workspace: dict[tuple[int, str], Tensor] = {}
+
+        def apply(z: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self._reverse(z, p.to(z.dtype), None, workspace)
+
+        return apply
+
+    def _reverse(
+        self,
+        z: Tensor,
+        p: Tensor,
+        param_grads: dict[int, Tensor] | None,
+        workspace: dict[tuple[int, str], Tensor] | None = None,
+    ) -> Tensor:
         """One forward through the known pieces (keeping what the reverse pass needs), then
         the reverse pass with the closed forms. Fills ``param_grads`` (by parameter id) when
         given; returns ``Jᵀp`` (not computed through the first piece when only parameter
-        gradients are asked)."""
-        saved = []  # per piece: its input, or for a 2-D convolution its unfolded input
+        gradients are asked). With a ``workspace``, large intermediates go into its buffers."""
+        ws = _Buffers(workspace)
+        saved = []  # per piece: its input, or for a 2-D convolution its columns
         h = z
         for i, m in enumerate(self.ops):
             if _as_matmul(m):
-                cols = F.unfold(h, m.kernel_size, m.dilation, m.padding, m.stride)  # (B, Cin·k·k, L)
-                saved.append((h.shape, cols))
+                cols = _Cols(m, h, ws.at(i))
+                saved.append(cols)
                 if i < len(self.ops) - 1:  # the last piece's output is never needed
-                    h = _conv_from_cols(m, cols, h.shape)
+                    h = cols.conv(m)
             else:
                 saved.append(h)
                 if i < len(self.ops) - 1:
@@ -132,53 +156,130 @@ class FirstLayer:
                     param_grads[id(prm)] = g
                 if i == 0:
                     return p
-            p = _vjp_one(m, s_in, p)
+            # A convolution's output in the workspace is needed by nothing after its activation's
+            # backward: that backward overwrites it (less memory to stream through the caches).
+            reuse = workspace is not None and i > 0 and _as_matmul(self.ops[i - 1])
+            p = _vjp_one(m, s_in, p, ws.at(i), in_place=reuse)
         return p
 
 
+class _Buffers:
+    """Named tensors reused between calls when their shape, dtype and device still match
+    (``get`` allocates afresh without a workspace). ``at(i)`` scopes the names to piece i."""
+
+    def __init__(self, store: dict[tuple[int, str], Tensor] | None, piece: int = -1) -> None:
+        self.store, self.piece = store, piece
+
+    def at(self, piece: int) -> _Buffers:
+        return _Buffers(self.store, piece)
+
+    def get(self, name: str, shape: tuple[int, ...] | None, like: Tensor) -> tuple[Tensor, bool]:
+        """An uninitialised buffer of ``shape`` (contiguous), or with ``shape=None`` one like
+        ``like`` (its shape and strides); and whether it is new (its contents are garbage)."""
+        key = (self.piece, name)
+        buf = None if self.store is None else self.store.get(key)
+        size = like.shape if shape is None else torch.Size(shape)
+        if (
+            buf is not None
+            and buf.shape == size
+            and (shape is not None or buf.stride() == like.stride())
+            and buf.dtype == like.dtype
+            and buf.device == like.device
+        ):
+            return buf, False
+        buf = torch.empty_like(like) if shape is None else like.new_empty(shape)
+        if self.store is not None:
+            self.store[key] = buf
+        return buf, True
+
+
 def _as_matmul(m: nn.Module) -> bool:
-    """2-D convolutions without groups run as unfold + matmul: for the thin first layers YOPO
-    differentiates (few input channels), on CPU this is faster and far steadier than the
-    convolution kernels, and the unfolded input also gives the weight gradient."""
+    """2-D convolutions without groups run as batched matrix products (:class:`_Cols`)."""
     return isinstance(m, nn.Conv2d) and m.groups == 1
 
 
-def _conv_from_cols(m: nn.Conv2d, cols: Tensor, in_shape: torch.Size) -> Tensor:
-    # Batched kernels on an expanded (not copied) weight: torch.matmul of a 2-D by a 3-D tensor
-    # transposes through a copy, ~10× slower here.
-    batch = cols.shape[0]
-    w = m.weight.detach().to(cols.dtype).reshape(1, m.out_channels, -1).expand(batch, -1, -1)
-    if m.bias is None:
-        out = torch.bmm(w, cols)  # (B, Cout, L)
-    else:
-        bias = m.bias.detach().to(cols.dtype).reshape(1, -1, 1).expand(batch, -1, cols.shape[2])
-        out = torch.baddbmm(bias, w, cols)
-    size = [
-        (in_shape[2 + d] + 2 * m.padding[d] - m.dilation[d] * (m.kernel_size[d] - 1) - 1) // m.stride[d] + 1
-        for d in range(2)
-    ]
-    return out.reshape(out.shape[0], out.shape[1], *size)
+class _Cols:
+    """The receptive fields of a 2-D convolution's input ``h`` (B, C, H, W) as one matrix per
+    sample, ``(B, C·kh·kw, Ho·Wo)``, plus a row of ones when the convolution has a bias, so
+    that the convolution is the batched product ``[W₂ b] · cols_b`` (``W₂`` the weight as a
+    ``(Cout, C·kh·kw)`` matrix). Gathered by one strided view of the padded input (im2col's
+    per-sample loop costs more than the copy here). Intermediates go into ``ws``'s buffers.
+
+    The batched kernels run on an expanded (not copied) weight: for the thin first layers
+    YOPO differentiates, on CPU they beat both one large matrix product over the batch and the
+    convolution kernels, and ``torch.matmul`` of a 2-D by a 3-D tensor copies."""
+
+    def __init__(self, m: nn.Conv2d, h: Tensor, ws: _Buffers) -> None:
+        (ph, pw), (dh, dw), (sh, sw) = m.padding, m.dilation, m.stride
+        kh, kw = m.kernel_size
+        self.in_shape, self.ws = h.shape, ws
+        hp = F.pad(h, (pw, pw, ph, ph)) if ph or pw else h
+        batch, chans, hgt, wid = hp.shape
+        self.out_hw = ((hgt - dh * (kh - 1) - 1) // sh + 1, (wid - dw * (kw - 1) - 1) // sw + 1)
+        self.padded = hp.shape
+        s_b, s_c, s_h, s_w = hp.stride()
+        shape = (batch, chans, kh, kw, *self.out_hw)
+        view = hp.as_strided(shape, (s_b, s_c, dh * s_h, dw * s_w, sh * s_h, sw * s_w), hp.storage_offset())
+        self.k = chans * kh * kw
+        rows = self.k + (m.bias is not None)
+        cols, new = ws.get("cols", (batch, rows, self.out_hw[0] * self.out_hw[1]), h)
+        if new and m.bias is not None:
+            cols[:, self.k].fill_(1)
+        cols[:, : self.k].view(shape).copy_(view)
+        self.cols = cols
+
+    def conv(self, m: nn.Conv2d) -> Tensor:
+        """The convolution's output (B, Cout, Ho, Wo)."""
+        cols = self.cols
+        w = m.weight.detach().to(cols.dtype).reshape(m.out_channels, -1)
+        if m.bias is not None:
+            w = torch.cat([w, m.bias.detach().to(cols.dtype).unsqueeze(1)], 1)
+        batch = cols.shape[0]
+        out, _ = self.ws.get("out", (batch, m.out_channels, cols.shape[2]), cols)
+        torch.bmm(w.expand(batch, -1, -1), cols, out=out)
+        return out.view(batch, m.out_channels, *self.out_hw)
+
+    def input_vjp(self, m: nn.Conv2d, p: Tensor) -> Tensor:
+        """``Jᵀp`` (the transposed convolution): ``W₂ᵀ p_b`` as a batched product, then each
+        kernel offset's rows added into the padded input's gradient through a strided view."""
+        batch, chans = self.in_shape[:2]
+        w = m.weight.detach().to(p.dtype).reshape(m.out_channels, -1)
+        g, _ = self.ws.get("g", (batch, self.k, self.cols.shape[2]), p)
+        torch.bmm(w.t().expand(batch, -1, -1), p.reshape(batch, m.out_channels, -1), out=g)
+        g = g.view(batch, chans, *m.kernel_size, *self.out_hw)
+        (ph, pw), (dh, dw), (sh, sw) = m.padding, m.dilation, m.stride
+        out, _ = self.ws.get("grad", tuple(self.padded), p)
+        out.zero_()
+        s_b, s_c, s_h, s_w = out.stride()
+        shape, strides = (batch, chans, *self.out_hw), (s_b, s_c, sh * s_h, sw * s_w)
+        for i in range(m.kernel_size[0]):
+            for j in range(m.kernel_size[1]):
+                out.as_strided(shape, strides, i * dh * s_h + j * dw * s_w).add_(g[:, :, i, j])
+        if ph or pw:
+            out = out[:, :, ph : ph + self.in_shape[2], pw : pw + self.in_shape[3]]
+        return out
+
+    def weight_grad(self, m: nn.Conv2d, p: Tensor) -> Tensor:
+        """``Σ_b p_b cols_bᵀ``, the weight gradient of ``⟨p, conv(h)⟩``."""
+        p = p.reshape(p.shape[0], m.out_channels, -1)
+        return torch.bmm(p, self.cols[:, : self.k].transpose(1, 2)).sum(0).reshape(m.weight.shape)
 
 
-def _vjp_one(m: nn.Module, saved, p: Tensor) -> Tensor:
+def _vjp_one(m: nn.Module, saved, p: Tensor, ws: _Buffers, in_place: bool = False) -> Tensor:
     """The input-VJP of one known piece ``m`` (``saved``: its input, or for a 2-D convolution
-    the input's shape and unfolded columns)."""
-    if isinstance(m, nn.ReLU):
-        return torch.ops.aten.threshold_backward(p, saved, 0)  # autograd's fused kernel
-    if isinstance(m, nn.LeakyReLU):
-        return torch.ops.aten.leaky_relu_backward(p, saved, m.negative_slope, False)
+    its :class:`_Cols`); an activation's writes over its saved input when ``in_place``."""
+    if isinstance(m, (nn.ReLU, nn.LeakyReLU)):  # autograd's fused kernels
+        out = saved if in_place else ws.get("act", None, saved)[0]
+        if isinstance(m, nn.ReLU):
+            return torch.ops.aten.threshold_backward.grad_input(p, saved, 0, grad_input=out)
+        return torch.ops.aten.leaky_relu_backward.grad_input(p, saved, m.negative_slope, False, grad_input=out)
     if isinstance(m, Normalize):
         return p / m.std.to(p.dtype)
+    if _as_matmul(m):
+        return saved.input_vjp(m, p)
     w = m.weight.detach().to(p.dtype)  # detached: ATen takes slower paths for operands needing grad
     if isinstance(m, nn.Linear):
         return p @ w
-    if _as_matmul(m):
-        # Jᵀp = fold(Wᵀ · p_cols): the transposed convolution as a matrix product and a
-        # scatter-add; fold takes the input's size, so no output_padding is needed.
-        in_shape, _ = saved
-        wt = w.reshape(1, w.shape[0], -1).transpose(1, 2).expand(p.shape[0], -1, -1)  # (B, Cin·k·k, Cout)
-        cols = torch.bmm(wt, p.flatten(2))  # (B, Cin·k·k, L)
-        return F.fold(cols, in_shape[2:], m.kernel_size, m.dilation, m.padding, m.stride)
     h = saved
     dims = h.dim() - 2
     out_pad = []
@@ -199,8 +300,7 @@ def _param_grads(m: nn.Module, saved, p: Tensor) -> list[tuple[nn.Parameter, Ten
         if isinstance(m, nn.Linear):
             gw = p.reshape(-1, p.shape[-1]).t() @ saved.reshape(-1, saved.shape[-1])
         elif _as_matmul(m):
-            _, cols = saved
-            gw = torch.bmm(p.flatten(2), cols.transpose(1, 2)).sum(0).reshape(m.weight.shape)
+            gw = saved.weight_grad(m, p)
         else:
             grad_fn = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
             h = saved

@@ -196,15 +196,24 @@ class YOPO(AdversarialLoss):
         """Split batch-aligned tensors into chunks of :data:`CHUNK_BYTES` of the last one (the co-state)."""
         p = tensors[-1]
         rows = max(1, CHUNK_BYTES // max(1, p[0].numel() * p.element_size()))
+        count = -(-len(p) // rows)  # ⌈B / rows⌉ chunks, of equal size: 4 × 32 rows, not 3 × 41 + 5
+        rows = -(-len(p) // count)
         return [t.split(rows) for t in tensors]
 
     def _steps_on(self, f0: FirstLayer, x0: Tensor, eta: Tensor, p: Tensor) -> Tensor:
         ball, direction = self.ball, None
+        pullback = f0.pullback(p)
         for _ in range(self.steps):
             if direction is None or not f0.affine:  # affine f0: Jᵀp is the same at every η
-                direction = f0.input_vjp(x0 + eta, p)
+                direction = pullback(x0 + eta)
             eta = clamp_to_box(x0, ball.project(ball.step(eta, direction, self.step_size), self.eps), self.bounds)
         return eta
+
+    def _hamiltonian_grads(self, f0: FirstLayer, x: Tensor, p: Tensor, total: dict[int, Tensor]) -> None:
+        """Step 3: add ``∇_θ0 ⟨p, f0(x)⟩`` to f0's entries of ``total`` (by chunks, like step 2)."""
+        for xc, pc in zip(*self._chunks(x, p), strict=True):
+            for name, g in f0.param_grad(xc, pc).items():
+                total[id(f0.params[name])] += g
 
     def _ce(self, x: Tensor, y: Tensor, f0: FirstLayer) -> tuple[Tensor, Record]:
         net, x0 = self.net, x.detach()
@@ -245,9 +254,8 @@ class YOPO(AdversarialLoss):
                     captured.clear()  # x1 is not needed past its co-state
                     eta = self._inner_steps(f0, x0, eta, p_j)
                     if hamiltonian:
-                        for xc, pc in zip(*self._chunks(x0 + eta, p_j), strict=True):
-                            for name, g in f0.param_grad(xc, pc).items():
-                                total[id(f0.params[name])] += g
+                        self._hamiltonian_grads(f0, x0 + eta, p_j, total)
+                    del p_j  # the next pass's graph must not share the peak with this co-state
         finally:
             handle.remove()
         value = torch.stack(losses).mean()
@@ -273,6 +281,7 @@ class YOPO(AdversarialLoss):
                     attack = kl_sum(net(x0 + eta), target)
                     (p_j,) = torch.autograd.grad(attack, captured[0])
                     eta = self._inner_steps(f0, x0, eta, p_j.detach())
+                    del p_j  # the next pass's graph must not share the peak with this co-state
         finally:
             handle.remove()
         return trades_loss(self.model, x, x + eta, y, self.beta)

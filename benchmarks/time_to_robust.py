@@ -33,8 +33,8 @@ divides the learning rate by m (SGD 0.1/5), which is SGD at 0.1 on the mean grad
 stable Adam at 1e-3 for every method.
 
 Data: ``--data-dir`` holds ``MNIST/raw/*.gz`` (torchvision's layout); by default
-``$ROBUSTREG_DATA`` or ``../shared/data`` next to this repository. The files are copied to a
-temporary directory when the given one is read-only (torchvision extracts them).
+``$ROBUSTREG_DATA`` or ``../shared/data`` next to this repository, read by
+:func:`robustreg.data.load_vision` (which works on a copy when the directory is read-only).
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ import itertools
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -54,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
+from robustreg.data import load_vision
 from robustreg.models import SmallCNN
 
 log = logging.getLogger("time_to_robust")
@@ -62,23 +61,11 @@ EPS, ALPHA = 0.3, 0.01
 
 
 def load_mnist(data_dir: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """MNIST as float tensors in [0, 1], through torchvision (no hand-written parser)."""
-    import torchvision
-
-    raw = data_dir / "MNIST" / "raw"
-    if not raw.is_dir():
-        raise SystemExit(f"MNIST not found: place train-images-idx3-ubyte.gz etc. in {raw} (torchvision layout)")
-    root = data_dir
-    if not os.access(raw, os.W_OK):
-        root = Path(tempfile.mkdtemp(prefix="mnist-"))
-        shutil.copytree(raw, root / "MNIST" / "raw")
-    train = torchvision.datasets.MNIST(root, train=True, download=True)
-    test = torchvision.datasets.MNIST(root, train=False, download=True)
-
-    def tensors(ds) -> tuple[Tensor, Tensor]:
-        return (ds.data.float() / 255).unsqueeze(1), ds.targets  # (N, 1, 28, 28), (N,)
-
-    return tensors(train), tensors(test)
+    """MNIST as float tensors in [0, 1], through torchvision (:func:`robustreg.data.load_vision`)."""
+    try:
+        return load_vision("mnist", data_dir, train=True), load_vision("mnist", data_dir, train=False)
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
 
 
 AMATA_TAU = 40 * ALPHA  # Amata+PGD: the PGD-40 attack's total length, K_t·α_t = 0.4

@@ -10,7 +10,7 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import diagnostics, models
+from . import control, diagnostics, models
 from .adversarial import (
     ATTA,
     PGDAT,
@@ -55,6 +55,7 @@ __all__ = [
     "Record",
     "amata_schedule",
     "clamp_to_box",
+    "control",
     "criterion_c",
     "cw_margin",
     "diagnostics",

@@ -46,12 +46,16 @@ class SmallCNN(nn.Module):
     """MNIST SmallCNN of TRADES (Zhang et al. 2019) and YOPO (Zhang et al. 2019).
 
     ``(B, 1, 28, 28) → layer_one (conv 3×3, 32; ReLU) → conv 32 → pool → conv 64 → conv 64 →
-    pool → fc 200 → dropout → fc 200 → fc num_classes``. Convolutions use Kaiming-normal
+    pool → fc 200 → dropout → fc 200 → fc num_classes``; ``in_channels=3, image_size=32`` for
+    CIFAR/SVHN-shaped images. Convolutions use Kaiming-normal
     initialisation and the last layer starts at zero, as in the official code.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, drop: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, drop: float = 0.5, image_size: int = 28) -> None:
         super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2  # after the four valid 3×3 convolutions and two poolings
+        if side < 1:
+            raise ValueError(f"image_size must be >= 14, got {image_size}")
         self.layer_one = nn.Sequential(nn.Conv2d(in_channels, 32, 3), nn.ReLU())
         self.features = nn.Sequential(
             nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
@@ -60,7 +64,7 @@ class SmallCNN(nn.Module):
         )  # fmt: skip
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(64 * 4 * 4, 200), nn.ReLU(), nn.Dropout(drop),
+            nn.Linear(64 * side * side, 200), nn.ReLU(), nn.Dropout(drop),
             nn.Linear(200, 200), nn.ReLU(),
             nn.Linear(200, num_classes),
         )  # fmt: skip

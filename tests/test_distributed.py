@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from robustreg import PGDAT, TRADES, YOPO, FastAT
+from robustreg.control import MSA
 
 ENGINES = {
     "pgdat": lambda m: PGDAT(m, eps=0.1, alpha=0.03, steps=3, random_start=False, bounds=None),
@@ -54,6 +55,11 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
                 model.zero_grad()
                 reg(x[share], y[share]).backward()
             grads[name] = [p.grad for p in model.parameters()]
+        model = DDP(make_model())  # MSA: the update averages the ranks' gradients itself
+        msa = MSA(model, beta=2.0)
+        for _ in range(2):
+            msa.step(x[share], y[share])
+        grads["msa"] = [p.detach().clone() for p in model.parameters()]
         if rank == 0:
             torch.save(grads, out)
     finally:
@@ -86,3 +92,13 @@ def test_ddp_gradients_equal_single_process(name, ddp_grads):
     reg(x, y).backward()
     for a, b in zip(ddp_grads[name], (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_ddp_msa_equals_single_process(ddp_grads):
+    x, y = batch()
+    model = make_model()
+    msa = MSA(model, beta=2.0)
+    for _ in range(2):
+        msa.step(x, y)
+    for a, b in zip(ddp_grads["msa"], model.parameters(), strict=True):
+        torch.testing.assert_close(a, b.detach())

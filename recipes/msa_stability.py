@@ -1,0 +1,224 @@
+"""Vanilla training vs Lyapunov-stable MSA training vs PGD-10 adversarial training.
+
+The MSA paper's comparison ("Adversarially Robust Neural Networks via Optimal Control"):
+the same network (SmallCNN) trained for the same number of epochs three ways,
+
+- ``vanilla``: cross-entropy with Adam (``--lr``);
+- ``msa``: :class:`robustreg.control.MSA` with every Linear/convolution layer held at
+  ‖θ‖₂ ≤ 1 (kernel read as a matrix), proximal weight β (a step of 1/(2β) before the
+  projection). The constrained network's logits are small (each layer is at most
+  1-Lipschitz as a matrix), so its cross-entropy is taken on ``--msa-logit-scale`` × logits
+  (10): a temperature, which changes neither the predictions nor the constraint;
+- ``pgd10``: PGD-10 adversarial training (:class:`robustreg.PGDAT`, ε = ``--eps-train``,
+  α = ε/4) with the same Adam,
+
+then each is evaluated on a fixed test subset: clean accuracy and accuracy under FGSM, PGD-10
+and CW-ℓ∞ (20 steps) at every ``--eps-eval``; training wall time; every layer's spectral norm;
+and the eigenvalues of the square layer (``classifier.4``, 200×200) of vanilla vs MSA against
+the unit circle (the paper's Fig. 1).
+
+    python recipes/msa_stability.py --dataset mnist --data-dir ../shared/data
+    python recipes/msa_stability.py --dataset fashionmnist --data-dir ../shared/data
+    python recipes/msa_stability.py --dataset cifar10 --data-dir ~/data       # with the files
+    python recipes/msa_stability.py --dataset cifar10 --synthetic --epochs 1  # smoke test
+
+Writes ``results.json`` and ``eigenvalues.png`` to ``--out`` (default
+``runs/msa_<dataset>``). Runs on the CPU (``--threads``); one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import robustreg
+from robustreg.control import MSA, plot_eigenvalues
+from robustreg.data import VISION, load_vision, synthetic_vision
+from robustreg.models import SmallCNN
+
+log = logging.getLogger("msa_stability")
+METHODS = ("vanilla", "msa", "pgd10")
+
+
+@dataclass
+class Config:
+    """Every option, with its default; ``--help`` lists them."""
+
+    dataset: str = "mnist"  # mnist | fashionmnist | cifar10 | svhn
+    data_dir: str = "../shared/data"
+    synthetic: bool = False  # random tensors of the data set's shape (smoke tests)
+    methods: str = "vanilla,msa,pgd10"
+    epochs: int = 3
+    train_size: int = 20000  # first N training images (0: all)
+    test_size: int = 1000  # first N test images for the evaluation
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam learning rate of vanilla and PGD-10 training
+    beta: float = 5.0  # MSA proximal weight (step 1/(2β) = 0.1)
+    alpha: float = 0.0  # MSA weight penalty
+    radius: float = 1.0  # spectral-norm bound of the MSA layers
+    msa_logit_scale: float = 10.0  # MSA's loss is CE(scale · logits, y)
+    conv_norm: str = "matrix"  # MSA's convolution norm: matrix | operator
+    eps_train: float = 0.3  # PGD-10 adversarial training radius (ℓ∞)
+    eps_eval: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
+    seed: int = 0
+    threads: int = 0  # torch threads (0: torch's default)
+    out: str = ""  # output directory (default runs/msa_<dataset>)
+
+
+def parse(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    for f in dataclasses.fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=f.name)
+        elif isinstance(default, list):
+            p.add_argument(flag, type=float, nargs="+", default=default, help=f.name)
+        else:
+            p.add_argument(flag, type=type(default), default=default, help=f.name)
+    cfg = Config(**vars(p.parse_args(argv)))
+    if cfg.dataset not in VISION:
+        p.error(f"--dataset must be one of {sorted(VISION)}")
+    unknown = set(cfg.methods.split(",")) - set(METHODS)
+    if unknown:
+        p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+    return cfg
+
+
+def load(cfg: Config) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    if cfg.synthetic:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return synthetic_vision(cfg.dataset, cfg.train_size or 512, generator=gen), synthetic_vision(
+            cfg.dataset, cfg.test_size, generator=gen
+        )
+    try:
+        train = load_vision(cfg.dataset, cfg.data_dir, train=True)
+        test = load_vision(cfg.dataset, cfg.data_dir, train=False)
+    except FileNotFoundError as err:
+        raise SystemExit(f"{err} (or run with --synthetic for a smoke test)") from None
+    if cfg.train_size:
+        train = (train[0][: cfg.train_size], train[1][: cfg.train_size])
+    return train, (test[0][: cfg.test_size], test[1][: cfg.test_size])
+
+
+def train_one(method: str, cfg: Config, train: tuple[Tensor, Tensor]) -> tuple[nn.Module, float, list[float]]:
+    """Train a fresh SmallCNN (same seed for every method); returns it, the training wall time
+    (data shuffling included, evaluation excluded) and the mean loss of every epoch."""
+    torch.manual_seed(cfg.seed)
+    channels, size, _ = VISION[cfg.dataset][1]
+    model = SmallCNN(in_channels=channels, image_size=size).train()
+    if method == "msa":
+        scale = cfg.msa_logit_scale
+        msa = MSA(
+            model, beta=cfg.beta, alpha=cfg.alpha, radius=cfg.radius, conv_norm=cfg.conv_norm,
+            loss_fn=lambda logits, y: F.cross_entropy(scale * logits, y),
+        )  # fmt: skip
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        objective = (
+            robustreg.PGDAT(model, eps=cfg.eps_train, alpha=cfg.eps_train / 4, steps=10)
+            if method == "pgd10"
+            else (lambda x, y: F.cross_entropy(model(x), y))
+        )
+    x_all, y_all = train
+    gen = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            x, y = x_all[idx], y_all[idx]
+            if method == "msa":
+                loss = msa.step(x, y)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = objective(x, y)
+                loss.backward()
+                opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        losses.append(total / count)
+        log.info(
+            "%s epoch %d/%d: loss %.4f (%.0f s)", method, epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - start
+        )
+    return model.eval(), time.perf_counter() - start, losses
+
+
+def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], eps_list: list[float]) -> dict:
+    """Clean accuracy and accuracy under FGSM, PGD-10 (α = ε/4) and CW-ℓ∞ (20 steps) at each ε."""
+    out: dict = {}
+    for eps in eps_list:
+        attacks = {
+            "fgsm": robustreg.FGSM(eps),
+            "pgd10": robustreg.PGD(eps=eps, alpha=eps / 4, steps=10),
+            "cw": robustreg.CW(eps, steps=20, alpha=eps / 8),
+        }
+        acc = robustreg.robust_accuracy(model, test, attack=attacks, batch_size=500)
+        out["clean"] = acc.clean
+        out[f"eps={eps:g}"] = {**acc.per_attack, "all": acc.robust}
+    return out
+
+
+def norms(model: nn.Module) -> dict[str, float]:
+    """‖θ‖₂ of every Linear/convolution weight (kernels as (Cout, Cin·k·k) matrices)."""
+    from robustreg.control import CONSTRAINABLE, spectral_norm
+
+    return {n: spectral_norm(m.weight) for n, m in model.named_modules() if isinstance(m, CONSTRAINABLE)}
+
+
+def summary(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("spectral_norms", "epoch_losses")}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out or f"runs/msa_{cfg.dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = load(cfg)
+    log.info("data: %d training, %d test images of %s", len(train[0]), len(test[0]), cfg.dataset)
+    results: dict = {"config": dataclasses.asdict(cfg), "torch": torch.__version__, "methods": {}}
+    models = {}
+    for method in cfg.methods.split(","):
+        model, seconds, losses = train_one(method, cfg, train)
+        models[method] = model
+        results["methods"][method] = {
+            "train_seconds": seconds,
+            "epoch_losses": losses,
+            **evaluate(model, test, cfg.eps_eval),
+            "spectral_norms": norms(model),
+        }
+        log.info(
+            "%s: %s", method, json.dumps({k: v for k, v in results["methods"][method].items() if k != "spectral_norms"})
+        )
+    timing = {m: r["train_seconds"] for m, r in results["methods"].items()}
+    if "msa" in timing:
+        results["time_ratios"] = {f"msa / {m}": timing["msa"] / timing[m] for m in timing if m != "msa"}
+    square = {m: models[m].classifier[4] for m in ("vanilla", "msa") if m in models}
+    if square:
+        plot_eigenvalues(square, out / "eigenvalues.png", title=f"classifier.4 (200×200), {cfg.dataset}")
+        results["eigenvalues_plot"] = str(out / "eigenvalues.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    log.info("wrote %s", out / "results.json")
+    table = {m: summary(r) for m, r in results["methods"].items()}
+    print(json.dumps({**table, "time_ratios": results.get("time_ratios")}, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()

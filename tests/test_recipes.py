@@ -1,0 +1,68 @@
+"""Recipes run as users run them (subprocesses), on synthetic data or tiny subsets, and the
+torchvision loaders they use."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustreg.control import spectral_norm
+from robustreg.data import load_vision, synthetic_vision
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_msa_recipe_smoke_on_synthetic_cifar_shapes(tmp_path):
+    out = run(
+        "recipes/msa_stability.py", "--dataset", "cifar10", "--synthetic", "--epochs", "1",
+        "--train-size", "64", "--test-size", "32", "--batch-size", "32", "--eps-eval", "0.03",
+        "--eps-train", "0.03", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["methods"]) == {"vanilla", "msa", "pgd10"}
+    for r in res["methods"].values():
+        assert 0 <= r["clean"] <= 1 and r["eps=0.03"]["all"] <= r["clean"]
+    # every layer of the MSA model is in the spectral-norm ball after training
+    assert max(res["methods"]["msa"]["spectral_norms"].values()) <= 1 + 1e-5
+    assert res["time_ratios"]["msa / pgd10"] < 1
+    assert (tmp_path / "eigenvalues.png").stat().st_size > 1000
+
+
+def test_msa_recipe_missing_data_says_which_files(tmp_path):
+    out = run("recipes/msa_stability.py", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path))
+    assert out.returncode != 0
+    assert "MNIST/raw" in out.stderr and "--synthetic" in out.stderr
+
+
+def test_msa_recipe_help_lists_every_option():
+    out = run("recipes/msa_stability.py", "--help")
+    assert out.returncode == 0
+    for option in ("--beta", "--radius", "--msa-logit-scale", "--eps-eval", "--data-dir", "--synthetic"):
+        assert option in out.stdout
+
+
+@pytest.mark.skipif(not (SHARED / "FashionMNIST" / "raw").is_dir(), reason="FashionMNIST files not on this machine")
+def test_load_vision_reads_fashion_mnist_from_a_read_only_dir():
+    x, y = load_vision("fashionmnist", SHARED, train=False)
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) == 1.0
+    assert y.dtype == torch.int64 and set(y.unique().tolist()) == set(range(10))
+
+
+def test_load_vision_errors_and_synthetic_shapes(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar-10-python"):
+        load_vision("cifar10", tmp_path, train=True)
+    with pytest.raises(ValueError, match="name must be one of"):
+        load_vision("imagenet", tmp_path, train=True)
+    x, y = synthetic_vision("svhn", 5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 3, 32, 32) and y.shape == (5,)
+    assert spectral_norm(torch.eye(3)) == pytest.approx(1.0)

@@ -60,8 +60,8 @@ def load_vision(name: str, root: str | Path, *, train: bool) -> tuple[Tensor, Te
     """A torchvision image data set as tensors: images ``(N, C, H, W)`` in [0, 1] (float32)
     and labels ``(N,)`` (int64). Nothing is downloaded: the files must be under ``root`` in
     torchvision's layout (MNIST-style files under a read-only ``root`` are copied once to
-    ``$TMPDIR/robustreg-data-<uid>/``, since torchvision extracts archives next to them); when they are missing, ``FileNotFoundError``
-    says which files to place where."""
+    ``$TMPDIR/robustreg-data-<uid>/``, since torchvision extracts archives next to them); when
+    they are missing, ``FileNotFoundError`` says which files to place where."""
     import torchvision
 
     if name not in VISION:

@@ -1,0 +1,130 @@
+"""Matrix-free linear algebra on ``torch.func``: Hessian-vector products, power iteration,
+Jacobian products of a map and conjugate gradients.
+
+Everything here works on batches of independent problems: the leading dimension indexes
+samples, and a scalar function summed over the batch has a block-diagonal Hessian, so one
+product serves every sample at once (as VAT's power iteration needs). Norms, inner products and
+Rayleigh quotients are per sample.
+
+- :func:`hvp`: ``H v`` for the Hessian ``H`` of a scalar function in its input,
+  forward-over-reverse (``jvp`` of ``grad``), or reverse-over-reverse (``vjp`` of ``grad``,
+  ``H`` is symmetric) for operations without forward-mode rules.
+- :func:`power_iteration`: the top eigenvector and eigenvalue of a symmetric positive
+  semi-definite operator, per sample.
+- :func:`jvp_map`, :func:`vjp_map`, :func:`gram_map`: ``J v``, ``Jᵀ u`` and ``JᵀJ v`` for the
+  Jacobian ``J`` of a map (a manifold chart's decoder) at a point.
+- :func:`conjugate_gradient`: a few CG iterations on ``A x = b`` for a symmetric positive
+  definite operator, per sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.func import grad, jvp, vjp
+
+Operator = Callable[[Tensor], Tensor]
+HVP_MODES = ("forward", "reverse", "auto")
+
+
+def per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``⟨a_i, b_i⟩`` for every sample i: shape ``(B,)``."""
+    return (a * b).flatten(1).sum(1)
+
+
+def per_sample_normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
+    """``v_i / ‖v_i‖₂`` for every sample (a zero sample stays zero)."""
+    norm = v.flatten(1).norm(dim=1).clamp_min(eps)
+    return v / norm.view(-1, *([1] * (v.dim() - 1)))
+
+
+def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, mode: str = "auto") -> Tensor:
+    """``∇²f(x) · v`` for a scalar function ``f`` of a tensor ``x``.
+
+    ``mode="forward"`` differentiates ``grad(f)`` forward along ``v`` (one forward-mode pass
+    through a reverse pass: the cheapest); ``"reverse"`` differentiates it backward (``H`` is
+    symmetric, so ``vjp`` gives ``Hv`` too), for operations forward mode lacks; ``"auto"`` tries
+    forward and falls back to reverse when an operation has no forward-mode rule.
+    """
+    if mode not in HVP_MODES:
+        raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
+    if v.shape != x.shape:
+        raise ValueError(f"v must have x's shape {tuple(x.shape)}, got {tuple(v.shape)}")
+    g = grad(f)
+    if mode != "reverse":
+        try:
+            return jvp(g, (x,), (v,))[1]
+        except (NotImplementedError, RuntimeError):
+            if mode == "forward":
+                raise  # "auto": an operation without a forward-mode rule; a genuine error recurs below
+    _, pullback = vjp(g, x)
+    return pullback(v)[0]
+
+
+def power_iteration(op: Operator, v0: Tensor, *, iters: int = 1) -> tuple[Tensor, Tensor]:
+    """``iters`` steps ``v ← normalise(op(v))`` per sample from ``v0``, for a symmetric positive
+    semi-definite ``op`` that acts on each sample separately.
+
+    Returns the unit direction ``v`` (shaped like ``v0``) and the Rayleigh quotients
+    ``⟨v_i, op(v)_i⟩`` of the returned direction, shape ``(B,)`` (one more product).
+    """
+    if iters < 0:
+        raise ValueError(f"iters must be >= 0, got {iters}")
+    v = per_sample_normalize(v0)
+    for _ in range(iters):
+        v = per_sample_normalize(op(v))
+    return v, per_sample_dot(v, op(v))
+
+
+def jvp_map(fn: Callable[[Tensor], Tensor], z: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """``(fn(z), J v)`` with ``J = ∂fn/∂z`` at ``z``, by forward mode."""
+    return jvp(fn, (z,), (v,))
+
+
+def vjp_map(fn: Callable[[Tensor], Tensor], z: Tensor, u: Tensor) -> Tensor:
+    """``Jᵀ u`` with ``J = ∂fn/∂z`` at ``z``, by reverse mode."""
+    _, pullback = vjp(fn, z)
+    return pullback(u)[0]
+
+
+def gram_map(fn: Callable[[Tensor], Tensor], z: Tensor) -> Operator:
+    """The operator ``v ↦ JᵀJ v`` at ``z`` (one forward and one reverse product per call; the
+    reverse pass's linearisation is computed once)."""
+    _, pullback = vjp(fn, z)
+
+    def apply(v: Tensor) -> Tensor:
+        return pullback(jvp(fn, (z,), (v,))[1])[0]
+
+    return apply
+
+
+def conjugate_gradient(
+    op: Operator, b: Tensor, *, iters: int = 4, x0: Tensor | None = None, tol: float = 0.0
+) -> Tensor:
+    """``iters`` conjugate-gradient iterations on ``op(x) = b`` per sample, for a symmetric
+    positive definite ``op`` acting on each sample separately; exact after as many iterations
+    as the dimension (in exact arithmetic). Samples whose residual norm falls to ``tol`` stop
+    moving."""
+    if iters < 0:
+        raise ValueError(f"iters must be >= 0, got {iters}")
+    shape = (-1, *([1] * (b.dim() - 1)))
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - op(x) if x0 is not None else b.clone()
+    p = r.clone()
+    rr = per_sample_dot(r, r)
+    for _ in range(iters):
+        active = rr > tol**2
+        if not bool(active.any()):
+            break
+        ap = op(p)
+        pap = per_sample_dot(p, ap)
+        step = torch.where(active & (pap > 0), rr / pap.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
+        x = x + step.view(shape) * p
+        r = r - step.view(shape) * ap
+        rr_new = per_sample_dot(r, r)
+        ratio = torch.where(active, rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
+        p = r + ratio.view(shape) * p
+        rr = rr_new
+    return x

@@ -1,0 +1,113 @@
+"""robustreg.func against explicit matrices: torch.func.hessian, eigh, linalg.solve."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
+
+from robustreg.func import (
+    conjugate_gradient,
+    gram_map,
+    hvp,
+    jvp_map,
+    per_sample_dot,
+    power_iteration,
+    vjp_map,
+)
+
+D = torch.float64
+
+
+def mlp_loss():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).to(D)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    target = torch.softmax(torch.randn(3, dtype=D), 0)
+
+    def f(x):  # a scalar: KL-like loss of one input
+        logp = torch.log_softmax(functional_call(net, params, (x,)), -1)
+        return -(target * logp).sum()
+
+    return f
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse", "auto"])
+def test_hvp_equals_the_explicit_hessian(mode):
+    f = mlp_loss()
+    x, v = torch.randn(5, dtype=D), torch.randn(5, dtype=D)
+    torch.testing.assert_close(hvp(f, x, v, mode=mode), hessian(f)(x) @ v)
+
+
+def test_hvp_auto_falls_back_when_forward_mode_is_missing():
+    class NoForward(torch.autograd.Function):  # cube with a backward rule only
+        @staticmethod
+        def forward(x):
+            return x**3
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(inputs[0])
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 3 * x**2 * g
+
+    def f(x):
+        return NoForward.apply(x).sum()
+
+    x, v = torch.randn(4, dtype=D), torch.randn(4, dtype=D)
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        hvp(f, x, v, mode="forward")
+    torch.testing.assert_close(hvp(f, x, v, mode="auto"), 6 * x * v)
+    with pytest.raises(ValueError, match="mode"):
+        hvp(f, x, v, mode="sideways")
+    with pytest.raises(ValueError, match="shape"):
+        hvp(f, x, v[:2])
+
+
+def test_power_iteration_finds_each_samples_top_eigenvector():
+    torch.manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(3, 6, 6, dtype=D))
+    eig = torch.tensor([5.0, 2.0, 1.0, 0.5, 0.1, 0.0], dtype=D)
+    a = q @ torch.diag_embed(eig.expand(3, 6)) @ q.transpose(1, 2)  # (3, 6, 6) SPSD, top eigenvalue 5
+
+    def op(v):  # (B, 6) -> (B, 6), each sample its own matrix
+        return torch.einsum("bij,bj->bi", a, v)
+
+    v, rayleigh = power_iteration(op, torch.randn(3, 6, dtype=D), iters=60)
+    top = q[:, :, 0]
+    assert torch.allclose(per_sample_dot(v, top).abs(), torch.ones(3, dtype=D), atol=1e-10)
+    torch.testing.assert_close(rayleigh, torch.full((3,), 5.0, dtype=D))
+    v0, r0 = power_iteration(op, 2 * top, iters=0)  # zero iterations: the normalised start
+    torch.testing.assert_close(v0, top)
+    torch.testing.assert_close(r0, torch.full((3,), 5.0, dtype=D))
+
+
+def test_conjugate_gradient_solves_spd_systems_per_sample():
+    torch.manual_seed(2)
+    m = torch.randn(4, 5, 5, dtype=D)
+    a = m @ m.transpose(1, 2) + 0.5 * torch.eye(5, dtype=D)
+    b = torch.randn(4, 5, dtype=D)
+
+    def op(v):
+        return torch.einsum("bij,bj->bi", a, v)
+
+    exact = torch.linalg.solve(a, b)
+    torch.testing.assert_close(conjugate_gradient(op, b, iters=5), exact)  # n iterations: exact
+    few = conjugate_gradient(op, b, iters=2)
+    assert (few - exact).norm() < b.norm()  # a few iterations already approach it
+    torch.testing.assert_close(conjugate_gradient(op, b, iters=5, x0=exact), exact)
+
+
+def test_chart_jacobian_products_equal_the_explicit_jacobian():
+    torch.manual_seed(3)
+    dec = nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 4)).to(D)
+    z = torch.randn(2, dtype=D)
+    jac = jacrev(dec)(z)  # (4, 2)
+    v, u = torch.randn(2, dtype=D), torch.randn(4, dtype=D)
+    out, jv = jvp_map(dec, z, v)
+    torch.testing.assert_close(out, dec(z))
+    torch.testing.assert_close(jv, jac @ v)
+    torch.testing.assert_close(vjp_map(dec, z, u), jac.t() @ u)
+    torch.testing.assert_close(gram_map(dec, z)(v), jac.t() @ jac @ v)

@@ -2,6 +2,7 @@
 torchvision loaders they use."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from robustreg.control import spectral_norm
 from robustreg.data import load_vision, synthetic_vision
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data"))
 
 
 def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -10,7 +10,7 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import control, diagnostics, models
+from . import control, diagnostics, func, models, ssl
 from .adversarial import (
     ATTA,
     PGDAT,
@@ -30,6 +30,7 @@ from .diagnostics import CriterionC, criterion_c, fosc
 from .evaluate import Accuracy, MaskingReport, gradient_masking_report, robust_accuracy
 from .modes import inner_mode
 from .perturb import BALLS, L2Ball, LinfBall, clamp_to_box, get_ball
+from .ssl import VAT, EntMin
 
 __version__ = "0.1.0"
 
@@ -41,12 +42,14 @@ __all__ = [
     "PGD",
     "PGDAT",
     "TRADES",
+    "VAT",
     "YOPO",
     "Accuracy",
     "AdversarialLoss",
     "Amata",
     "AmataSchedule",
     "CriterionC",
+    "EntMin",
     "FastAT",
     "FreeAT",
     "L2Ball",
@@ -60,10 +63,12 @@ __all__ = [
     "cw_margin",
     "diagnostics",
     "fosc",
+    "func",
     "get_ball",
     "gradient_masking_report",
     "inner_mode",
     "models",
     "replay",
     "robust_accuracy",
+    "ssl",
 ]

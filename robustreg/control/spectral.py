@@ -8,11 +8,11 @@ through the sufficient condition ‖θ‖₂ ≤ 1 (``[[I, θ], [θᵀ, I]] ⪰ 
   invariant under ``θ ↦ PθQ`` for orthogonal P, Q, so the nearest point shares θ's singular
   vectors, and for singular values the nearest point of ``{s : s_i ≤ r}`` is the clip.)
 - A convolution's weight ``(Cout, Cin, k, k)`` is read as the matrix ``(Cout, Cin·k·k)`` for
-  the norm and the projection, as in the paper. Its operator norm as a map of images of a given size differs (for stride 1
-  it is at most √(k·k)·‖θ‖₂): :func:`conv_operator_norm` estimates it by power iteration on
-  ``AᵀA`` with ``torch.func.vjp`` (from below, converging to it), and
-  :func:`conv_circular_norm` bounds it from above by the exact norm of the circular
-  convolution on the padded grid, computed by FFT.
+  the norm and the projection, as in the paper. Its operator norm as a map of images of a
+  given size differs (for stride 1 it is at most √(k·k)·‖θ‖₂): :func:`conv_operator_norm`
+  estimates it by power iteration on ``AᵀA`` with ``torch.func.vjp`` (from below, converging
+  to it), and :func:`conv_circular_norm` bounds it from above by the exact norm of the
+  circular convolution on the padded grid, computed by FFT.
 - :class:`AntisymmetricLinear` is ``x ↦ (W − Wᵀ − γI) x + b``: every eigenvalue of the map has
   real part −γ, so the residual ODE ``ẋ = σ(Ax + b)`` it drives (:class:`ResidualODEBlock`)
   is stable for any W, with no constraint to enforce.

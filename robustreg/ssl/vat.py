@@ -1,0 +1,183 @@
+"""Virtual adversarial training (Miyato, Maeda, Koyama, Ishii, TPAMI 2018).
+
+The local distributional smoothness of a classifier at x is
+
+    LDS(x) = KL(p(·|x) ‖ p(·|x + r_adv)),   r_adv = argmax_{‖r‖₂ ≤ ε} KL(p(·|x) ‖ p(·|x + r)),
+
+with p(·|x) held constant. At r = 0 the KL and its gradient vanish, so to second order
+``KL ≈ ½ rᵀ H r`` with H the Hessian of the KL in r at 0, and r_adv ≈ ε·u for u the top
+eigenvector of H, found by power iteration from a random unit d:
+
+- ``method="finite_difference"`` (the paper's): ``d ← normalise(∇_r KL at r = ξd)``, since
+  ``∇_r KL(ξd) = ξ H d + O(ξ²)``;
+- ``method="hvp"``: ``d ← normalise(H d)`` with the exact Hessian-vector product
+  (forward-over-reverse through :func:`robustreg.func.hvp`).
+
+The KL is summed over the batch, whose Hessian is block-diagonal when the samples do not
+interact (no batch statistics), so one product runs every sample's power iteration at once;
+normalisation is per sample. With BatchNorm using batch statistics the samples interact and
+the product is that of the whole batch's Hessian, as in the official code.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..func import hvp, per_sample_dot, per_sample_normalize
+from ..modes import check_bn, inner_mode, unwrap
+
+VAT_METHODS = ("finite_difference", "hvp")
+
+
+@dataclass(frozen=True)
+class SSLRecord:
+    """What the last call used: the perturbations by name (detached) and 0-dim detached metrics."""
+
+    perturbations: dict[str, Tensor] = field(default_factory=dict)
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Tensor:
+        try:
+            return self.perturbations[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.metrics.items()}
+
+
+def kl_div(p_logits: Tensor, q_logits: Tensor) -> Tensor:
+    """Per-sample ``KL(softmax(p_logits) ‖ softmax(q_logits))``, shape ``(B,)``."""
+    logp = F.log_softmax(p_logits, dim=1)
+    return (logp.exp() * (logp - F.log_softmax(q_logits, dim=1))).sum(1)
+
+
+class VAT:
+    """VAT's local distributional smoothness as a loss object: ``reg(x)`` needs no labels.
+
+    Args:
+        model: a classifier returning logits ``(B, C)``.
+        eps: ε, the ℓ2 radius of the virtual adversarial perturbation (per sample).
+        xi: ξ, the finite-difference step of the power iteration (``"finite_difference"``).
+        n_power: power-iteration steps (1 in the paper; 0 uses the random direction).
+        method: ``"finite_difference"`` (the paper) or ``"hvp"`` (the exact Hessian product).
+        bn: BatchNorm policy of every pass this object runs, the perturbed one included
+            (:mod:`robustreg.modes`); ``"frozen"`` (default) uses batch statistics and moves no
+            running statistic, as the official code (``update_batch_stats=False``). Dropout and
+            other modules keep the user's mode: in train mode each pass draws its own mask.
+
+    ``reg(x, logits=None)`` returns the batch mean of ``KL(p(·|x) ‖ p(·|x + r_adv))``; pass the
+    logits of your own clean forward as ``logits=`` to reuse them for ``p(·|x)`` (detached
+    either way), otherwise one extra no-grad pass computes them. Under autocast the power
+    iteration runs in float32 (ξ = 1e-6 is below half precision's resolution). After a call,
+    ``reg.last.r_adv`` is the perturbation used and ``reg.last.metrics`` holds ``lds`` and
+    ``rayleigh`` (the mean ``dᵀHd`` estimate of the last power step; ``"hvp"`` only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        eps: float,
+        xi: float = 1e-6,
+        n_power: int = 1,
+        method: str = "finite_difference",
+        bn: str = "frozen",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.net = model, unwrap(model)
+        self.eps, self.xi, self.n_power, self.method, self.bn = eps, xi, n_power, method, bn
+        self._check()
+        self.last: SSLRecord | None = None
+
+    def _check(self) -> None:
+        for name in ("eps", "xi"):
+            value = getattr(self, name)
+            real = not isinstance(value, bool) and isinstance(value, numbers.Real)
+            if not (real and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if isinstance(self.n_power, bool) or not isinstance(self.n_power, int) or self.n_power < 0:
+            raise ValueError(f"n_power must be an integer >= 0, got {self.n_power!r}")
+        if self.method not in VAT_METHODS:
+            raise ValueError(f"method must be one of {VAT_METHODS}, got {self.method!r}")
+        check_bn(self.bn)
+        if self.method == "hvp" and self.bn == "train":
+            raise ValueError(
+                'method="hvp" cannot update running statistics inside torch.func: bn must be "frozen" or "eval"'
+            )
+
+    def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
+        self._check()
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
+            raise ValueError("x must be a non-empty floating-point batch (B, ...)")
+        if logits is not None and (logits.dim() != 2 or logits.shape[0] != x.shape[0]):
+            raise ValueError(f"logits must be (B, C) with B = {x.shape[0]}, got shape {tuple(logits.shape)}")
+        x = x.detach()
+        with inner_mode(self.net, self.bn):
+            if logits is None:
+                with torch.no_grad():
+                    logits = self.net(x)
+            clean = logits.detach()
+            d, rayleigh = self._direction(x, clean)
+            r_adv = self.eps * d.to(x.dtype)
+            with torch.enable_grad():
+                lds = kl_div(clean, self.net(x + r_adv)).mean()
+        metrics = {"lds": lds.detach()}
+        if rayleigh is not None:
+            metrics["rayleigh"] = rayleigh.detach().mean()
+        self.last = SSLRecord({"r_adv": r_adv.detach()}, metrics)
+        return lds
+
+    def _direction(self, x: Tensor, clean: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The power iteration (in float32 or wider, autocast off): a unit direction per sample.
+
+        Its reference ``p(·|x)`` must come from a pass of the same precision: logits from a
+        half-precision pass differ from the float32 ones by far more than ξ moves them, and the
+        gradient at ξd would follow that difference instead of ``ξHd``; so under autocast (or
+        for half-precision logits) one float32 no-grad pass recomputes it."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(dtype)
+        d = per_sample_normalize(torch.randn_like(xf))
+        rayleigh = None
+        amp = torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if amp or clean.dtype != torch.promote_types(clean.dtype, dtype):
+                with torch.no_grad():
+                    clean = self.net(xf)
+            pf = clean.to(dtype)
+            if self.method == "finite_difference":
+                for _ in range(self.n_power):
+                    r = (self.xi * d).requires_grad_(True)
+                    with torch.enable_grad():
+                        kl = kl_div(pf, self.net(xf + r).to(dtype)).sum()
+                    (g,) = torch.autograd.grad(kl, r)
+                    d = _renormalize(g, d)
+                return d, None
+            params = {k: v.detach() for k, v in self.net.named_parameters()}
+            buffers = dict(self.net.named_buffers())
+
+            def total_kl(r: Tensor) -> Tensor:
+                out = functional_call(self.net, (params, buffers), (xf + r,))
+                return kl_div(pf, out.to(dtype)).sum()
+
+            zero = torch.zeros_like(xf)
+            for _ in range(self.n_power):
+                hd = hvp(total_kl, zero, d)
+                rayleigh = per_sample_dot(d, hd)
+                d = _renormalize(hd, d)
+            return d, rayleigh
+
+
+def _renormalize(g: Tensor, d: Tensor) -> Tensor:
+    """``g`` normalised per sample; a sample whose ``g`` is exactly zero (the KL's change was
+    below the floating-point resolution) keeps its previous direction."""
+    zero = g.flatten(1).abs().amax(1) == 0
+    return torch.where(zero.view(-1, *([1] * (g.dim() - 1))), d, per_sample_normalize(g))

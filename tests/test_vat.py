@@ -1,0 +1,171 @@
+"""VAT and EntMin against explicit Hessians and written-out formulas, and the loss-object contract."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, hessian
+
+from robustreg import VAT, EntMin
+from robustreg.func import per_sample_dot
+
+D = torch.float64
+
+
+def tiny(bn: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)]
+    if bn:
+        layers.insert(1, nn.BatchNorm1d(6))
+    return nn.Sequential(*layers).to(D)
+
+
+def kl(p_logits, q_logits):
+    p = torch.softmax(p_logits, -1)
+    return (p * (torch.log_softmax(p_logits, -1) - torch.log_softmax(q_logits, -1))).sum(-1)
+
+
+def explicit_top_eigenvectors(model, x):
+    """Each sample's top eigenvector of the Hessian of KL(p(x_i) ‖ p(x_i + r)) in r at 0."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    out = []
+    for xi in x:
+        clean = functional_call(model, params, (xi[None],))[0].detach()
+
+        def f(r, xi=xi, clean=clean):
+            return kl(clean, functional_call(model, params, ((xi + r)[None],))[0])
+
+        h = hessian(f)(torch.zeros_like(xi))
+        out.append(torch.linalg.eigh(h).eigenvectors[:, -1])
+    return torch.stack(out)
+
+
+def test_hvp_direction_is_the_top_eigenvector_of_the_explicit_kl_hessian():
+    model = tiny()
+    x = torch.randn(5, 4, dtype=D)
+    top = explicit_top_eigenvectors(model, x)
+    torch.manual_seed(1)
+    reg = VAT(model, eps=0.5, n_power=200, method="hvp")
+    reg(x)
+    d = reg.last.r_adv / 0.5
+    assert torch.allclose(per_sample_dot(d, top).abs(), torch.ones(5, dtype=D), atol=1e-6)
+
+
+def test_finite_difference_agrees_with_hvp_for_small_xi():
+    model = tiny()
+    x = torch.randn(6, 4, dtype=D)
+    dirs = {}
+    for method in ("finite_difference", "hvp"):
+        torch.manual_seed(3)  # the same random start
+        reg = VAT(model, eps=1.0, xi=1e-6, n_power=2, method=method)
+        reg(x)
+        dirs[method] = reg.last.r_adv
+    cos = per_sample_dot(dirs["finite_difference"], dirs["hvp"])
+    assert torch.allclose(cos, torch.ones(6, dtype=D), atol=1e-6)
+
+
+def test_loss_is_the_kl_at_the_returned_perturbation_and_its_gradient_flows_to_the_weights():
+    model = tiny()
+    x = torch.randn(7, 4, dtype=D)
+    reg = VAT(model, eps=0.3)
+    loss = reg(x)
+    r = reg.last.r_adv
+    torch.testing.assert_close(r.norm(dim=1), torch.full((7,), 0.3, dtype=D))
+    with torch.no_grad():
+        expected = kl(model(x), model(x + r)).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    # p(y|x) is constant: the gradient is that of KL(p_fixed ‖ p(x + r)) only
+    clean = model(x).detach()
+    (ref,) = torch.autograd.grad(kl(clean, model(x + r)).mean(), [model[0].weight])
+    (got,) = torch.autograd.grad(loss, [model[0].weight])
+    torch.testing.assert_close(got, ref)
+    # given logits are used for p(y|x)
+    logits = model(x)
+    torch.manual_seed(5)
+    a = reg(x, logits=logits)
+    torch.manual_seed(5)
+    b = reg(x)
+    torch.testing.assert_close(a, b)
+
+
+def test_zero_power_iterations_use_the_random_direction():
+    model = tiny()
+    x = torch.randn(3, 4, dtype=D)
+    torch.manual_seed(9)
+    expected = torch.randn_like(x)
+    expected = 0.2 * expected / expected.norm(dim=1, keepdim=True)
+    torch.manual_seed(9)
+    reg = VAT(model, eps=0.2, n_power=0)
+    reg(x)
+    torch.testing.assert_close(reg.last.r_adv, expected)
+
+
+@pytest.mark.parametrize("method", ["finite_difference", "hvp"])
+def test_no_side_effects_and_frozen_batchnorm(method):
+    model = tiny(bn=True).train()
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    stats = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    x = torch.randn(8, 4, dtype=D)
+    VAT(model, eps=0.5, method=method)(x).backward()
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():  # parameters unchanged, running stats not moved
+        torch.testing.assert_close(v, stats[k], rtol=0, atol=0, msg=k)
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
+    assert not torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))  # the user's backward accumulated
+
+
+def test_power_step_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(6, 4)
+    torch.manual_seed(2)
+    plain = VAT(model, eps=1.0, xi=1e-6)
+    plain(x)
+    torch.manual_seed(2)
+    amp = VAT(model, eps=1.0, xi=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp(x)
+    assert amp.last.r_adv.dtype == torch.float32
+    # a sample whose float32 KL gradient underflows to zero keeps its random direction
+    torch.testing.assert_close(amp.last.r_adv.norm(dim=1), torch.ones(6))
+    # bf16 has 8 bits of mantissa: x + 1e-6·d would round to x and give a zero gradient there
+    assert float(per_sample_dot(plain.last.r_adv, amp.last.r_adv).min()) > 0.99
+
+
+def test_bad_arguments_name_themselves():
+    model = tiny()
+    x = torch.randn(2, 4, dtype=D)
+    for kwargs, match in [
+        ({"eps": 0}, "eps"),
+        ({"eps": 1.0, "xi": -1e-6}, "xi"),
+        ({"eps": 1.0, "n_power": -1}, "n_power"),
+        ({"eps": 1.0, "method": "exact"}, "method"),
+        ({"eps": 1.0, "bn": "none"}, "bn"),
+        ({"eps": 1.0, "method": "hvp", "bn": "train"}, "bn"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            VAT(model, **kwargs)
+    reg = VAT(model, eps=1.0)
+    with pytest.raises(ValueError, match="logits"):
+        reg(x, logits=torch.zeros(3, 3, dtype=D))
+    with pytest.raises(ValueError, match="x must be"):
+        reg(torch.zeros(2, 4, dtype=torch.long))
+    reg.eps = -1.0  # hyper-parameters are checked again at every call
+    with pytest.raises(ValueError, match="eps"):
+        reg(x)
+
+
+def test_entmin_is_the_mean_prediction_entropy():
+    model = tiny()
+    x = torch.randn(5, 4, dtype=D)
+    p = torch.softmax(model(x), 1)
+    expected = -(p * p.log()).sum(1).mean()
+    torch.testing.assert_close(EntMin(model)(x), expected)
+    logits = model(x)
+    torch.testing.assert_close(EntMin(model)(logits=logits), expected)
+    uniform = torch.zeros(4, 3, dtype=D)
+    torch.testing.assert_close(EntMin(model)(logits=uniform), torch.log(torch.tensor(3.0, dtype=D)))
+    with pytest.raises(ValueError, match="logits"):
+        EntMin(model)(logits=torch.zeros(3, dtype=D))
+    assert F.softmax is not None

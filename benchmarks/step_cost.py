@@ -6,7 +6,8 @@ What is measured: the time of ONE optimisation step,
 
 for natural training (plain cross-entropy), PGD-10 and PGD-40 (:class:`robustreg.PGDAT`), Fast-AT
 (:class:`robustreg.FastAT`), Free-AT (:class:`robustreg.FreeAT`; one replay = one step), TRADES-10
-(:class:`robustreg.TRADES`) and YOPO-5-3 / YOPO-5-10 (:class:`robustreg.YOPO`, f0 = conv1 + ReLU),
+(:class:`robustreg.TRADES`), YOPO-5-3 / YOPO-5-10 (:class:`robustreg.YOPO`, f0 = conv1 + ReLU) and
+cross-entropy + VAT (:class:`robustreg.VAT`, finite-difference or exact-HVP power step),
 on :class:`robustreg.models.SmallCNN` with one MNIST-shaped batch of random
 images in [0, 1] (``torch.rand(B, 1, 28, 28)``, labels in 0..9), on the CPU, with the MNIST settings
 eps = 0.3 and alpha = 0.01 for PGD and TRADES (Fast-AT and Free-AT use their default step sizes,
@@ -21,7 +22,8 @@ round), so that drift in machine speed hits all methods alike. Each step is time
 ``time.perf_counter``; the report gives, per method, the median over the rounds, every timing, and
 the ratio of the median to natural training's median. The system load average before and after is
 recorded in ``config``: other processes competing for the cores inflate the timings (longest steps most).
-``ratios`` gives the YOPO yardsticks: YOPO-5-10 / PGD-40, YOPO-5-3 / PGD-10 and YOPO-5-n / (5 × natural).
+``ratios`` gives the YOPO yardsticks: YOPO-5-10 / PGD-40, YOPO-5-3 / PGD-10 and YOPO-5-n / (5 × natural),
+and VAT's: a CE + VAT step / a supervised (natural) step.
 
 Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYTHONPATH=.``)::
 
@@ -69,6 +71,18 @@ def natural(model: nn.Module) -> Objective:
     return lambda x, y: F.cross_entropy(model(x), y)
 
 
+def vat(model: nn.Module, method: str) -> Objective:
+    """Cross-entropy plus VAT (ε = 2, ξ = 1e-6, one power step) on the same batch, the clean
+    logits shared: a semi-supervised step where every image is also an unlabeled one."""
+    reg = robustreg.VAT(model, eps=2.0, method=method)
+
+    def objective(x: Tensor, y: Tensor) -> Tensor:
+        logits = model(x)
+        return F.cross_entropy(logits, y) + reg(x, logits=logits)
+
+    return objective
+
+
 # name -> builder of the loss object for a given model, in report order.
 BUILDERS: dict[str, Callable[[nn.Module], Objective]] = {
     "natural": natural,
@@ -80,6 +94,8 @@ BUILDERS: dict[str, Callable[[nn.Module], Objective]] = {
     # YOPO with SmallCNN's conv1 + ReLU as f0, as the official MNIST code.
     "yopo5-3": lambda m: robustreg.YOPO(m, m=5, n=3, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
     "yopo5-10": lambda m: robustreg.YOPO(m, m=5, n=10, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
+    "vat": lambda m: vat(m, "finite_difference"),
+    "vat-hvp": lambda m: vat(m, "hvp"),
 }
 # The issue's yardsticks, computed from the medians: (numerator, denominator, scale of denominator).
 RATIOS = {
@@ -87,6 +103,8 @@ RATIOS = {
     "yopo5-3 / pgd10": ("yopo5-3", "pgd10", 1),
     "yopo5-3 / (5 x natural)": ("yopo5-3", "natural", 5),
     "yopo5-10 / (5 x natural)": ("yopo5-10", "natural", 5),
+    "vat / natural": ("vat", "natural", 1),
+    "vat-hvp / natural": ("vat-hvp", "natural", 1),
 }
 
 

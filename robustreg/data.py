@@ -3,6 +3,7 @@ torchvision image sets loaded from local files as tensors."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -60,7 +61,7 @@ def load_vision(name: str, root: str | Path, *, train: bool) -> tuple[Tensor, Te
     """A torchvision image data set as tensors: images ``(N, C, H, W)`` in [0, 1] (float32)
     and labels ``(N,)`` (int64). Nothing is downloaded: the files must be under ``root`` in
     torchvision's layout (MNIST-style files under a read-only ``root`` are copied once to
-    ``$TMPDIR/robustreg-data-<uid>/``, since torchvision extracts archives next to them); when
+    ``$TMPDIR/robustreg-data-<uid>/<hash of the directory>/``, since torchvision extracts archives next to them); when
     they are missing, ``FileNotFoundError`` says which files to place where."""
     import torchvision
 
@@ -99,7 +100,8 @@ def _open(cls, root: Path, split: dict):
         # torchvision extracts next to the archives: work on a copy of a read-only directory
         # (by its mode bits too: root may write where the owner meant nobody to)
         if not os.access(raw, os.W_OK) or not raw.stat().st_mode & 0o222:
-            copy = Path(tempfile.gettempdir()) / f"robustreg-data-{os.getuid()}" / cls.__name__ / "raw"
+            key = hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]  # one copy per source directory
+            copy = Path(tempfile.gettempdir()) / f"robustreg-data-{os.getuid()}" / key / cls.__name__ / "raw"
             if not copy.is_dir():
                 shutil.copytree(raw, copy)
             root = copy.parents[1]

@@ -30,7 +30,7 @@ from .diagnostics import CriterionC, criterion_c, fosc
 from .evaluate import Accuracy, MaskingReport, gradient_masking_report, robust_accuracy
 from .modes import inner_mode
 from .perturb import BALLS, L2Ball, LinfBall, clamp_to_box, get_ball
-from .ssl import VAT, EntMin
+from .ssl import TNAR, VAT, EntMin
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "FGSM",
     "PGD",
     "PGDAT",
+    "TNAR",
     "TRADES",
     "VAT",
     "YOPO",

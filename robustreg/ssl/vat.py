@@ -53,6 +53,27 @@ class SSLRecord:
         return {k: float(v) for k, v in self.metrics.items()}
 
 
+def check_common(owner: object, positive: tuple[str, ...], integers: dict[str, int]) -> None:
+    """Validate ``owner``'s hyper-parameters: the ``positive`` ones finite and > 0, each of
+    ``integers`` an int ≥ its minimum, ``method`` and ``bn`` known and compatible."""
+    for name in positive:
+        value = getattr(owner, name)
+        real = not isinstance(value, bool) and isinstance(value, numbers.Real)
+        if not (real and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    for name, low in integers.items():
+        value = getattr(owner, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if owner.method not in VAT_METHODS:
+        raise ValueError(f"method must be one of {VAT_METHODS}, got {owner.method!r}")
+    check_bn(owner.bn)
+    if owner.method == "hvp" and owner.bn == "train":
+        raise ValueError(
+            'method="hvp" cannot update running statistics inside torch.func: bn must be "frozen" or "eval"'
+        )
+
+
 def kl_div(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     """Per-sample ``KL(softmax(p_logits) ‖ softmax(q_logits))``, shape ``(B,)``."""
     logp = F.log_softmax(p_logits, dim=1)
@@ -99,20 +120,7 @@ class VAT:
         self.last: SSLRecord | None = None
 
     def _check(self) -> None:
-        for name in ("eps", "xi"):
-            value = getattr(self, name)
-            real = not isinstance(value, bool) and isinstance(value, numbers.Real)
-            if not (real and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if isinstance(self.n_power, bool) or not isinstance(self.n_power, int) or self.n_power < 0:
-            raise ValueError(f"n_power must be an integer >= 0, got {self.n_power!r}")
-        if self.method not in VAT_METHODS:
-            raise ValueError(f"method must be one of {VAT_METHODS}, got {self.method!r}")
-        check_bn(self.bn)
-        if self.method == "hvp" and self.bn == "train":
-            raise ValueError(
-                'method="hvp" cannot update running statistics inside torch.func: bn must be "frozen" or "eval"'
-            )
+        check_common(self, ("eps", "xi"), {"n_power": 0})
 
     def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
         self._check()

@@ -1,0 +1,144 @@
+"""TNAR's tangent and normal perturbations against explicit Hessians, with a linear chart
+decode(z) = Az + b whose tangent space is span(A) everywhere."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+from robustreg.func import per_sample_dot
+from robustreg.ssl import TNAR
+
+D = torch.float64
+
+
+class LinearChart:
+    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        self.a, self.b = a, b
+
+    def encode(self, x):
+        return torch.linalg.lstsq(self.a, (x - self.b).t()).solution.t()  # (B, k)
+
+    def decode(self, z):
+        return z @ self.a.t() + self.b
+
+
+def setup(k: int = 2, dim: int = 5):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(dim, 8), nn.Tanh(), nn.Linear(8, 3)).to(D)
+    chart = LinearChart(torch.randn(dim, k, dtype=D), torch.randn(dim, dtype=D))
+    x = torch.randn(4, dim, dtype=D)
+    return model, chart, x
+
+
+def kl_hessians(model, x):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    out = []
+    for xi in x:
+        clean = functional_call(model, params, (xi[None],))[0].detach()
+
+        def f(r, xi=xi, clean=clean):
+            p = torch.softmax(clean, -1)
+            q = torch.log_softmax(functional_call(model, params, ((xi + r)[None],))[0], -1)
+            return (p * (torch.log_softmax(clean, -1) - q)).sum()
+
+        out.append(hessian(f)(torch.zeros_like(xi)))
+    return out
+
+
+@pytest.mark.parametrize("method", ["finite_difference", "hvp"])
+def test_tangent_and_normal_perturbations_with_a_linear_chart(method):
+    model, chart, x = setup()
+    a = chart.a
+    proj = a @ torch.linalg.solve(a.t() @ a, a.t())  # projection onto span(A)
+    torch.manual_seed(1)
+    reg = TNAR(model, chart, eps_tangent=0.7, eps_normal=0.3, n_power=100, cg_iters=2, method=method)
+    reg(x)
+    r_t, r_n = reg.last.r_tangent, reg.last.r_normal
+    torch.testing.assert_close(r_t.norm(dim=1), torch.full((4,), 0.7, dtype=D))
+    torch.testing.assert_close(r_n.norm(dim=1), torch.full((4,), 0.3, dtype=D))
+    torch.testing.assert_close(r_t @ proj, r_t, atol=1e-6, rtol=0)  # in the tangent space
+    torch.testing.assert_close(r_n @ a, torch.zeros(4, 2, dtype=D), atol=1e-6, rtol=0)  # orthogonal to it
+    # against the explicit eigenproblems, sample by sample
+    eye = torch.eye(5, dtype=D)
+    for i, h in enumerate(kl_hessians(model, x)):
+        # tangent: max over η of ηᵀAᵀHAη / ηᵀAᵀAη, through the Cholesky factor of AᵀA
+        chol = torch.linalg.cholesky(a.t() @ a)
+        inv = torch.linalg.inv(chol)
+        m = inv @ a.t() @ h @ a @ inv.t()
+        eta = inv.t() @ torch.linalg.eigh(m).eigenvectors[:, -1]
+        t = a @ eta
+        assert abs(float(torch.dot(t / t.norm(), r_t[i] / 0.7))) == pytest.approx(1.0, abs=1e-5)
+        # normal: the top eigenvector of P⊥ H P⊥
+        pn = eye - proj
+        n = torch.linalg.eigh(pn @ h @ pn).eigenvectors[:, -1]
+        assert abs(float(torch.dot(n, r_n[i] / 0.3))) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_loss_is_the_weighted_kls_and_parts_can_be_switched_off():
+    model, chart, x = setup()
+    torch.manual_seed(2)
+    reg = TNAR(model, chart, eps_tangent=0.5, eps_normal=0.2, weights=(2.0, 0.5))
+    loss = reg(x)
+
+    def kl(r):
+        p = torch.log_softmax(model(x), 1)
+        return (p.exp() * (p - torch.log_softmax(model(x + r), 1))).sum(1).mean()
+
+    with torch.no_grad():
+        expected = 2.0 * kl(reg.last.r_tangent) + 0.5 * kl(reg.last.r_normal)
+    torch.testing.assert_close(loss.detach(), expected)
+    tar_only = TNAR(model, chart, eps_tangent=0.5, eps_normal=0.2, weights=(1.0, 0.0))
+    tar_only(x)
+    assert set(tar_only.last.perturbations) == {"r_tangent"}
+
+
+def test_on_manifold_tangent_equals_the_linear_one_for_a_linear_chart():
+    model, chart, x = setup()
+    res = {}
+    for mode in ("linear", "manifold"):
+        torch.manual_seed(3)
+        reg = TNAR(model, chart, eps_tangent=0.4, eps_normal=0.1, tangent=mode, weights=(1.0, 0.0))
+        reg(x)
+        res[mode] = reg.last.r_tangent
+    torch.testing.assert_close(res["manifold"], res["linear"])
+
+
+def test_bad_chart_and_arguments():
+    model, chart, x = setup()
+
+    class Wrong:
+        def encode(self, x):
+            return x[:, :2]
+
+        def decode(self, z):
+            return z
+
+    with pytest.raises(ValueError, match=r"chart\.decode"):
+        TNAR(model, Wrong(), eps_tangent=0.1, eps_normal=0.1)(x)
+    with pytest.raises(TypeError, match="chart"):
+        TNAR(model, object(), eps_tangent=0.1, eps_normal=0.1)
+    for kwargs, match in [
+        ({"eps_tangent": 0.0}, "eps_tangent"),
+        ({"eps_normal": -1.0}, "eps_normal"),
+        ({"cg_iters": 0}, "cg_iters"),
+        ({"weights": (0.0, 0.0)}, "weights"),
+        ({"tangent": "curved"}, "tangent"),
+        ({"method": "exact"}, "method"),
+    ]:
+        args = {"eps_tangent": 0.1, "eps_normal": 0.1, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            TNAR(model, chart, **args)
+
+
+def test_no_side_effects_on_the_model():
+    model, chart, x = setup()
+    model.train()
+    model[0].weight.grad = torch.zeros_like(model[0].weight)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    TNAR(model, chart, eps_tangent=0.3, eps_normal=0.3)(x).backward()
+    assert model.training
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert model[0].weight.grad.abs().sum() > 0
+    assert per_sample_dot(x, x).shape == (4,)

@@ -10,7 +10,7 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import control, diagnostics, func, models, ssl
+from . import charts, control, diagnostics, func, models, ssl
 from .adversarial import (
     ATTA,
     PGDAT,
@@ -58,6 +58,7 @@ __all__ = [
     "MaskingReport",
     "Record",
     "amata_schedule",
+    "charts",
     "clamp_to_box",
     "control",
     "criterion_c",

@@ -8,6 +8,8 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -117,3 +119,89 @@ def synthetic_vision(name: str, n: int, *, generator: torch.Generator | None = N
     _checks.count("n", n, minimum=1)
     shape = VISION[name][1]
     return torch.rand(n, *shape, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def label_split(y: Tensor, per_class: int, *, seed: int) -> tuple[Tensor, Tensor]:
+    """A reproducible semi-supervised split: ``per_class`` labeled indices of every class, drawn
+    by ``seed``, and all the other indices as unlabeled. Returns ``(labeled, unlabeled)`` index
+    tensors (sorted); record them with the run to reproduce it exactly."""
+    _checks.count("per_class", per_class, minimum=1)
+    if not isinstance(y, Tensor) or y.dim() != 1:
+        raise ValueError("y must be a 1-D tensor of labels")
+    gen = torch.Generator().manual_seed(seed)
+    labeled = []
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has {len(idx)} samples, fewer than per_class={per_class}")
+        labeled.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    labeled = torch.cat(labeled).sort().values
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[labeled] = False
+    return labeled, torch.nonzero(mask).flatten()
+
+
+def cycle_batches(
+    labeled: tuple[Tensor, Tensor], unlabeled: Tensor, *, batch_labeled: int, batch_unlabeled: int, seed: int
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """An endless stream of ``(x_labeled, y_labeled, x_unlabeled)`` batches: each set reshuffled
+    (by ``seed``) every time it is exhausted, so the small labeled set cycles against the
+    unlabeled stream. Take as many steps as you train for (``itertools.islice``)."""
+    _checks.count("batch_labeled", batch_labeled, minimum=1)
+    _checks.count("batch_unlabeled", batch_unlabeled, minimum=1)
+    gen = torch.Generator().manual_seed(seed)
+    x_l, y_l = labeled
+
+    def indices(n: int, size: int) -> Iterator[Tensor]:
+        while True:
+            order = torch.randperm(n, generator=gen)
+            for i in range(0, n - min(size, n) + 1, min(size, n)):
+                yield order[i : i + min(size, n)]
+
+    for il, iu in zip(indices(len(x_l), batch_labeled), indices(len(unlabeled), batch_unlabeled), strict=False):
+        yield x_l[il], y_l[il], unlabeled[iu]
+
+
+@dataclass(frozen=True)
+class RingsSSL:
+    """The semi-supervised two-rings problem: labeled and unlabeled points (with the unlabeled
+    points' labels, for evaluation only), and the embedding of the plane into ``R^dim``."""
+
+    x_labeled: Tensor
+    y_labeled: Tensor
+    x_unlabeled: Tensor
+    y_unlabeled: Tensor
+    embedding: Tensor  # (dim, 2), orthonormal columns
+    radii: tuple[float, float]
+
+
+def rings_ssl(
+    n_unlabeled: int = 3000,
+    *,
+    labeled_per_class: int = 3,
+    radii: tuple[float, float] = (1.0, 1.5),
+    dim: int = 2,
+    off_manifold: float = 0.0,
+    seed: int = 0,
+) -> RingsSSL:
+    """Two concentric rings (class k at radius ``radii[k]``, uniform angles) with
+    ``labeled_per_class`` labeled points per class and ``n_unlabeled`` unlabeled ones, the
+    plane embedded in ``R^dim`` by a random orthonormal map (``dim ≥ 2``) and
+    ``off_manifold·N(0, I)`` noise added in every direction (0: points exactly on the rings).
+    Its oracle chart is :class:`robustreg.charts.RingsChart`."""
+    _checks.count("n_unlabeled", n_unlabeled, minimum=1)
+    _checks.count("labeled_per_class", labeled_per_class, minimum=1)
+    _checks.count("dim", dim, minimum=2)
+    _checks.nonneg_float("off_manifold", off_manifold)
+    gen = torch.Generator().manual_seed(seed)
+    n = n_unlabeled + 2 * labeled_per_class
+    y = torch.cat(
+        [torch.arange(2).repeat_interleave(labeled_per_class), torch.randint(0, 2, (n_unlabeled,), generator=gen)]
+    )
+    angle = 2 * math.pi * torch.rand(n, generator=gen)
+    radius = torch.tensor(radii, dtype=torch.float32)[y]
+    plane = torch.stack([radius * angle.cos(), radius * angle.sin()], dim=1)  # (n, 2)
+    embedding = torch.linalg.qr(torch.randn(dim, 2, generator=gen)).Q if dim > 2 else torch.eye(2)
+    x = plane @ embedding.t() + off_manifold * torch.randn(n, dim, generator=gen)
+    k = 2 * labeled_per_class
+    return RingsSSL(x[:k], y[:k], x[k:], y[k:], embedding, tuple(float(r) for r in radii))

@@ -6,21 +6,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
+from robustreg.charts import LinearChart
 from robustreg.func import per_sample_dot
 from robustreg.ssl import TNAR
 
 D = torch.float64
-
-
-class LinearChart:
-    def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.a, self.b = a, b
-
-    def encode(self, x):
-        return torch.linalg.lstsq(self.a, (x - self.b).t()).solution.t()  # (B, k)
-
-    def decode(self, z):
-        return z @ self.a.t() + self.b
 
 
 def setup(k: int = 2, dim: int = 5):

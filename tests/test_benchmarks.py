@@ -76,3 +76,13 @@ def test_time_to_robust_runs_every_method_interleaved(monkeypatch):
     assert curves["amata"][-1]["K"] == 5 and curves["amata-yopo"][-1]["K"] == 2
     (row,) = table
     assert row["C_current"] >= 0 and {"C_pgd10", "C_pgd20", "C_pgd40"} <= set(row)
+
+
+def test_two_rings_ssl_smoke(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "two_rings_ssl.py"), "--steps", "3", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert set(report["results"]) == {"supervised", "vat", "tar", "nar", "tnar"}
+    assert all(0 <= r["unlabeled_accuracy"] <= 1 for r in report["results"].values())
+    assert (tmp_path / "decision_boundaries.png").stat().st_size > 1000

@@ -29,6 +29,11 @@ Operator = Callable[[Tensor], Tensor]
 HVP_MODES = ("forward", "reverse", "auto")
 
 
+def per_sample(s: Tensor, like: Tensor) -> Tensor:
+    """Per-sample scalars ``(B,)`` viewed to broadcast against ``like`` ``(B, ...)``."""
+    return s.view(-1, *[1] * (like.dim() - 1))
+
+
 def per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
     """``⟨a_i, b_i⟩`` for every sample i: shape ``(B,)``."""
     return (a * b).flatten(1).sum(1)
@@ -36,8 +41,7 @@ def per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
 
 def per_sample_normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
     """``v_i / ‖v_i‖₂`` for every sample (a zero sample stays zero)."""
-    norm = v.flatten(1).norm(dim=1).clamp_min(eps)
-    return v / norm.view(-1, *([1] * (v.dim() - 1)))
+    return v / per_sample(v.flatten(1).norm(dim=1).clamp_min(eps), v)
 
 
 def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, mode: str = "auto") -> Tensor:
@@ -109,7 +113,6 @@ def conjugate_gradient(
     moving."""
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
-    shape = (-1, *([1] * (b.dim() - 1)))
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - op(x) if x0 is not None else b.clone()
     p = r.clone()
@@ -121,10 +124,10 @@ def conjugate_gradient(
         ap = op(p)
         pap = per_sample_dot(p, ap)
         step = torch.where(active & (pap > 0), rr / pap.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
-        x = x + step.view(shape) * p
-        r = r - step.view(shape) * ap
+        x = x + per_sample(step, p) * p
+        r = r - per_sample(step, ap) * ap
         rr_new = per_sample_dot(r, r)
         ratio = torch.where(active, rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
-        p = r + ratio.view(shape) * p
+        p = r + per_sample(ratio, p) * p
         rr = rr_new
     return x

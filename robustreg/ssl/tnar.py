@@ -25,11 +25,11 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp, vjp
+from torch.func import jvp, vjp
 
-from ..func import conjugate_gradient, hvp, per_sample_normalize
+from ..func import conjugate_gradient, per_sample, per_sample_normalize
 from ..modes import inner_mode, unwrap
-from .vat import SSLRecord, _renormalize, check_common, kl_div
+from .vat import SSLRecord, _renormalize, check_common, kl_div, kl_hessian_product
 
 TANGENT_MODES = ("linear", "manifold")
 
@@ -115,18 +115,17 @@ class TNAR:
                 with torch.no_grad():
                     logits = self.net(x)
             clean = logits.detach()
-            ops = _Products(self.chart, z, self._hessian_product(x, clean), self.cg_iters)
+            hess = kl_hessian_product(self.net, x, clean, method=self.method, xi=self.xi)
+            ops = _Products(self.chart, z, hess, self.cg_iters)
             loss = x.new_zeros(())
             parts, metrics = {}, {}
             if self.weights[0]:
-                eta = ops.tangent_direction(self.n_power, torch.randn_like(z))
-                jeta = ops.jvp(eta)
-                scale = (self.eps_tangent / jeta.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, *[1] * (z.dim() - 1))
+                eta, jeta = ops.tangent_direction(self.n_power, torch.randn_like(z))  # ‖Jη‖ = 1
                 if self.tangent == "linear":
-                    r_t = self.eps_tangent * per_sample_normalize(jeta)
+                    r_t = self.eps_tangent * jeta
                 else:
                     with torch.no_grad():
-                        r_t = self.chart.decode(z + scale * eta) - x_chart
+                        r_t = self.chart.decode(z + self.eps_tangent * eta) - x_chart
                 with torch.enable_grad():
                     tar = kl_div(clean, self.net(x + r_t.to(x.dtype))).mean()
                 loss = loss + self.weights[0] * tar
@@ -141,44 +140,17 @@ class TNAR:
         self.last = SSLRecord(parts, metrics)
         return loss
 
-    def _hessian_product(self, x: Tensor, clean: Tensor) -> Callable[[Tensor], Tensor]:
-        """``u ↦ H u`` per sample (H of the KL in r at 0), by finite difference or exactly."""
-        if self.method == "finite_difference":
-
-            def fd(u: Tensor) -> Tensor:
-                unit = per_sample_normalize(u)
-                norm = u.flatten(1).norm(dim=1).view(-1, *[1] * (u.dim() - 1))
-                r = (self.xi * unit).requires_grad_(True)
-                with torch.enable_grad():
-                    kl = kl_div(clean, self.net(x + r)).sum()
-                (g,) = torch.autograd.grad(kl, r)
-                return g * (norm / self.xi)  # ∇KL(ξû) ≈ ξHû, so H u ≈ ∇KL(ξû)·‖u‖/ξ
-
-            return fd
-        params = {k: v.detach() for k, v in self.net.named_parameters()}
-        buffers = dict(self.net.named_buffers())
-
-        def total_kl(r: Tensor) -> Tensor:
-            return kl_div(clean, functional_call(self.net, (params, buffers), (x + r,))).sum()
-
-        zero = torch.zeros_like(x)
-        return lambda u: hvp(total_kl, zero, u)
-
 
 class _Products:
     """The chart's Jacobian products at z and the two power iterations."""
 
     def __init__(self, chart: Chart, z: Tensor, hess: Callable[[Tensor], Tensor], cg_iters: int) -> None:
-        self.z, self.hess, self.cg_iters = z, hess, cg_iters
-        self.decode = chart.decode
+        self.z, self.hess, self.cg_iters, self.decode = z, hess, cg_iters, chart.decode
         with torch.enable_grad():
-            _, self._pullback = vjp(self._decode, z)
-
-    def _decode(self, z: Tensor) -> Tensor:
-        return self.decode(z)
+            _, self._pullback = vjp(self.decode, z)  # Jᵀ's linearisation, once per call
 
     def jvp(self, v: Tensor) -> Tensor:
-        return jvp(self._decode, (self.z,), (v,))[1].detach()
+        return jvp(self.decode, (self.z,), (v,))[1].detach()
 
     def vjp(self, u: Tensor) -> Tensor:
         return self._pullback(u)[0].detach()
@@ -191,12 +163,14 @@ class _Products:
         """``P⊥ u = u − J (JᵀJ)⁻¹ Jᵀ u``."""
         return u - self.jvp(self.gram_solve(self.vjp(u)))
 
-    def tangent_direction(self, n_power: int, eta: Tensor) -> Tensor:
-        """η with ``‖Jη‖ = 1`` after ``n_power`` steps ``η ← (JᵀJ)⁻¹ JᵀHJ η``."""
-        eta = self._unit_image(eta)
+    def tangent_direction(self, n_power: int, eta: Tensor) -> tuple[Tensor, Tensor]:
+        """``(η, Jη)`` with ``‖Jη‖ = 1`` after ``n_power`` steps ``η ← (JᵀJ)⁻¹ JᵀHJ η`` (one
+        ``Jv`` per step: ``Jη`` scales with η)."""
+        eta, jeta = self._unit_image(eta, self.jvp(eta))
         for _ in range(n_power):
-            eta = self._unit_image(self.gram_solve(self.vjp(self.hess(self.jvp(eta)))), eta)
-        return eta
+            new = self.gram_solve(self.vjp(self.hess(jeta)))
+            eta, jeta = self._unit_image(new, self.jvp(new), previous=(eta, jeta))
+        return eta, jeta
 
     def normal_direction(self, n_power: int, d: Tensor) -> Tensor:
         """A unit normal direction after ``n_power`` steps ``d ← normalise(P⊥ H P⊥ d)``."""
@@ -205,9 +179,16 @@ class _Products:
             d = _renormalize(self.project_normal(self.hess(d)), d)
         return per_sample_normalize(self.project_normal(d))  # exactly normal after rounding
 
-    def _unit_image(self, eta: Tensor, previous: Tensor | None = None) -> Tensor:
-        norm = self.jvp(eta).flatten(1).norm(dim=1)
-        out = eta / norm.clamp_min(1e-30).view(-1, *[1] * (eta.dim() - 1))
+    @staticmethod
+    def _unit_image(eta: Tensor, jeta: Tensor, previous: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``(η, Jη)/‖Jη‖`` per sample; a sample with ``Jη = 0`` keeps ``previous``."""
+        norm = jeta.flatten(1).norm(dim=1)
+        scale = 1 / norm.clamp_min(1e-30)
+        eta, jeta = eta * per_sample(scale, eta), jeta * per_sample(scale, jeta)
         if previous is None:
-            return out
-        return torch.where((norm == 0).view(-1, *[1] * (eta.dim() - 1)), previous, out)
+            return eta, jeta
+        zero = norm == 0
+        return (
+            torch.where(per_sample(zero, eta), previous[0], eta),
+            torch.where(per_sample(zero, jeta), previous[1], jeta),
+        )

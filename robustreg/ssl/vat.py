@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..func import hvp, per_sample_dot, per_sample_normalize
+from ..func import hvp, per_sample, per_sample_dot, per_sample_normalize
 from ..modes import check_bn, inner_mode, unwrap
 
 VAT_METHODS = ("finite_difference", "hvp")
@@ -44,6 +45,8 @@ class SSLRecord:
     metrics: dict[str, Tensor] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Tensor:
+        if name.startswith("__") or name in ("perturbations", "metrics"):
+            raise AttributeError(name)  # not set yet (copy, unpickling): no recursion
         try:
             return self.perturbations[name]
         except KeyError:
@@ -99,7 +102,7 @@ class VAT:
     either way), otherwise one extra no-grad pass computes them. Under autocast the power
     iteration runs in float32 (ξ = 1e-6 is below half precision's resolution). After a call,
     ``reg.last.r_adv`` is the perturbation used and ``reg.last.metrics`` holds ``lds`` and
-    ``rayleigh`` (the mean ``dᵀHd`` estimate of the last power step; ``"hvp"`` only).
+    ``rayleigh`` (the mean ``dᵀHd`` estimate of the last power step, when ``n_power ≥ 1``).
     """
 
     def __init__(
@@ -160,32 +163,42 @@ class VAT:
             if amp or clean.dtype != torch.promote_types(clean.dtype, dtype):
                 with torch.no_grad():
                     clean = self.net(xf)
-            pf = clean.to(dtype)
-            if self.method == "finite_difference":
-                for _ in range(self.n_power):
-                    r = (self.xi * d).requires_grad_(True)
-                    with torch.enable_grad():
-                        kl = kl_div(pf, self.net(xf + r).to(dtype)).sum()
-                    (g,) = torch.autograd.grad(kl, r)
-                    d = _renormalize(g, d)
-                return d, None
-            params = {k: v.detach() for k, v in self.net.named_parameters()}
-            buffers = dict(self.net.named_buffers())
-
-            def total_kl(r: Tensor) -> Tensor:
-                out = functional_call(self.net, (params, buffers), (xf + r,))
-                return kl_div(pf, out.to(dtype)).sum()
-
-            zero = torch.zeros_like(xf)
+            hess = kl_hessian_product(self.net, xf, clean.to(dtype), method=self.method, xi=self.xi)
             for _ in range(self.n_power):
-                hd = hvp(total_kl, zero, d)
+                hd = hess(d)
                 rayleigh = per_sample_dot(d, hd)
                 d = _renormalize(hd, d)
-            return d, rayleigh
+        return d, rayleigh
+
+
+def kl_hessian_product(
+    net: nn.Module, x: Tensor, clean: Tensor, *, method: str, xi: float
+) -> Callable[[Tensor], Tensor]:
+    """``u ↦ H u`` per sample, ``H`` the Hessian in r of ``Σ_i KL(softmax(clean_i) ‖ p(·|x_i + r_i))``
+    at r = 0: ``"hvp"`` exactly (forward-over-reverse), ``"finite_difference"`` as
+    ``∇_r KL(ξû)·‖u‖/ξ`` (``∇_r KL(ξû) = ξHû + O(ξ²)``; û = u/‖u‖ per sample)."""
+    if method == "finite_difference":
+
+        def fd(u: Tensor) -> Tensor:
+            r = (xi * per_sample_normalize(u)).requires_grad_(True)
+            with torch.enable_grad():
+                kl = kl_div(clean, net(x + r).to(clean.dtype)).sum()
+            (g,) = torch.autograd.grad(kl, r)
+            return g * per_sample(u.flatten(1).norm(dim=1) / xi, u)
+
+        return fd
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+
+    def total_kl(r: Tensor) -> Tensor:
+        return kl_div(clean, functional_call(net, (params, buffers), (x + r,)).to(clean.dtype)).sum()
+
+    zero = torch.zeros_like(x)
+    return lambda u: hvp(total_kl, zero, u)
 
 
 def _renormalize(g: Tensor, d: Tensor) -> Tensor:
     """``g`` normalised per sample; a sample whose ``g`` is exactly zero (the KL's change was
     below the floating-point resolution) keeps its previous direction."""
     zero = g.flatten(1).abs().amax(1) == 0
-    return torch.where(zero.view(-1, *([1] * (g.dim() - 1))), d, per_sample_normalize(g))
+    return torch.where(per_sample(zero, g), d, per_sample_normalize(g))

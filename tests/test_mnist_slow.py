@@ -3,7 +3,6 @@ SmallCNN real robustness where natural training gives almost none, and the evalu
 sign of gradient masking. Needs the MNIST files of ``../shared/data`` (or ``$ROBUSTREG_DATA``)."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from robustreg import PGD, PGDAT, FastAT, gradient_masking_report, robust_accuracy
+from robustreg.data import load_vision
 from robustreg.models import SmallCNN
 
 DATA = Path(os.environ.get("ROBUSTREG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -18,20 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def mnist(tmp_path_factory):
+def mnist():
     raw = DATA / "MNIST" / "raw"
     if not raw.is_dir():
         pytest.skip(f"no MNIST files in {raw}")
-    torchvision = pytest.importorskip("torchvision")
-    root = tmp_path_factory.mktemp("data")
-    shutil.copytree(raw, root / "MNIST" / "raw")  # the shared copy is read-only; extraction writes
-    train = torchvision.datasets.MNIST(root, train=True, download=True)
-    test = torchvision.datasets.MNIST(root, train=False, download=True)
-
-    def tensors(ds, n):
-        return (ds.data[:n].float() / 255).unsqueeze(1), ds.targets[:n]
-
-    return tensors(train, 6000), tensors(test, 500)
+    (xs, ys), (xt, yt) = load_vision("mnist", DATA, train=True), load_vision("mnist", DATA, train=False)
+    return (xs[:6000], ys[:6000]), (xt[:500], yt[:500])
 
 
 def fit(loss_fn, model, data, epochs=3):

@@ -7,7 +7,9 @@ What is measured: the time of ONE optimisation step,
 for natural training (plain cross-entropy), PGD-10 and PGD-40 (:class:`robustreg.PGDAT`), Fast-AT
 (:class:`robustreg.FastAT`), Free-AT (:class:`robustreg.FreeAT`; one replay = one step), TRADES-10
 (:class:`robustreg.TRADES`), YOPO-5-3 / YOPO-5-10 (:class:`robustreg.YOPO`, f0 = conv1 + ReLU) and
-cross-entropy + VAT (:class:`robustreg.VAT`, finite-difference or exact-HVP power step),
+cross-entropy + VAT (:class:`robustreg.VAT`, finite-difference or exact-HVP power step) and
+cross-entropy + TNAR (:class:`robustreg.TNAR` with a convolutional VAE chart; the exact normal
+projection, or ``normal="penalty"``),
 on :class:`robustreg.models.SmallCNN` with one MNIST-shaped batch of random
 images in [0, 1] (``torch.rand(B, 1, 28, 28)``, labels in 0..9), on the CPU, with the MNIST settings
 eps = 0.3 and alpha = 0.01 for PGD and TRADES (Fast-AT and Free-AT use their default step sizes,
@@ -23,7 +25,7 @@ round), so that drift in machine speed hits all methods alike. Each step is time
 the ratio of the median to natural training's median. The system load average before and after is
 recorded in ``config``: other processes competing for the cores inflate the timings (longest steps most).
 ``ratios`` gives the YOPO yardsticks: YOPO-5-10 / PGD-40, YOPO-5-3 / PGD-10 and YOPO-5-n / (5 × natural),
-and VAT's: a CE + VAT step / a supervised (natural) step.
+VAT's: a CE + VAT step / a supervised (natural) step, and TNAR's: a CE + TNAR step / a CE + VAT step.
 
 Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYTHONPATH=.``)::
 
@@ -53,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
+from robustreg.charts import VAE
 from robustreg.models import SmallCNN
 
 log = logging.getLogger("step_cost")
@@ -83,6 +86,21 @@ def vat(model: nn.Module, method: str) -> Objective:
     return objective
 
 
+def tnar(model: nn.Module, **options: Any) -> Objective:
+    """Cross-entropy plus TNAR (ε_t = ε_n = 2, one power step, 4 CG iterations) on the same
+    batch, the clean logits shared, with a convolutional VAE chart (latent 20, width 16: the
+    chart of ``benchmarks/fashion_ssl.py``; its weights are random, which does not change the
+    cost)."""
+    chart = VAE((1, 28, 28), latent=20, width=16).eval().requires_grad_(False)
+    reg = robustreg.TNAR(model, chart, eps_tangent=2.0, eps_normal=2.0, tangent="manifold", **options)
+
+    def objective(x: Tensor, y: Tensor) -> Tensor:
+        logits = model(x)
+        return F.cross_entropy(logits, y) + reg(x, logits=logits)
+
+    return objective
+
+
 # name -> builder of the loss object for a given model, in report order.
 BUILDERS: dict[str, Callable[[nn.Module], Objective]] = {
     "natural": natural,
@@ -96,6 +114,8 @@ BUILDERS: dict[str, Callable[[nn.Module], Objective]] = {
     "yopo5-10": lambda m: robustreg.YOPO(m, m=5, n=10, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
     "vat": lambda m: vat(m, "finite_difference"),
     "vat-hvp": lambda m: vat(m, "hvp"),
+    "tnar": tnar,
+    "tnar-penalty": lambda m: tnar(m, normal="penalty", zeta=0.1),
 }
 # The issue's yardsticks, computed from the medians: (numerator, denominator, scale of denominator).
 RATIOS = {
@@ -105,6 +125,8 @@ RATIOS = {
     "yopo5-10 / (5 x natural)": ("yopo5-10", "natural", 5),
     "vat / natural": ("vat", "natural", 1),
     "vat-hvp / natural": ("vat-hvp", "natural", 1),
+    "tnar / vat": ("tnar", "vat", 1),
+    "tnar-penalty / vat": ("tnar-penalty", "vat", 1),
 }
 
 

@@ -14,7 +14,7 @@ Rayleigh quotients are per sample.
 - :func:`jvp_map`, :func:`vjp_map`, :func:`gram_map`: ``J v``, ``Jᵀ u`` and ``JᵀJ v`` for the
   Jacobian ``J`` of a map (a manifold chart's decoder) at a point.
 - :func:`conjugate_gradient`: a few CG iterations on ``A x = b`` for a symmetric positive
-  definite operator, per sample.
+  definite operator, per sample; :func:`gram_solve` for ``A = JᵀJ``, which also returns ``J x``.
 """
 
 from __future__ import annotations
@@ -111,23 +111,51 @@ def conjugate_gradient(
     positive definite ``op`` acting on each sample separately; exact after as many iterations
     as the dimension (in exact arithmetic). Samples whose residual norm falls to ``tol`` stop
     moving."""
+    return _cg(lambda p: (op(p), None), b, iters=iters, x0=x0, tol=tol)[0]
+
+
+def gram_solve(
+    jvp_fn: Operator, vjp_fn: Operator, b: Tensor, *, iters: int = 4, tol: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``(x, J x)`` for ``x ≈ (JᵀJ)⁻¹ b`` after ``iters`` CG iterations from 0 (``jvp_fn(v) = Jv``,
+    ``vjp_fn(u) = Jᵀu``). CG's iterate is a combination of its search directions p_i and forms
+    ``J p_i`` on the way to ``JᵀJ p_i``, so ``J x`` comes with the same combination for free."""
+
+    def op(p: Tensor) -> tuple[Tensor, Tensor]:
+        jp = jvp_fn(p)
+        return vjp_fn(jp), jp
+
+    x, jx = _cg(op, b, iters=iters, x0=None, tol=tol)
+    return x, (jvp_fn(x) if jx is None else jx)  # jx is None only when CG took no step
+
+
+def _cg(
+    op: Callable[[Tensor], tuple[Tensor, Tensor | None]], b: Tensor, *, iters: int, x0: Tensor | None, tol: float
+) -> tuple[Tensor, Tensor | None]:
+    """The CG loop; ``op(p) = (A p, L p)`` for a linear ``L`` (or ``None``), returns ``(x, L x)``
+    with ``L x`` accumulated from the ``L p`` (``None`` if no step was taken or from ``x0``)."""
     if iters < 0:
         raise ValueError(f"iters must be >= 0, got {iters}")
+    tiny = torch.finfo(b.dtype).tiny
     x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b - op(x) if x0 is not None else b.clone()
+    r = b - op(x)[0] if x0 is not None else b.clone()
     p = r.clone()
     rr = per_sample_dot(r, r)
+    image: Tensor | None = None
     for _ in range(iters):
         active = rr > tol**2
         if not bool(active.any()):
             break
-        ap = op(p)
+        ap, lp = op(p)
         pap = per_sample_dot(p, ap)
-        step = torch.where(active & (pap > 0), rr / pap.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
+        step = torch.where(active & (pap > 0), rr / pap.clamp_min(tiny), torch.zeros_like(rr))
         x = x + per_sample(step, p) * p
+        if lp is not None and x0 is None:
+            term = per_sample(step, lp) * lp
+            image = term if image is None else image + term
         r = r - per_sample(step, ap) * ap
         rr_new = per_sample_dot(r, r)
-        ratio = torch.where(active, rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny), torch.zeros_like(rr))
+        ratio = torch.where(active, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
         p = r + per_sample(ratio, p) * p
         rr = rr_new
-    return x
+    return x, image

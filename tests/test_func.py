@@ -8,6 +8,7 @@ from torch.func import functional_call, hessian, jacrev
 from robustreg.func import (
     conjugate_gradient,
     gram_map,
+    gram_solve,
     hvp,
     jvp_map,
     per_sample_dot,
@@ -111,3 +112,41 @@ def test_chart_jacobian_products_equal_the_explicit_jacobian():
     torch.testing.assert_close(jv, jac @ v)
     torch.testing.assert_close(vjp_map(dec, z, u), jac.t() @ u)
     torch.testing.assert_close(gram_map(dec, z)(v), jac.t() @ jac @ v)
+
+
+def test_gram_solve_returns_the_solution_and_its_image():
+    torch.manual_seed(4)
+    jac = torch.randn(4, 6, 3, dtype=D)  # one (6, 3) Jacobian per sample
+    b = torch.randn(4, 3, dtype=D)
+
+    def jv(v):
+        return torch.einsum("bij,bj->bi", jac, v)
+
+    def jtu(u):
+        return torch.einsum("bij,bi->bj", jac, u)
+
+    exact = torch.linalg.solve(jac.transpose(1, 2) @ jac, b)
+    x, image = gram_solve(jv, jtu, b, iters=3)  # dimension 3: exact
+    torch.testing.assert_close(x, exact)
+    torch.testing.assert_close(image, jv(exact))
+    x, image = gram_solve(jv, jtu, b, iters=1)  # inexact, but the image is still J x
+    torch.testing.assert_close(image, jv(x))
+    x, image = gram_solve(jv, jtu, torch.zeros_like(b), iters=3)  # no step taken
+    assert not x.any() and not image.any() and image.shape == (4, 6)
+
+
+def test_tnar_jacobian_products_of_a_conv_decoder_equal_forward_mode():
+    from torch.func import jvp
+
+    from robustreg.charts import VAE
+    from robustreg.ssl.tnar import _Products
+
+    torch.manual_seed(5)
+    chart = VAE((1, 8, 8), latent=3, width=4).to(D).eval()
+    z = torch.randn(5, 3, dtype=D)
+    ops = _Products(chart.decode, z, cg_iters=3)
+    v, u = torch.randn(5, 3, dtype=D), torch.randn(5, 1, 8, 8, dtype=D)
+    torch.testing.assert_close(ops.jvp(v), jvp(chart.decode, (z,), (v,))[1])  # the transposed pullback
+    assert ops._transpose is not None
+    torch.testing.assert_close(per_sample_dot(ops.jvp(v), u), per_sample_dot(v, ops.vjp(u)))  # adjoint
+    torch.testing.assert_close(ops.point, chart.decode(z))

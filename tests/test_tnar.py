@@ -99,6 +99,9 @@ def test_bad_chart_and_arguments():
         ({"weights": (0.0, 0.0)}, "weights"),
         ({"tangent": "curved"}, "tangent"),
         ({"method": "exact"}, "method"),
+        ({"normal": "orthogonal"}, "normal"),
+        ({"normalize": "linf"}, "normalize"),
+        ({"zeta": 0.0}, "zeta"),
     ]:
         args = {"eps_tangent": 0.1, "eps_normal": 0.1, **kwargs}
         with pytest.raises(ValueError, match=match):
@@ -116,3 +119,40 @@ def test_no_side_effects_on_the_model():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
     assert model[0].weight.grad.abs().sum() > 0
     assert per_sample_dot(x, x).shape == (4,)
+
+
+def test_official_normalisation_bounds_the_largest_entry_and_keeps_the_directions():
+    model, chart, x = setup()
+    out = {}
+    for normalize in ("l2", "official"):
+        torch.manual_seed(4)
+        reg = TNAR(model, chart, eps_tangent=0.6, eps_normal=0.2, n_power=3, normalize=normalize)
+        reg(x)
+        out[normalize] = reg.last
+    official, l2 = out["official"], out["l2"]
+    torch.testing.assert_close(official.r_tangent.abs().amax(1), torch.full((4,), 0.6, dtype=D))
+    torch.testing.assert_close(official.r_normal.abs().amax(1), torch.full((4,), 0.2, dtype=D))
+    for name in ("r_tangent", "r_normal"):  # the same directions, another size
+        a, b = getattr(official, name), getattr(l2, name)
+        torch.testing.assert_close(a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True))
+        assert bool((a.norm(dim=1) > b.norm(dim=1)).all())  # ‖r‖∞ = ε < ‖r‖₂ in 5 dimensions
+
+
+@pytest.mark.parametrize("zeta", [0.05, 0.3])
+def test_penalised_normal_direction_is_the_top_eigenvector_of_h_minus_zeta_jjt(zeta):
+    model, chart, x = setup()
+    a = chart.a
+    torch.manual_seed(5)
+    reg = TNAR(model, chart, eps_tangent=0.1, eps_normal=0.3, n_power=300, weights=(0.0, 1.0))
+    reg.normal, reg.zeta, reg.method = "penalty", zeta, "hvp"
+    reg(x)
+    r_n = reg.last.r_normal
+    torch.testing.assert_close(r_n.norm(dim=1), torch.full((4,), 0.3, dtype=D))
+    for i, h in enumerate(kl_hessians(model, x)):
+        vals, vecs = torch.linalg.eigh(h - zeta * a @ a.t())
+        top = vecs[:, vals.abs().argmax()]  # power iteration finds the eigenvalue largest in size
+        assert abs(float(torch.dot(top, r_n[i] / 0.3))) == pytest.approx(1.0, abs=1e-5)
+        if vals[vals.abs().argmax()] > 0:
+            # maximising rᵀHr − ζ‖Aᵀr‖² instead of rᵀHr can only shrink ‖Aᵀr‖ (VAT's direction: ζ = 0)
+            vat = torch.linalg.eigh(h).eigenvectors[:, -1]
+            assert float(torch.linalg.norm(a.t() @ r_n[i] / 0.3)) <= float(torch.linalg.norm(a.t() @ vat)) + 1e-9

@@ -1,0 +1,255 @@
+"""FashionMNIST with 100 labels: supervised-only, VAT, TAR, NAR and TNAR with a VAE chart (and a
+Localized-GAN chart), test error at equal iterations (the TNAR paper's Table, FashionMNIST).
+
+    python benchmarks/fashion_ssl.py --stage chart                 # train the VAE chart once
+    python benchmarks/fashion_ssl.py --stage train --methods vat   # one process per method
+    python benchmarks/fashion_ssl.py --stage summary               # table + perturbation image
+
+Setting (the same for every method): SmallCNN without dropout, Adam (lr 1e-3, linearly decayed
+to 0 over the last third), ``--iters`` iterations, each on a batch of ``--batch-labeled``
+labeled images (10 per class, drawn by ``--seed`` with :func:`robustreg.data.label_split`,
+cycled) plus, for the regularised methods, the regulariser on ``--batch-unlabeled`` images of
+the whole training set (their clean logits shared). VAT: ε = ``--eps-vat``; TAR/NAR/TNAR:
+ε_t = ``--eps-tangent`` (on the manifold: ``decode(z + η) − decode(z) + x``), ε_n =
+``--eps-normal``, one power step, 4 CG iterations, weights 1. The chart is
+:class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``) trained on the
+training images for ``--chart-epochs`` epochs, or the Localized GAN
+(:class:`robustreg.charts.LocalizedGAN`) for ``tnar-lgan``. Test error is measured on the
+10,000 test images every ``--eval-every`` iterations.
+
+Each ``--stage train`` run writes ``<out>/<method>.json``; ``--stage summary`` gathers them into
+``summary.json`` and draws ``perturbations.png`` (x, its tangent and normal perturbations, as the
+paper's Fig. 4) from the TNAR run's classifier. ``--synthetic`` replaces the data by random
+tensors of the same shape (a smoke run of the code path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import robustreg
+from robustreg.charts import VAE, load_chart, train_chart
+from robustreg.data import cycle_batches, label_split, load_vision, synthetic_vision
+from robustreg.models import SmallCNN
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("supervised", "vat", "tar", "nar", "tnar", "tnar-lgan")
+WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0), "tnar-lgan": (1.0, 1.0)}
+
+
+def load(args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if args.synthetic:
+        gen = torch.Generator().manual_seed(args.seed)
+        x, y = synthetic_vision("fashionmnist", 512, generator=gen)
+        xt, yt = synthetic_vision("fashionmnist", 256, generator=gen)
+        return x, y, xt, yt
+    x, y = load_vision("fashionmnist", args.data_dir, train=True)
+    xt, yt = load_vision("fashionmnist", args.data_dir, train=False)
+    return x, y, xt, yt
+
+
+def chart_path(args: argparse.Namespace, kind: str) -> Path:
+    return args.out / "charts" / f"{kind}.pt"
+
+
+def stage_chart(args: argparse.Namespace) -> None:
+    x, *_ = load(args)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    vae = VAE((1, 28, 28), latent=args.latent, width=args.width)
+    history = train_chart(vae, x, epochs=args.chart_epochs, seed=args.seed)
+    path = chart_path(args, "vae")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vae.save(path)
+    info = {"kind": "vae", "loss_per_epoch": history, "seconds": time.perf_counter() - start}
+    (path.parent / "vae.json").write_text(json.dumps(info, indent=2))
+    print("vae", json.dumps(info), flush=True)
+
+
+def make_reg(method: str, model: nn.Module, args: argparse.Namespace):
+    if method == "supervised":
+        return None
+    if method == "vat":
+        return robustreg.VAT(model, eps=args.eps_vat)
+    chart = load_chart(chart_path(args, "lgan" if method == "tnar-lgan" else "vae"))
+    chart.requires_grad_(False)
+    return robustreg.TNAR(
+        model,
+        chart,
+        eps_tangent=args.eps_tangent,
+        eps_normal=args.eps_normal,
+        weights=WEIGHTS[method],
+        tangent="manifold",
+    )
+
+
+@torch.no_grad()
+def test_error(model: nn.Module, xt: Tensor, yt: Tensor) -> float:
+    wrong = sum(int((model(xt[i : i + 1000]).argmax(1) != yt[i : i + 1000]).sum()) for i in range(0, len(xt), 1000))
+    return 100.0 * wrong / len(xt)
+
+
+def stage_train(method: str, args: argparse.Namespace) -> dict:
+    x, y, xt, yt = load(args)
+    labeled, _ = label_split(y, args.per_class, seed=args.seed)
+    torch.manual_seed(args.seed)
+    model = SmallCNN(drop=0.0)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    decay_from = 2 * args.iters // 3
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: 1.0 if i < decay_from else max(0.0, (args.iters - i) / (args.iters - decay_from))
+    )
+    reg = make_reg(method, model, args)
+    stream = cycle_batches(
+        (x[labeled], y[labeled]),
+        x,
+        batch_labeled=args.batch_labeled,
+        batch_unlabeled=args.batch_unlabeled,
+        seed=args.seed,
+    )
+    curve, train_seconds = [], 0.0
+    for it, (x_l, y_l, x_u) in enumerate(itertools.islice(stream, args.iters), start=1):
+        start = time.perf_counter()
+        loss = F.cross_entropy(model(x_l), y_l)
+        if reg is not None:
+            loss = loss + reg(x_u, logits=model(x_u))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        train_seconds += time.perf_counter() - start
+        if it % args.eval_every == 0 or it == args.iters:
+            curve.append({"iter": it, "train_seconds": train_seconds, "test_error": test_error(model, xt, yt)})
+            print(method, json.dumps(curve[-1]), flush=True)
+    result = {
+        "method": method,
+        "test_error": curve[-1]["test_error"],
+        "train_seconds": train_seconds,
+        "seconds_per_iter": train_seconds / args.iters,
+        "curve": curve,
+        "labeled_indices": labeled.tolist(),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{method}.json").write_text(json.dumps(result, indent=2))
+    torch.save(model.state_dict(), args.out / f"{method}.classifier.pt")
+    return result
+
+
+def stage_summary(args: argparse.Namespace) -> dict:
+    rows = {}
+    for method in METHODS:
+        path = args.out / f"{method}.json"
+        if path.exists():
+            r = json.loads(path.read_text())
+            rows[method] = {k: r[k] for k in ("test_error", "train_seconds", "seconds_per_iter")}
+    summary = {"paper_test_error": PAPER, "measured": rows}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for method, row in rows.items():
+        print(f"{method:10s} test error {row['test_error']:6.2f}%  ({row['seconds_per_iter']:.3f} s/iter)")
+    if (args.out / "tnar.classifier.pt").exists():
+        plot_perturbations(args)
+    return summary
+
+
+PAPER = {"vat": 27.69, "tar": 26.45, "nar": 27.83, "tnar": 23.35, "tnar-lgan": 23.65}
+
+
+def plot_perturbations(args: argparse.Namespace, n: int = 6) -> None:
+    """Rows: test images x, x + r_tangent (on the manifold), x + r_normal, and the two
+    perturbations (scaled for display), from the TNAR run's classifier and chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, _, xt, _ = load(args)
+    model = SmallCNN(drop=0.0)
+    model.load_state_dict(torch.load(args.out / "tnar.classifier.pt", weights_only=True))
+    reg = make_reg("tnar", model, args)
+    torch.manual_seed(args.seed)
+    x = xt[:n]
+    reg(x)
+    r_t, r_n = reg.last.r_tangent, reg.last.r_normal
+    rows = [
+        ("x", x),
+        ("x + r_tangent", (x + r_t).clamp(0, 1)),
+        ("x + r_normal", (x + r_n).clamp(0, 1)),
+        ("r_tangent", r_t),
+        ("r_normal", r_n),
+    ]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)))
+    for i, (name, imgs) in enumerate(rows):
+        for j in range(n):
+            ax = axes[i, j]
+            img = imgs[j, 0]
+            if name.startswith("r_"):
+                bound = float(img.abs().max().clamp_min(1e-12))
+                ax.imshow(img, cmap="seismic", vmin=-bound, vmax=bound)
+            else:
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(f"TNAR perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out / "perturbations.png", dpi=110)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--stage", choices=("chart", "train", "summary"), required=True)
+    p.add_argument("--methods", default="supervised", help=f"comma list of {','.join(METHODS)}")
+    p.add_argument("--iters", type=int, default=3000)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--per-class", type=int, default=10)
+    p.add_argument("--batch-labeled", type=int, default=32)
+    p.add_argument("--batch-unlabeled", type=int, default=64)
+    p.add_argument("--eps-vat", type=float, default=2.0)
+    p.add_argument("--eps-tangent", type=float, default=2.0)
+    p.add_argument("--eps-normal", type=float, default=2.0)
+    p.add_argument("--latent", type=int, default=20)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--chart-epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--synthetic", action="store_true", help="random tensors instead of FashionMNIST")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data"))
+    )
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_ssl")
+    args = p.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        p.error(f"--methods: unknown {sorted(unknown)}")
+    args.methods = methods
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.stage == "chart":
+        stage_chart(args)
+    elif args.stage == "train":
+        for method in args.methods:
+            stage_train(method, args)
+    else:
+        stage_summary(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -86,3 +86,21 @@ def test_two_rings_ssl_smoke(tmp_path):
     assert set(report["results"]) == {"supervised", "vat", "tar", "nar", "tnar"}
     assert all(0 <= r["unlabeled_accuracy"] <= 1 for r in report["results"].values())
     assert (tmp_path / "decision_boundaries.png").stat().st_size > 1000
+
+
+def test_fashion_ssl_smoke_on_generated_images(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "fashion_ssl.py"), "--synthetic", "--out", str(tmp_path)]
+    stages = [
+        ["--stage", "chart", "--chart-epochs", "1"],
+        ["--stage", "train", "--methods", "supervised,vat,tnar", "--iters", "2", "--eval-every", "1"],
+        ["--stage", "summary"],
+    ]
+    for stage in stages:
+        out = subprocess.run(script + stage, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["measured"]) == {"supervised", "vat", "tnar"}
+    assert all(0 <= r["test_error"] <= 100 for r in summary["measured"].values())
+    run = json.loads((tmp_path / "tnar.json").read_text())
+    assert [p["iter"] for p in run["curve"]] == [1, 2] and len(run["labeled_indices"]) == 100
+    assert (tmp_path / "perturbations.png").stat().st_size > 1000

@@ -1,7 +1,7 @@
 """FashionMNIST with 100 labels: supervised-only, VAT, TAR, NAR and TNAR with a VAE chart (and a
 Localized-GAN chart), test error at equal iterations (the TNAR paper's Table, FashionMNIST).
 
-    python benchmarks/fashion_ssl.py --stage chart                 # train the VAE chart once
+    python benchmarks/fashion_ssl.py --stage chart                 # train the VAE and LGAN charts once
     python benchmarks/fashion_ssl.py --stage train --methods vat   # one process per method
     python benchmarks/fashion_ssl.py --stage summary               # table + perturbation image
 
@@ -15,7 +15,9 @@ the whole training set (their clean logits shared). VAT: ε = ``--eps-vat``; TAR
 :class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``) trained on the
 training images for ``--chart-epochs`` epochs, or the Localized GAN
 (:class:`robustreg.charts.LocalizedGAN`) for ``tnar-lgan``. Test error is measured on the
-10,000 test images every ``--eval-every`` iterations.
+10,000 test images every ``--eval-every`` iterations. The LGAN (latent 10, width 32) trains for
+``--lgan-epochs`` epochs with :data:`LGAN_TRAIN` (its locality and orthonormality errors on test
+images, before and after, go to ``charts/lgan.json``).
 
 Each ``--stage train`` run writes ``<out>/<method>.json``; ``--stage summary`` gathers them into
 ``summary.json`` and draws ``perturbations.png`` (x, its tangent and normal perturbations, as the
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
-from robustreg.charts import VAE, load_chart, train_chart
+from robustreg.charts import VAE, LocalizedGAN, load_chart, train_chart, train_lgan
 from robustreg.data import cycle_batches, label_split, load_vision, synthetic_vision
 from robustreg.models import SmallCNN
 
@@ -61,18 +63,46 @@ def chart_path(args: argparse.Namespace, kind: str) -> Path:
     return args.out / "charts" / f"{kind}.pt"
 
 
+# the LGAN's training settings (train_lgan's defaults, the Jacobian term on 16 of every 64 images)
+LGAN_TRAIN = {"batch_size": 64, "lr": 2e-4, "sigma": 1.0, "locality": 10.0, "orthonormality": 10.0}
+LGAN_TRAIN["jacobian_batch"] = 16
+
+
+def held_out(chart: LocalizedGAN, xt: Tensor, n_loc: int = 1000, n_jac: int = 256) -> dict:
+    """The LGAN's locality ‖G(x, 0) − x‖₂ and orthonormality ‖JᵀJ − I‖²_F on test images."""
+    with torch.no_grad():
+        loc = chart.locality_error(xt[:n_loc]).sqrt()
+    ortho = torch.cat([chart.orthonormality_error(xt[i : i + 64]).detach() for i in range(0, n_jac, 64)])
+    return {
+        "locality_l2_mean": float(loc.mean()),
+        "relative_locality": float((loc / xt[:n_loc].flatten(1).norm(dim=1)).mean()),
+        "orthonormality_fro2_mean": float(ortho.mean()),
+    }
+
+
 def stage_chart(args: argparse.Namespace) -> None:
-    x, *_ = load(args)
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
-    vae = VAE((1, 28, 28), latent=args.latent, width=args.width)
-    history = train_chart(vae, x, epochs=args.chart_epochs, seed=args.seed)
-    path = chart_path(args, "vae")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    vae.save(path)
-    info = {"kind": "vae", "loss_per_epoch": history, "seconds": time.perf_counter() - start}
-    (path.parent / "vae.json").write_text(json.dumps(info, indent=2))
-    print("vae", json.dumps(info), flush=True)
+    """Train the charts of ``--charts``: the VAE (``--chart-epochs`` epochs) and the LGAN
+    (``--lgan-epochs`` epochs, :data:`LGAN_TRAIN`)."""
+    x, _, xt, _ = load(args)
+    for kind in args.charts:
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        if kind == "vae":
+            chart = VAE((1, 28, 28), latent=args.latent, width=args.width)
+            history = train_chart(chart, x, epochs=args.chart_epochs, seed=args.seed)
+            info = {"kind": kind, "config": chart.config, "epochs": args.chart_epochs, "loss_per_epoch": history}
+        else:
+            chart = LocalizedGAN((1, 28, 28), latent=args.lgan_latent, width=32)
+            before = held_out(chart, xt)
+            history = train_lgan(chart, x, epochs=args.lgan_epochs, seed=args.seed, **LGAN_TRAIN)
+            info = {"kind": kind, "config": chart.config, "train": {"epochs": args.lgan_epochs, **LGAN_TRAIN}}
+            info |= {"history": history, "held_out_before": before, "held_out_after": held_out(chart, xt)}
+        info |= {"images": len(x), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
+        path = chart_path(args, kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        chart.save(path)
+        (path.parent / f"{kind}.json").write_text(json.dumps(info, indent=2))
+        print(kind, json.dumps(info), flush=True)
 
 
 def make_reg(method: str, model: nn.Module, args: argparse.Namespace):
@@ -221,7 +251,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eps-normal", type=float, default=2.0)
     p.add_argument("--latent", type=int, default=20)
     p.add_argument("--width", type=int, default=16)
-    p.add_argument("--chart-epochs", type=int, default=20)
+    p.add_argument("--chart-epochs", type=int, default=20, help="VAE training epochs")
+    p.add_argument("--charts", default="vae,lgan", help="charts to train in --stage chart: vae, lgan")
+    p.add_argument("--lgan-epochs", type=int, default=3)
+    p.add_argument("--lgan-latent", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--synthetic", action="store_true", help="random tensors instead of FashionMNIST")
@@ -235,6 +268,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"--methods: unknown {sorted(unknown)}")
     args.methods = methods
+    args.charts = [c for c in args.charts.split(",") if c]
+    if set(args.charts) - {"vae", "lgan"}:
+        p.error(f"--charts: unknown {sorted(set(args.charts) - {'vae', 'lgan'})}")
     return args
 
 

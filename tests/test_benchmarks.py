@@ -18,11 +18,12 @@ def test_step_cost_reports_each_method_and_its_ratio():
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert list(report["results"]) == [
-        "natural", "pgd10", "pgd40", "fast", "free", "trades10", "yopo5-3", "yopo5-10", "vat", "vat-hvp"
+        "natural", "pgd10", "pgd40", "fast", "free", "trades10", "yopo5-3", "yopo5-10", "vat", "vat-hvp", "tnar",
+        "tnar-penalty",
     ]  # fmt: skip
     assert set(report["ratios"]) == {
         "yopo5-10 / pgd40", "yopo5-3 / pgd10", "yopo5-3 / (5 x natural)", "yopo5-10 / (5 x natural)",
-        "vat / natural", "vat-hvp / natural",
+        "vat / natural", "vat-hvp / natural", "tnar / vat", "tnar-penalty / vat",
     }  # fmt: skip
     assert report["results"]["natural"]["ratio_to_natural"] == 1.0
     assert all(r["median_s"] > 0 for r in report["results"].values())
@@ -91,15 +92,15 @@ def test_two_rings_ssl_smoke(tmp_path):
 def test_fashion_ssl_smoke_on_generated_images(tmp_path):
     script = [sys.executable, str(ROOT / "benchmarks" / "fashion_ssl.py"), "--synthetic", "--out", str(tmp_path)]
     stages = [
-        ["--stage", "chart", "--chart-epochs", "1"],
-        ["--stage", "train", "--methods", "supervised,vat,tnar", "--iters", "2", "--eval-every", "1"],
+        ["--stage", "chart", "--chart-epochs", "1", "--lgan-epochs", "1", "--lgan-latent", "2"],
+        ["--stage", "train", "--methods", "supervised,vat,tnar,tnar-lgan", "--iters", "2", "--eval-every", "1"],
         ["--stage", "summary"],
     ]
     for stage in stages:
         out = subprocess.run(script + stage, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["measured"]) == {"supervised", "vat", "tnar"}
+    assert set(summary["measured"]) == {"supervised", "vat", "tnar", "tnar-lgan"}
     assert all(0 <= r["test_error"] <= 100 for r in summary["measured"].values())
     run = json.loads((tmp_path / "tnar.json").read_text())
     assert [p["iter"] for p in run["curve"]] == [1, 2] and len(run["labeled_indices"]) == 100

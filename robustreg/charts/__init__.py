@@ -1,7 +1,19 @@
 """Charts of data manifolds for :class:`robustreg.TNAR`: any object with batched
-``encode(x) -> z`` and ``decode(z) -> x`` is one (:class:`robustreg.ssl.Chart`)."""
+``encode(x) -> z`` and ``decode(z) -> x`` is one (:class:`robustreg.ssl.Chart`), as is a local
+chart with ``at(x) -> (z, decode)`` (:class:`LocalizedGAN`)."""
 
-from .learned import VAE, AutoEncoder, load_chart, train_chart
+from .learned import VAE, AutoEncoder, MLPAutoEncoder, load_chart, train_chart
+from .lgan import LocalizedGAN, train_lgan
 from .oracle import LinearChart, RingsChart
 
-__all__ = ["VAE", "AutoEncoder", "LinearChart", "RingsChart", "load_chart", "train_chart"]
+__all__ = [
+    "VAE",
+    "AutoEncoder",
+    "LinearChart",
+    "LocalizedGAN",
+    "MLPAutoEncoder",
+    "RingsChart",
+    "load_chart",
+    "train_chart",
+    "train_lgan",
+]

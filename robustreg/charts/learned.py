@@ -1,9 +1,11 @@
-"""Learned charts of image manifolds: a convolutional VAE (z = the encoder's mean) and a plain
-autoencoder, each with its training function and a safe save/load (tensors and a small config,
-read back with ``torch.load(weights_only=True)``: no arbitrary objects are unpickled)."""
+"""Learned charts: a convolutional VAE (z = the encoder's mean) and a plain convolutional
+autoencoder for images, a fully connected autoencoder for vectors, with one training function
+and a safe save/load (tensors and a small config, read back with
+``torch.load(weights_only=True)``: no arbitrary objects are unpickled)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,10 +97,71 @@ class VAE(_ConvChart):
         return (recon + kl) / x.shape[0]
 
 
-_KINDS = {"ae": AutoEncoder, "vae": VAE}
+class MLPAutoEncoder(nn.Module):
+    """A fully connected autoencoder chart for data of any shape (vectors, small images):
+    ``flatten → [Linear, tanh] × depth → Linear(latent)`` and the mirror image back; trained on
+    the squared reconstruction error. Smooth (tanh) so that its Jacobian, the tangent space,
+    varies smoothly along the data.
+
+    ``circular=True`` makes every latent coordinate an angle (the circular units of Kirby and
+    Miranda, 1996, and of Scholz's circular PCA, 2007): the encoder's last layer gives a pair
+    ``(a, b)`` per coordinate and ``z = atan2(b, a)``; the decoder reads ``(cos z, sin z)``. The
+    decoder is then 2π-periodic in each z: a closed curve of the data (a ring, a rotation, a
+    phase) gets a chart with no seam, where a real-valued code must cut it somewhere and has a
+    wrong or vanishing tangent ``∂decode/∂z`` at the cut."""
+
+    kind = "mlp-ae"
+
+    def __init__(
+        self, shape: Sequence[int], latent: int, hidden: int = 128, depth: int = 2, *, circular: bool = False
+    ) -> None:
+        super().__init__()
+        if len(shape) < 1 or any(int(s) < 1 for s in shape):
+            raise ValueError(f"shape must be the shape of one sample, got {tuple(shape)}")
+        _checks.count("latent", latent, minimum=1)
+        _checks.count("hidden", hidden, minimum=1)
+        _checks.count("depth", depth, minimum=1)
+        self.config = {"shape": [int(s) for s in shape], "latent": int(latent), "hidden": int(hidden)}
+        self.config["depth"] = int(depth)
+        self.config["circular"] = bool(circular)
+        self.image_shape, self.latent, self.circular = tuple(int(s) for s in shape), int(latent), bool(circular)
+        code = 2 * self.latent if self.circular else self.latent  # (cos z, sin z) per angle
+        dim = math.prod(self.image_shape)
+
+        def mlp(sizes: list[int]) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for a, b in itertools.pairwise(sizes[:-1]):
+                layers += [nn.Linear(a, b), nn.Tanh()]
+            return nn.Sequential(*layers, nn.Linear(sizes[-2], sizes[-1]))
+
+        self.encoder = mlp([dim] + [hidden] * depth + [code])
+        self.decoder = mlp([code] + [hidden] * depth + [dim])
+
+    def encode(self, x: Tensor) -> Tensor:  # (B, *shape) -> (B, latent)
+        h = self.encoder(x.flatten(1))
+        if self.circular:
+            h = h.unflatten(1, (self.latent, 2))  # (B, latent, 2)
+            return torch.atan2(h[..., 1], h[..., 0])
+        return h
+
+    def decode(self, z: Tensor) -> Tensor:  # (B, latent) -> (B, *shape)
+        if self.circular:
+            z = torch.cat([z.cos(), z.sin()], dim=1)  # (B, 2·latent)
+        return self.decoder(z).view(-1, *self.image_shape)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Squared reconstruction error summed over features, batch mean."""
+        return (self.decode(self.encode(x)) - x).pow(2).flatten(1).sum(1).mean()
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"kind": self.kind, "config": self.config, "state": self.state_dict()}, path)
 
 
-def load_chart(path: str | Path, map_location: str | torch.device = "cpu") -> _ConvChart:
+_KINDS: dict[str, type[nn.Module]] = {"ae": AutoEncoder, "vae": VAE, "mlp-ae": MLPAutoEncoder}
+# lgan.py adds "lgan" (LocalizedGAN) here when it is imported, as robustreg.charts does
+
+
+def load_chart(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """A chart saved by ``chart.save(path)``, rebuilt from its config (``weights_only`` load)."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("kind") not in _KINDS:
@@ -109,13 +172,14 @@ def load_chart(path: str | Path, map_location: str | torch.device = "cpu") -> _C
 
 
 def train_chart(
-    chart: _ConvChart, images: Tensor, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, seed: int = 0
+    chart: nn.Module, images: Tensor, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, seed: int = 0
 ) -> list[float]:
-    """Fit ``chart`` to ``images`` (N, C, H, W) in [0, 1] with Adam on :meth:`loss`; returns the
-    mean loss of every epoch. Leaves the chart in eval mode."""
+    """Fit ``chart`` (:class:`VAE`, :class:`AutoEncoder`, :class:`MLPAutoEncoder`) to ``images``
+    ``(N, *chart.image_shape)`` (in [0, 1] for the convolutional charts) with Adam on its
+    ``loss``; returns the mean loss of every epoch. Leaves the chart in eval mode."""
     _checks.count("epochs", epochs, minimum=1)
     _checks.count("batch_size", batch_size, minimum=1)
-    if images.dim() != 4 or tuple(images.shape[1:]) != chart.image_shape:
+    if tuple(images.shape[1:]) != tuple(chart.image_shape):
         raise ValueError(f"images must be (N, *{chart.image_shape}), got {tuple(images.shape)}")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(chart.parameters(), lr=lr)

@@ -20,9 +20,10 @@ training images for ``--chart-epochs`` epochs, or the Localized GAN
 images, before and after, go to ``charts/lgan.json``).
 
 Each ``--stage train`` run writes ``<out>/<method>.json``; ``--stage summary`` gathers them into
-``summary.json`` and draws ``perturbations.png`` (x, its tangent and normal perturbations, as the
-paper's Fig. 4) from the TNAR run's classifier. ``--synthetic`` replaces the data by random
-tensors of the same shape (a smoke run of the code path).
+``summary.json`` and draws ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent
+and normal perturbations, as the paper's Fig. 4) from the TNAR runs' classifiers.
+``--synthetic`` replaces the data by random tensors of the same shape (a smoke run of the code
+path).
 """
 
 from __future__ import annotations
@@ -186,17 +187,19 @@ def stage_summary(args: argparse.Namespace) -> dict:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     for method, row in rows.items():
         print(f"{method:10s} test error {row['test_error']:6.2f}%  ({row['seconds_per_iter']:.3f} s/iter)")
-    if (args.out / "tnar.classifier.pt").exists():
-        plot_perturbations(args)
+    for method in ("tnar", "tnar-lgan"):
+        if (args.out / f"{method}.classifier.pt").exists():
+            plot_perturbations(args, method)
     return summary
 
 
 PAPER = {"vat": 27.69, "tar": 26.45, "nar": 27.83, "tnar": 23.35, "tnar-lgan": 23.65}
 
 
-def plot_perturbations(args: argparse.Namespace, n: int = 6) -> None:
-    """Rows: test images x, x + r_tangent (on the manifold), x + r_normal, and the two
-    perturbations (scaled for display), from the TNAR run's classifier and chart."""
+def plot_perturbations(args: argparse.Namespace, method: str, n: int = 6) -> None:
+    """``perturbations[-lgan].png``: rows of test images x, x + r_tangent (on the manifold),
+    x + r_normal, and the two perturbations (each scaled to its own range), from ``method``'s
+    trained classifier and its chart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,8 +207,8 @@ def plot_perturbations(args: argparse.Namespace, n: int = 6) -> None:
 
     _, _, xt, _ = load(args)
     model = SmallCNN(drop=0.0)
-    model.load_state_dict(torch.load(args.out / "tnar.classifier.pt", weights_only=True))
-    reg = make_reg("tnar", model, args)
+    model.load_state_dict(torch.load(args.out / f"{method}.classifier.pt", weights_only=True))
+    reg = make_reg(method, model, args)
     torch.manual_seed(args.seed)
     x = xt[:n]
     reg(x)
@@ -231,9 +234,10 @@ def plot_perturbations(args: argparse.Namespace, n: int = 6) -> None:
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
-    fig.suptitle(f"TNAR perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal})", fontsize=9)
+    chart = "LGAN" if method == "tnar-lgan" else "VAE"
+    fig.suptitle(f"TNAR-{chart} perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(args.out / "perturbations.png", dpi=110)
+    fig.savefig(args.out / ("perturbations-lgan.png" if method == "tnar-lgan" else "perturbations.png"), dpi=110)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -105,3 +105,4 @@ def test_fashion_ssl_smoke_on_generated_images(tmp_path):
     run = json.loads((tmp_path / "tnar.json").read_text())
     assert [p["iter"] for p in run["curve"]] == [1, 2] and len(run["labeled_indices"]) == 100
     assert (tmp_path / "perturbations.png").stat().st_size > 1000
+    assert (tmp_path / "perturbations-lgan.png").stat().st_size > 1000

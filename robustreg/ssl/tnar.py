@@ -8,9 +8,11 @@ batched), the tangent space at x is the span of ``J = ∂decode/∂z`` at ``z = 
   ``ηᵀJᵀHJη / ηᵀJᵀJη``, the top generalised eigenvector of ``JᵀHJ η = λ JᵀJ η``, found by power
   iteration ``η ← (JᵀJ)⁻¹ JᵀHJ η`` with ``(JᵀJ)⁻¹`` by conjugate gradients;
 - **NAR**, the worst normal perturbation ``r ⊥ T_xM`` with ``‖r‖₂ ≤ ε_n``: the top eigenvector of
-  ``P⊥ H P⊥`` with ``P⊥ = I − J(JᵀJ)⁻¹Jᵀ`` (the projection by CG), by power iteration.
+  ``P⊥ H P⊥`` with ``P⊥ = I − J(JᵀJ)⁻¹Jᵀ`` (the projection by CG), by power iteration; or, with
+  ``normal="penalty"``, the top eigenvector of ``H − ζJJᵀ`` (the tangent space as a penalty).
 
-``J v`` is a ``torch.func.jvp`` of the decoder, ``Jᵀu`` a ``vjp``, ``H u`` either VAT's finite
+``Jᵀu`` is a ``vjp`` of the decoder and ``J v`` the transpose of that linear pullback (exactly a
+``jvp``, computed without re-running the decoder), ``H u`` either VAT's finite
 difference (the gradient of the KL at ξu) or the exact Hessian-vector product. Everything is
 per sample (the charts and the classifier act on each sample separately; with BatchNorm batch
 statistics the products are those of the whole batch, as in VAT).

@@ -156,3 +156,23 @@ def test_penalised_normal_direction_is_the_top_eigenvector_of_h_minus_zeta_jjt(z
             # maximising rᵀHr − ζ‖Aᵀr‖² instead of rᵀHr can only shrink ‖Aᵀr‖ (VAT's direction: ζ = 0)
             vat = torch.linalg.eigh(h).eigenvectors[:, -1]
             assert float(torch.linalg.norm(a.t() @ r_n[i] / 0.3)) <= float(torch.linalg.norm(a.t() @ vat)) + 1e-9
+
+
+def test_normal_iteration_from_the_tangent_residual_or_from_a_random_start():
+    model, chart, x = setup()
+    a = chart.a
+    directions = {}
+    for weights in ((1.0, 1.0), (0.0, 1.0)):  # TNAR starts NAR from P⊥HJη, NAR alone from P⊥(random)
+        torch.manual_seed(6)
+        reg = TNAR(model, chart, eps_tangent=0.2, eps_normal=0.3, n_power=100, weights=weights, method="hvp")
+        reg(x)
+        directions[weights] = reg.last.r_normal
+    both, alone = directions[(1.0, 1.0)], directions[(0.0, 1.0)]
+    torch.testing.assert_close(per_sample_dot(both, alone).abs(), torch.full((4,), 0.09, dtype=D))  # same ±vector
+    # a constant classifier has H = 0: the residual vanishes and the start falls back to P⊥(random)
+    flat = nn.Sequential(nn.Linear(5, 3)).to(D)
+    nn.init.zeros_(flat[0].weight)
+    reg = TNAR(flat, chart, eps_tangent=0.2, eps_normal=0.3, n_power=1)
+    reg(x)
+    torch.testing.assert_close(reg.last.r_normal.norm(dim=1), torch.full((4,), 0.3, dtype=D))
+    torch.testing.assert_close(reg.last.r_normal @ a, torch.zeros(4, 2, dtype=D), atol=1e-9, rtol=0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -158,8 +158,9 @@ class TNAR:
             hess = kl_hessian_product(self.net, x, clean, method=self.method, xi=self.xi)
             loss = x.new_zeros(())
             parts, metrics = {}, {}
+            residual = None
             if self.weights[0]:
-                eta, jeta = ops.tangent_direction(hess, self.n_power, torch.randn_like(z))  # ‖Jη‖ = 1
+                eta, jeta, residual = ops.tangent_direction(hess, self.n_power, torch.randn_like(z))  # ‖Jη‖ = 1
                 if self.normalize == "official":  # ‖Jη‖_∞ = 1
                     scale = 1 / jeta.flatten(1).abs().amax(1).clamp_min(1e-30)
                     eta, jeta = eta * per_sample(scale, eta), jeta * per_sample(scale, jeta)
@@ -174,7 +175,7 @@ class TNAR:
                 parts["r_tangent"], metrics["tar"] = r_t.detach(), tar.detach()
             if self.weights[1]:
                 if self.normal == "projection":
-                    d = ops.normal_direction(hess, self.n_power, torch.randn_like(x))
+                    d = ops.normal_direction(hess, self.n_power, torch.randn_like(x), start=residual)
                 else:
                     d = ops.penalized_direction(hess, self.n_power, torch.randn_like(x), self.zeta)
                 if self.normalize == "official":
@@ -186,6 +187,13 @@ class TNAR:
                 parts["r_normal"], metrics["nar"] = r_n.detach(), nar.detach()
         self.last = SSLRecord(parts, metrics)
         return loss
+
+
+class _Residual(NamedTuple):
+    """``P⊥u`` (``vector``) of the tangent iteration's ``u`` (``of``)."""
+
+    vector: Tensor
+    of: Tensor
 
 
 class _Products:
@@ -228,18 +236,39 @@ class _Products:
         """``P⊥ u = u − J (JᵀJ)⁻¹ Jᵀ u``."""
         return u - self.gram_solve(self.vjp(u))[1]
 
-    def tangent_direction(self, hess: Operator, n_power: int, eta: Tensor) -> tuple[Tensor, Tensor]:
-        """``(η, Jη)`` with ``‖Jη‖ = 1`` after ``n_power`` steps ``η ← (JᵀJ)⁻¹ JᵀHJ η`` (one
-        ``Jv`` per step: ``Jη`` scales with η)."""
+    def tangent_direction(self, hess: Operator, n_power: int, eta: Tensor) -> tuple[Tensor, Tensor, _Residual | None]:
+        """``(η, Jη, residual)`` with ``‖Jη‖ = 1`` after ``n_power`` steps ``η ← (JᵀJ)⁻¹ JᵀHJ η``
+        (one ``Jv`` per step: ``Jη`` scales with η). A step solves the least-squares problem
+        ``min_η ‖Jη − u‖`` for ``u = HJη``; its residual ``u − Jη = P⊥u`` (the last step's, None
+        if ``n_power = 0``) is a vector of the normal space that costs nothing more."""
         eta, jeta = self._unit_image(eta, self.jvp(eta))
+        residual = None
         for _ in range(n_power):
-            eta, jeta = self._unit_image(*self.gram_solve(self.vjp(hess(jeta))), previous=(eta, jeta))
-        return eta, jeta
+            u = hess(jeta)
+            new, image = self.gram_solve(self.vjp(u))
+            residual = _Residual(u - image, u)
+            eta, jeta = self._unit_image(new, image, previous=(eta, jeta))
+        return eta, jeta, residual
 
-    def normal_direction(self, hess: Operator, n_power: int, d: Tensor) -> Tensor:
+    def normal_direction(self, hess: Operator, n_power: int, d: Tensor, start: _Residual | None = None) -> Tensor:
         """A unit normal direction after ``n_power`` steps ``d ← normalise(P⊥ H P⊥ d)`` (every
-        iterate is the output of a projection, so no final one is needed)."""
-        d = per_sample_normalize(self.project_normal(d))
+        iterate is the output of a projection, so no final one is needed).
+
+        The iteration starts from ``P⊥ d`` (one projection) or, when the tangent iteration ran,
+        from its ``start = P⊥HJη``, already normal: the normal part of H applied to the random
+        tangent start, a power-iteration start at least as good as a random normal vector (H
+        has already weighted it towards its large eigenvalues), for free. Samples whose
+        residual vanishes (H = 0, or HJη tangent) start from ``P⊥ d``."""
+        if start is None:
+            d = per_sample_normalize(self.project_normal(d))
+        else:
+            norm = start.vector.flatten(1).norm(dim=1)
+            usable = norm > 1e-6 * start.of.flatten(1).norm(dim=1)
+            unit = start.vector / per_sample(norm.clamp_min(1e-30), start.vector)
+            if bool(usable.all()):
+                d = unit
+            else:
+                d = torch.where(per_sample(usable, d), unit, per_sample_normalize(self.project_normal(d)))
         for _ in range(n_power):
             d = _renormalize(self.project_normal(hess(d)), d)
         return d

@@ -28,6 +28,22 @@ def _check_shape(image_shape: Sequence[int], latent: int, width: int) -> tuple[i
     return c, h, w
 
 
+def conv_geometry(chart: nn.Module, image_shape: Sequence[int], latent: int, width: int) -> tuple[int, int]:
+    """Check the arguments of a convolutional chart and set its ``config``, ``image_shape``,
+    ``latent`` and ``_grid`` (the feature grid after two stride-2 convolutions); returns the
+    channel count C and the grid's size."""
+    c, h, w = _check_shape(image_shape, latent, width)
+    chart.config = {"image_shape": [c, h, w], "latent": int(latent), "width": int(width)}
+    chart.image_shape, chart.latent = (c, h, w), int(latent)
+    chart._grid = (2 * width, h // 4, w // 4)
+    return c, math.prod(chart._grid)
+
+
+def downsampler(c: int, width: int) -> nn.Sequential:
+    """``(C, H, W) → conv 4×4/2 (width) → ReLU → conv 4×4/2 (2·width) → ReLU``."""
+    return nn.Sequential(nn.Conv2d(c, width, 4, 2, 1), nn.ReLU(), nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU())
+
+
 class _ConvChart(nn.Module):
     """Encoder ``(C, H, W) → conv 4×4/2 (width) → conv 4×4/2 (2·width) → fc`` and the mirrored
     decoder ``fc → transposed convs → sigmoid``: images in [0, 1]."""
@@ -36,14 +52,8 @@ class _ConvChart(nn.Module):
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent: int = 20, width: int = 32) -> None:
         super().__init__()
-        c, h, w = _check_shape(image_shape, latent, width)
-        self.config = {"image_shape": [c, h, w], "latent": int(latent), "width": int(width)}
-        self.image_shape, self.latent = (c, h, w), int(latent)
-        self._grid = (2 * width, h // 4, w // 4)
-        flat = math.prod(self._grid)
-        self.features = nn.Sequential(
-            nn.Conv2d(c, width, 4, 2, 1), nn.ReLU(), nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU(), nn.Flatten()
-        )
+        c, flat = conv_geometry(self, image_shape, latent, width)
+        self.features = nn.Sequential(*downsampler(c, width), nn.Flatten())
         self.head = nn.Linear(flat, self._head_size())
         self.expand = nn.Linear(latent, flat)
         self.generate = nn.Sequential(

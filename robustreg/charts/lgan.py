@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from .. import _checks
-from .learned import _KINDS, _check_shape
+from .learned import _KINDS, conv_geometry, downsampler
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +60,8 @@ class LocalizedGAN(nn.Module):
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), latent: int = 10, width: int = 32) -> None:
         super().__init__()
-        c, h, w = _check_shape(image_shape, latent, width)
-        self.config = {"image_shape": [c, h, w], "latent": int(latent), "width": int(width)}
-        self.image_shape, self.latent = (c, h, w), int(latent)
-        self._grid = (2 * width, h // 4, w // 4)
-        flat = math.prod(self._grid)
-        self.encoder = nn.Sequential(
-            nn.Conv2d(c, width, 4, 2, 1), nn.ReLU(), nn.Conv2d(width, 2 * width, 4, 2, 1), nn.ReLU()
-        )
+        c, flat = conv_geometry(self, image_shape, latent, width)
+        self.encoder = downsampler(c, width)
         self.scale = nn.Linear(latent, flat)  # γ(z)
         self.shift = nn.Linear(latent, flat)  # β(z)
         self.decoder = nn.Sequential(

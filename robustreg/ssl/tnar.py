@@ -175,7 +175,7 @@ class TNAR:
                 parts["r_tangent"], metrics["tar"] = r_t.detach(), tar.detach()
             if self.weights[1]:
                 if self.normal == "projection":
-                    d = ops.normal_direction(hess, self.n_power, torch.randn_like(x), start=residual)
+                    d = ops.normal_direction(hess, self.n_power, x, start=residual)
                 else:
                     d = ops.penalized_direction(hess, self.n_power, torch.randn_like(x), self.zeta)
                 if self.normalize == "official":
@@ -250,25 +250,26 @@ class _Products:
             eta, jeta = self._unit_image(new, image, previous=(eta, jeta))
         return eta, jeta, residual
 
-    def normal_direction(self, hess: Operator, n_power: int, d: Tensor, start: _Residual | None = None) -> Tensor:
+    def normal_direction(self, hess: Operator, n_power: int, x: Tensor, start: _Residual | None = None) -> Tensor:
         """A unit normal direction after ``n_power`` steps ``d ← normalise(P⊥ H P⊥ d)`` (every
         iterate is the output of a projection, so no final one is needed).
 
-        The iteration starts from ``P⊥ d`` (one projection) or, when the tangent iteration ran,
-        from its ``start = P⊥HJη``, already normal: the normal part of H applied to the random
-        tangent start, a power-iteration start at least as good as a random normal vector (H
-        has already weighted it towards its large eigenvalues), for free. Samples whose
-        residual vanishes (H = 0, or HJη tangent) start from ``P⊥ d``."""
+        The iteration starts from ``P⊥ d`` for a random d shaped like x (one projection) or,
+        when the tangent iteration ran, from its ``start = P⊥HJη``, already normal: the normal
+        part of H applied to the random tangent start, a power-iteration start at least as good
+        as a random normal vector (H has already weighted it towards its large eigenvalues),
+        for free. Samples whose
+        residual vanishes (H = 0, or HJη tangent) start from ``P⊥ d``; no random d is drawn
+        otherwise."""
         if start is None:
-            d = per_sample_normalize(self.project_normal(d))
+            d = per_sample_normalize(self.project_normal(torch.randn_like(x)))
         else:
             norm = start.vector.flatten(1).norm(dim=1)
             usable = norm > 1e-6 * start.of.flatten(1).norm(dim=1)
-            unit = start.vector / per_sample(norm.clamp_min(1e-30), start.vector)
-            if bool(usable.all()):
-                d = unit
-            else:
-                d = torch.where(per_sample(usable, d), unit, per_sample_normalize(self.project_normal(d)))
+            d = start.vector / per_sample(norm.clamp_min(1e-30), start.vector)
+            if not bool(usable.all()):  # a random normal start only where it is needed
+                fallback = per_sample_normalize(self.project_normal(torch.randn_like(x)))
+                d = torch.where(per_sample(usable, d), d, fallback)
         for _ in range(n_power):
             d = _renormalize(self.project_normal(hess(d)), d)
         return d

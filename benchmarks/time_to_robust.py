@@ -22,7 +22,7 @@ of its budget, the Amata run computes criterion C (:func:`robustreg.criterion_c`
 ``--gamma``) on a fixed training batch for its own (α_t, K_t) and for PGD-10, PGD-20 and
 PGD-40 (the Amata paper's Table 1). It writes ``curves.json`` (every evaluation point, the C
 table, the time each method needed to reach the PGD-40 run's final robust accuracy, and the
-ratios) and ``robust_vs_time.png`` (needs matplotlib: ``pip install -e ".[plot]"``). The time to
+ratios) and ``robust_vs_time.png``. The time to
 reach the target is given at evaluation granularity (the first evaluation at or above it) and
 linearly interpolated between the evaluations around the crossing. ``--summarize curves.json``
 recomputes the summary and the plot of a saved run.
@@ -220,14 +220,11 @@ def summarize(report: dict) -> dict:
 
 
 def plot(curves: dict[str, list[dict]], path: Path) -> bool:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install -e '.[plot]'): no plot written")
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
         ax.plot([p["train_s"] / 60 for p in curve], [100 * p["robust"] for p in curve], marker="o", label=name)

@@ -4,6 +4,10 @@
   its first layer ``layer_one = conv1 + ReLU`` is exposed, as YOPO's official code does.
 - :func:`preact_resnet18`: PreAct-ResNet-18 for CIFAR-10 (He et al. 2016, identity mappings),
   the network of Fast-AT, Free-AT and YOPO's CIFAR experiments.
+- :class:`MLP`: a fully connected ReLU network for vector inputs (two rings), with
+  ``layer_one = Linear + ReLU`` for YOPO.
+- :class:`ConvLarge`: the 13-layer "Conv-Large" CNN of the VAT and TNAR papers' CIFAR-10 /
+  SVHN semi-supervised experiments (Laine & Aila 2017; Miyato et al. 2018).
 - :func:`wide_resnet34_10`: WideResNet-34-10 for CIFAR-10 (Zagoruyko & Komodakis 2016), the
   network of Madry et al., TRADES and YOPO's WRN experiments. The TRADES file also builds a
   ``sub_block1`` that its forward never calls; it is left out here (an unused block breaks
@@ -15,6 +19,7 @@ front, so the threat model stays in pixel space.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -198,3 +203,65 @@ class WideResNet(nn.Module):
 def wide_resnet34_10(num_classes: int = 10, **kwargs) -> WideResNet:
     """WideResNet-34-10 (46.2 M weights for 10 classes)."""
     return WideResNet(34, 10, num_classes, **kwargs)
+
+
+class MLP(nn.Module):
+    """``flatten → layer_one (Linear, ReLU) → [Linear, ReLU] × (len(hidden) − 1) → Linear``: the
+    two-rings classifier of the semi-supervised and robust recipes (``hidden=(100, 100)``)."""
+
+    def __init__(self, in_features: int, num_classes: int = 2, hidden: Sequence[int] = (100, 100)) -> None:
+        super().__init__()
+        sizes = [int(in_features), *(int(h) for h in hidden)]
+        if len(sizes) < 2 or min(sizes) < 1 or num_classes < 1:
+            raise ValueError(
+                f"in_features, every hidden width and num_classes must be >= 1, got {sizes}, {num_classes}"
+            )
+        self.layer_one = nn.Sequential(nn.Linear(sizes[0], sizes[1]), nn.ReLU())
+        rest: list[nn.Module] = []
+        for a, b in itertools.pairwise(sizes[1:]):
+            rest += [nn.Linear(a, b), nn.ReLU()]
+        self.body = nn.Sequential(*rest, nn.Linear(sizes[-1], num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, in_features) -> (B, num_classes)
+        return self.body(self.layer_one(x.flatten(1)))
+
+
+class ConvLarge(nn.Module):
+    """Conv-Large of the VAT (Miyato et al., TPAMI 2018, Table 7) and TNAR (Yu et al., CVPR 2019)
+    semi-supervised CIFAR-10 / SVHN experiments::
+
+        [conv 3×3, 128; BN; LReLU(0.1)] × 3 → max-pool 2 → dropout 0.5
+        [conv 3×3, 256; BN; LReLU(0.1)] × 3 → max-pool 2 → dropout 0.5
+        conv 3×3 (valid), 512; BN; LReLU → conv 1×1, 256; BN; LReLU → conv 1×1, 128; BN; LReLU
+        → global average pool → fc num_classes
+
+    (3.1 M weights). ``layer_one`` is its first convolution (for YOPO); ``drop=0`` removes the
+    dropout (deterministic forward passes inside VAT/TNAR)."""
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        drop: float = 0.5,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, k: int, pad: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, k, 1, pad), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1)]
+
+        self.normalize = _input_layer(mean, std)
+        self.layer_one = nn.Conv2d(in_channels, 128, 3, 1, 1)
+        self.features = nn.Sequential(
+            nn.BatchNorm2d(128), nn.LeakyReLU(0.1), *block(128, 128, 3, 1), *block(128, 128, 3, 1),
+            nn.MaxPool2d(2), nn.Dropout(drop),
+            *block(128, 256, 3, 1), *block(256, 256, 3, 1), *block(256, 256, 3, 1),
+            nn.MaxPool2d(2), nn.Dropout(drop),
+            *block(256, 512, 3, 0), *block(512, 256, 1, 0), *block(256, 128, 1, 0),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, num_classes)
+        return self.fc(self.features(self.layer_one(self.normalize(x))))

@@ -121,6 +121,30 @@ class ATTA(AdversarialLoss):
                 self._seen.zero_()
             log.debug("ATTA: perturbations reset at epoch %d", epoch)
 
+    def state_dict(self) -> dict[str, object]:
+        """The stored perturbations and the reset clock, for checkpoints (``accelerator.save_state``
+        through ``register_for_checkpointing``): resuming from it continues exactly."""
+        return {"memory": self._memory, "seen": self._seen, "epoch": self.epoch, "reset_at": self._reset_at}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore :meth:`state_dict`'s output (the perturbations stay on the device they were saved from
+        until the next call moves them)."""
+        memory, seen = state["memory"], state["seen"]
+        if memory is not None and (not isinstance(memory, Tensor) or memory.shape[0] != self.dataset_size):
+            raise ValueError(f"state['memory'] must hold dataset_size = {self.dataset_size} perturbations")
+        self._memory, self._seen = memory, seen
+        self.epoch, self._reset_at = int(state["epoch"]), int(state["reset_at"])
+
+    def remember(self, index: Tensor, delta: Tensor) -> None:
+        """Store ``delta`` ``(B, ...)`` as the perturbations of the samples ``index`` ``(B,)``, as a call
+        would have. For several processes: each stores only the rows it attacked, so gather
+        ``(index, reg.memory[index])`` from all of them and ``remember`` the lot everywhere."""
+        index = self._check_index(index, delta.shape[0])
+        memory, seen = self._allocate(delta.detach())
+        rows = index.to(memory.device)
+        memory[rows] = delta.detach().to(memory)
+        seen[rows] = True
+
     def clear(self) -> None:
         """Free the stored perturbations (the next call allocates them again)."""
         self._memory = self._seen = None

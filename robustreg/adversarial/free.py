@@ -93,6 +93,13 @@ class FreeAT(AdversarialLoss):
         """Forget the stored perturbation; the next call starts from zero (or at random)."""
         self._delta = None
 
+    def state_dict(self) -> dict[str, Tensor | None]:
+        """The stored perturbation, for checkpoints: resuming mid-replay continues exactly."""
+        return {"delta": self._delta}
+
+    def load_state_dict(self, state: dict[str, Tensor | None]) -> None:
+        self._delta = state["delta"]
+
     @property
     def delta(self) -> Tensor | None:
         """The stored perturbation ``(B_max, ...)`` (detached), or ``None`` before the first call."""

@@ -3,7 +3,7 @@
 chart with ``at(x) -> (z, decode)`` (:class:`LocalizedGAN`)."""
 
 from .learned import VAE, AutoEncoder, MLPAutoEncoder, load_chart, train_chart
-from .lgan import LocalizedGAN, train_lgan
+from .lgan import LocalizedGAN, lgan_optimizers, lgan_step, train_lgan
 from .oracle import LinearChart, RingsChart
 
 __all__ = [
@@ -13,6 +13,8 @@ __all__ = [
     "LocalizedGAN",
     "MLPAutoEncoder",
     "RingsChart",
+    "lgan_optimizers",
+    "lgan_step",
     "load_chart",
     "train_chart",
     "train_lgan",

@@ -136,6 +136,53 @@ def _orthonormality(cols: Tensor) -> Tensor:  # cols (B, latent, ...) -> (B,)
     return (gram - eye).pow(2).sum((1, 2))
 
 
+def lgan_optimizers(lgan: LocalizedGAN, lr: float) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam (β = (0.5, 0.999)) for the generator's and for the discriminator's parameters."""
+    opt_g = torch.optim.Adam(lgan.generator_parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(lgan.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+    return opt_g, opt_d
+
+
+def lgan_step(
+    lgan: LocalizedGAN,
+    x: Tensor,
+    z: Tensor,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    locality: float,
+    orthonormality: float,
+    jacobian_batch: int | None = None,
+    sync: Callable[[list[Tensor]], None] | None = None,
+) -> dict[str, Tensor]:
+    """One step of :func:`train_lgan` on images ``x`` ``(B, C, H, W)`` with draws ``z`` ``(B, latent)``:
+    an Adam step of D, then one of G. ``sync(params)``, if given, runs after each backward on the
+    parameters about to step (e.g. averaging gradients over processes). Returns the detached
+    ``d``, ``gan``, ``locality``, ``orthonormality`` and ``loss`` (G's weighted total)."""
+    g_params = [p for group in opt_g.param_groups for p in group["params"]]
+    d_params = [p for group in opt_d.param_groups for p in group["params"]]
+    h = lgan.encoder(x)
+    fake = lgan._generate(h, z)
+
+    d_loss = F.softplus(-lgan.discriminate(x)).mean() + F.softplus(lgan.discriminate(fake.detach())).mean()
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward(inputs=d_params)
+    if sync is not None:
+        sync(d_params)
+    opt_d.step()
+
+    gan = F.softplus(-lgan.discriminate(fake)).mean()  # −log sigmoid(D(G(x, z))), non-saturating
+    loc = _locality(lgan._generate(h, torch.zeros_like(z)), x).mean()
+    ortho = _orthonormality(lgan._tangents(h[:jacobian_batch])).mean()
+    loss = gan + locality * loc + orthonormality * ortho
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward(inputs=g_params)
+    if sync is not None:
+        sync(g_params)
+    opt_g.step()
+    values = (d_loss, gan, loc, ortho, loss)
+    return {k: v.detach() for k, v in zip(("d", "gan", "locality", "orthonormality", "loss"), values, strict=True)}
+
+
 def train_lgan(
     lgan: LocalizedGAN,
     images: Tensor,
@@ -188,9 +235,7 @@ def train_lgan(
         raise ValueError(f"images must be (N, *{lgan.image_shape}), got {tuple(images.shape)}")
 
     gen = torch.Generator().manual_seed(seed)
-    g_params, d_params = lgan.generator_parameters(), list(lgan.discriminator.parameters())
-    opt_g = torch.optim.Adam(g_params, lr=lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d_params, lr=lr, betas=(0.5, 0.999))
+    opt_g, opt_d = lgan_optimizers(lgan, lr)
     keys = ("d", "gan", "locality", "orthonormality", "loss")
     lgan.train()
     history = []
@@ -200,24 +245,9 @@ def train_lgan(
         for i in range(0, len(order), batch_size):
             x = images[order[i : i + batch_size]]  # (B, C, H, W)
             z = sigma * torch.randn(len(x), lgan.latent, generator=gen).to(x)  # (B, latent)
-            h = lgan.encoder(x)
-            fake = lgan._generate(h, z)
-
-            d_loss = F.softplus(-lgan.discriminate(x)).mean() + F.softplus(lgan.discriminate(fake.detach())).mean()
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward(inputs=d_params)
-            opt_d.step()
-
-            gan = F.softplus(-lgan.discriminate(fake)).mean()  # −log sigmoid(D(G(x, z))), non-saturating
-            loc = _locality(lgan._generate(h, torch.zeros_like(z)), x).mean()
-            ortho = _orthonormality(lgan._tangents(h[:jacobian_batch])).mean()
-            loss = gan + locality * loc + orthonormality * ortho
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward(inputs=g_params)
-            opt_g.step()
-
-            for key, value in zip(keys, (d_loss, gan, loc, ortho, loss), strict=True):
-                totals[key] += float(value.detach()) * len(x)
+            values = lgan_step(lgan, x, z, opt_g, opt_d, locality, orthonormality, jacobian_batch)
+            for key in keys:
+                totals[key] += float(values[key]) * len(x)
         history.append({key: total / len(images) for key, total in totals.items()})
         log.info("lgan epoch %d: %s", epoch + 1, history[-1])
     lgan.eval()

@@ -1,0 +1,322 @@
+"""Semi-supervised training: supervised-only, VAT, VAT+EntMin, TAR, NAR and TNAR on two rings,
+FashionMNIST, MNIST, SVHN or CIFAR-10.
+
+Each step takes a batch of labeled and a batch of unlabeled examples (one forward of both), and
+minimises ``CE(labeled) + regulariser(unlabeled)`` with Adam, the learning rate decaying linearly
+to 0 from ``--decay-start`` (a fraction of ``--steps``), as in the VAT paper. TAR / NAR / TNAR
+need a manifold chart: the exact one for two rings (``--chart oracle``), or a VAE, autoencoder
+or Localized GAN (``--chart vae|ae|lgan``) from ``--chart-path`` (made by ``recipes/chart.py``),
+trained here first when none is given.
+
+Defaults depend on the data set (``None`` in ``--help`` means "the data set's default"):
+
+============  ======  =======  ==============  ========  =====  ===========
+data set      labels  steps    batches (l/u)   ε (VAT)   arch   chart
+============  ======  =======  ==============  ========  =====  ===========
+two-rings     6       3000     6 / 128         0.3       mlp    oracle
+fashionmnist  100     3000     32 / 64         2.0       smallcnn  vae
+mnist         100     3000     32 / 64         2.0       smallcnn  vae
+svhn          1000    48000    32 / 128        2.5       conv_large  vae
+cifar10       4000    200000   32 / 128        2.0       conv_large  vae
+============  ======  =======  ==============  ========  =====  ===========
+
+SVHN and CIFAR-10 follow the VAT paper (Conv-Large, 48k / 200k Adam steps, decay over the last
+third / 8%); its CIFAR-10 ε = 10 applies to ZCA-whitened images, ours are in [0, 1], so our
+ε = 2 there is the FashionMNIST value, untuned. ε_t = ε_n = ε unless given.
+
+    python recipes/semisupervised.py                       # two rings: supervised, VAT, TNAR; one plot
+    python recipes/semisupervised.py --methods tar,nar,tnar --seed 1
+    python recipes/semisupervised.py --dataset fashionmnist --methods vat,tnar --data-dir ../shared/data
+    accelerate launch recipes/semisupervised.py --dataset cifar10 --chart-path runs/chart_cifar10_vae/model
+
+Writes, per method, ``<out>/<method>/``: ``metrics.jsonl``, ``curves.png``, ``summary.json``,
+``model/`` (safetensors + JSON), ``checkpoints/``; for two rings ``<out>/decision_regions.png``,
+for images with TNAR ``<out>/<method>/perturbations.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import chart as chart_recipe
+import plots
+import skeleton
+
+import robustreg
+from robustreg.charts import RingsChart, load_chart
+from robustreg.checkpoint import ARCHITECTURES, load_model, save_model
+from robustreg.data import label_split, rings_ssl
+
+log = logging.getLogger("robustreg.recipes")
+
+DATASETS = ("two-rings", "fashionmnist", "mnist", "svhn", "cifar10")
+METHODS = ("supervised", "vat", "vat-entmin", "tar", "nar", "tnar")
+CHARTS = ("oracle", "vae", "ae", "lgan", "mlp-ae")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "two-rings": dict(labels=6, steps=3000, batch_labeled=6, batch_unlabeled=128, eps=0.3, eps_tangent=1.0,
+                      eps_normal=0.05, arch="mlp", chart="oracle", decay_start=1.0),
+    "fashionmnist": dict(labels=100, steps=3000, batch_labeled=32, batch_unlabeled=64, eps=2.0, arch="smallcnn",
+                         chart="vae", decay_start=2 / 3),
+    "mnist": dict(labels=100, steps=3000, batch_labeled=32, batch_unlabeled=64, eps=2.0, arch="smallcnn",
+                  chart="vae", decay_start=2 / 3),
+    "svhn": dict(labels=1000, steps=48000, batch_labeled=32, batch_unlabeled=128, eps=2.5, arch="conv_large",
+                 chart="vae", decay_start=2 / 3),
+    "cifar10": dict(labels=4000, steps=200000, batch_labeled=32, batch_unlabeled=128, eps=2.0, arch="conv_large",
+                    chart="vae", decay_start=0.92),
+}  # fmt: skip
+TNAR_WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0)}
+
+
+@dataclass
+class SSLConfig(skeleton.RunConfig):
+    dataset: str = skeleton.opt("two-rings", "data set", choices=DATASETS)
+    methods: str = skeleton.opt("supervised,vat,tnar", f"comma-separated, each trained in turn: {', '.join(METHODS)}")
+    labels: int | None = skeleton.opt(None, "labeled examples (equal per class): 6 / 100 / 100 / 1000 / 4000")
+    steps: int | None = skeleton.opt(None, "training steps: 3000 (rings, MNISTs) / 48000 (SVHN) / 200000 (CIFAR-10)")
+    batch_labeled: int | None = skeleton.opt(None, "labeled batch (global): 6 rings, 32 images (VAT paper)")
+    batch_unlabeled: int | None = skeleton.opt(None, "unlabeled batch (global): 128 (VAT paper), 64 MNISTs")
+    lr: float = skeleton.opt(1e-3, "Adam's learning rate (VAT paper: 1e-3)")
+    decay_start: float | None = skeleton.opt(None, "fraction of --steps after which lr decays linearly to 0")
+    arch: str | None = skeleton.opt(None, f"classifier: {', '.join(ARCHITECTURES)} (mlp / smallcnn / conv_large)")
+    drop: float = skeleton.opt(0.0, "dropout of smallcnn / conv_large (0: deterministic passes inside VAT/TNAR)")
+    eps: float | None = skeleton.opt(None, "VAT's ε (ℓ2): 0.3 rings, 2.0 MNISTs/CIFAR-10, 2.5 SVHN (VAT paper)")
+    xi: float = skeleton.opt(1e-6, "VAT's / TNAR's finite-difference ξ (VAT paper: 1e-6)")
+    n_power: int = skeleton.opt(1, "power-iteration steps (VAT, TNAR papers: 1)")
+    vat_method: str = skeleton.opt("finite_difference", "Hessian products", choices=("finite_difference", "hvp"))
+    entmin: float = skeleton.opt(1.0, "weight of the entropy term of vat-entmin (VAT paper: 1)")
+    eps_tangent: float | None = skeleton.opt(None, "TNAR's ε_t (default ε; rings 1.0)")
+    eps_normal: float | None = skeleton.opt(None, "TNAR's ε_n (default ε; rings 0.05)")
+    cg_iters: int = skeleton.opt(4, "CG iterations for (JᵀJ)⁻¹ (TNAR)")
+    tangent: str = skeleton.opt("manifold", "tangent perturbation", choices=("manifold", "linear"))
+    chart: str | None = skeleton.opt(None, "manifold chart of TAR/NAR/TNAR", choices=CHARTS)
+    chart_path: str = skeleton.opt("", "a saved chart (recipes/chart.py's model/ directory, or a .pt file)")
+    chart_epochs: int = skeleton.opt(10, "epochs of the chart trained here when --chart-path is empty")
+    n_unlabeled: int = skeleton.opt(3000, "two rings: unlabeled points")
+    eval_size: int = skeleton.opt(0, "test examples evaluated (0: all)")
+
+
+# -- data, model, regulariser ----------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    labeled: tuple[Tensor, Tensor]
+    unlabeled: Tensor
+    test: tuple[Tensor, Tensor]
+    rings: Any = None  # the RingsSSL problem, for two rings
+
+
+def load_data(cfg: SSLConfig) -> Data:
+    if cfg.dataset == "two-rings":
+        rings = rings_ssl(cfg.n_unlabeled, labeled_per_class=cfg.labels // 2, seed=cfg.seed)
+        # evaluated on the unlabeled points' hidden labels (transductive), as the TNAR paper
+        return Data(
+            (rings.x_labeled, rings.y_labeled), rings.x_unlabeled, (rings.x_unlabeled, rings.y_unlabeled), rings
+        )
+    train, test = skeleton.load_images(cfg, cfg.dataset, n_train=max(1000, 2 * cfg.labels) if cfg.synthetic else 0)
+    classes = int(train[1].max()) + 1
+    if cfg.labels % classes:
+        raise SystemExit(f"error: --labels must be a multiple of the {classes} classes, got {cfg.labels}")
+    try:
+        labeled, _ = label_split(train[1], cfg.labels // classes, seed=cfg.seed)
+    except ValueError as err:
+        raise SystemExit(f"error: --labels {cfg.labels}: {err}") from None
+    # the unlabeled set is the whole training set, the labeled images included (VAT's protocol)
+    n_eval = cfg.eval_size or len(test[0])
+    return Data((train[0][labeled], train[1][labeled]), train[0], (test[0][:n_eval], test[1][:n_eval]))
+
+
+def model_kwargs(cfg: SSLConfig, data: Data) -> dict[str, Any]:
+    shape = tuple(data.unlabeled.shape[1:])
+    if cfg.arch == "mlp":
+        return {"in_features": int(torch.tensor(shape).prod()), "num_classes": 2 if data.rings else 10}
+    if cfg.arch == "smallcnn":
+        return {"in_channels": shape[0], "image_size": shape[1], "drop": cfg.drop}
+    if cfg.arch == "conv_large":
+        return {"in_channels": shape[0], "drop": cfg.drop}
+    return {"in_channels": shape[0]}
+
+
+def get_chart(cfg: SSLConfig, data: Data, out: Path) -> Any:
+    """The chart of TAR/NAR/TNAR: the oracle (rings), a saved one, or one trained here (seeded; every
+    process trains the same one)."""
+    if cfg.chart == "oracle":
+        if data.rings is None:
+            raise SystemExit("error: --chart oracle exists for two-rings only; use vae, ae or lgan")
+        return RingsChart(data.rings.embedding, data.rings.radii)
+    if cfg.chart_path:
+        path = Path(cfg.chart_path)
+        chart = load_model(path)[0] if path.is_dir() else load_chart(path)
+    else:
+        log.info("no --chart-path: training a %s chart for %d epochs first", cfg.chart, cfg.chart_epochs)
+        chart = chart_recipe.fit(cfg.chart, data.unlabeled, epochs=cfg.chart_epochs, seed=cfg.seed)
+        if skeleton.is_main():
+            save_model(chart, out / "chart")
+    if getattr(chart, "kind", None) != cfg.chart and not (cfg.chart == "ae" and chart.kind == "mlp-ae"):
+        log.warning("--chart %s but the chart file holds a %s chart; using the file's", cfg.chart, chart.kind)
+    return chart.requires_grad_(False).eval()
+
+
+def make_reg(method: str, model: nn.Module, chart: Any, cfg: SSLConfig) -> Any:
+    if method == "supervised":
+        return None
+    if method in ("vat", "vat-entmin"):
+        return robustreg.VAT(model, eps=cfg.eps, xi=cfg.xi, n_power=cfg.n_power, method=cfg.vat_method)
+    return robustreg.TNAR(
+        model, chart, eps_tangent=cfg.eps_tangent, eps_normal=cfg.eps_normal, n_power=cfg.n_power,
+        cg_iters=cfg.cg_iters, weights=TNAR_WEIGHTS[method], xi=cfg.xi, method=cfg.vat_method, tangent=cfg.tangent,
+    )  # fmt: skip
+
+
+# -- one run -------------------------------------------------------------------------------
+
+
+def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tuple[nn.Module, dict[str, Any]]:
+    run = skeleton.Run(dataclasses.replace(cfg, out=str(out / method)), f"ssl_{cfg.dataset}_{method}")
+    acc = run.accelerator
+    torch.manual_seed(cfg.seed)
+    kwargs = model_kwargs(cfg, data)
+    model = ARCHITECTURES[cfg.arch](**kwargs)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    decay_from = int(cfg.decay_start * cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 1.0 if t < decay_from else max(0.0, (cfg.steps - t) / max(1, cfg.steps - decay_from))
+    )
+    model, opt, sched = run.prepare(model, opt, sched)
+    run.resume()
+    reg = make_reg(method, model, chart.to(acc.device) if hasattr(chart, "to") else chart, cfg)
+    entmin = robustreg.EntMin(model) if method == "vat-entmin" else None
+    labeled = run.batches(list(data.labeled), cfg.batch_labeled, stop=cfg.steps, stream=0)
+    unlabeled = run.batches([data.unlabeled], cfg.batch_unlabeled, stop=cfg.steps, stream=1)
+    epoch_len = max(1, len(data.unlabeled) // min(cfg.batch_unlabeled, len(data.unlabeled)))
+    test = tuple(t.to(acc.device) for t in data.test)
+    model.train()
+    with run.progress(cfg.steps, f"{method} on {cfg.dataset}"):
+        for step in range(run.start, cfg.steps):
+            (x_l, y_l), (x_u,) = next(labeled), next(unlabeled)
+            with acc.accumulate(model):
+                logits = model(torch.cat([x_l, x_u]))  # one pass: BN sees both, DDP one forward
+                logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
+                ce = F.cross_entropy(logits_l, y_l)
+                loss, parts = ce, {"ce": ce.detach()}
+                if reg is not None:
+                    r = reg(x_u, logits=logits_u)
+                    loss = loss + r
+                    parts |= {k: v for k, v in reg.last.metrics.items() if k in ("lds", "tar", "nar")}
+                if entmin is not None:
+                    ent = entmin(logits=logits_u)
+                    loss = loss + cfg.entmin * ent
+                    parts["entropy"] = ent.detach()
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                sched.step()
+            done = step + 1
+            if done % 50 == 0 or done == cfg.steps:
+                metrics = {k: acc.reduce(v, "mean") for k, v in {"loss": loss.detach(), **parts}.items()}
+                run.log(done, done / epoch_len, lr=sched.get_last_lr()[0], **metrics)
+            else:
+                run.advance(done)
+            if run.due(done, cfg.eval_every, cfg.steps):
+                with run.paused():
+                    if run.main:
+                        run.log(
+                            done, done / epoch_len, kind="eval", acc=skeleton.accuracy(acc.unwrap_model(model), test)
+                        )
+                    acc.wait_for_everyone()
+            if run.due(done, cfg.checkpoint_every, cfg.steps):
+                run.checkpoint(done)
+    bare = acc.unwrap_model(model)
+    final = skeleton.accuracy(bare, test)
+    extra: dict[str, Any] = {}
+    if run.main and method in ("tar", "nar", "tnar") and data.rings is None:
+        x = data.test[0][:6].to(acc.device)
+        torch.manual_seed(cfg.seed)
+        grid_reg = make_reg("tnar", bare, chart, cfg)
+        grid_reg(x)
+        extra["perturbations_plot"] = str(
+            plots.perturbation_grid(
+                x, grid_reg.last.r_tangent, grid_reg.last.r_normal, run.out / "perturbations.png",
+                f"TNAR perturbations, {cfg.chart} chart (ε_t = {cfg.eps_tangent}, ε_n = {cfg.eps_normal})",
+            )
+        )  # fmt: skip
+    summary = {"method": method, "dataset": cfg.dataset, "labels": cfg.labels, "steps": cfg.steps, "acc": final}
+    summary = run.finish(
+        model, arch=cfg.arch, kwargs=kwargs, summary={**summary, **extra}, title=f"{method}, {cfg.dataset}"
+    )
+    return bare, summary
+
+
+def resolve(cfg: SSLConfig) -> SSLConfig:
+    """Fill the data set's defaults into the options left at None, and check the methods."""
+    d = DEFAULTS[cfg.dataset]
+    filled = {k: d.get(k) for k in ("labels", "steps", "batch_labeled", "batch_unlabeled", "eps", "arch", "chart")}
+    filled["decay_start"] = d["decay_start"]
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in filled.items() if getattr(cfg, k) is None})
+    cfg = dataclasses.replace(
+        cfg,
+        eps_tangent=cfg.eps_tangent if cfg.eps_tangent is not None else d.get("eps_tangent", cfg.eps),
+        eps_normal=cfg.eps_normal if cfg.eps_normal is not None else d.get("eps_normal", cfg.eps),
+    )
+    unknown = set(cfg.methods.split(",")) - set(METHODS)
+    if unknown:
+        raise SystemExit(f"error: --methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if cfg.arch not in ARCHITECTURES:
+        raise SystemExit(f"error: --arch must be one of {', '.join(ARCHITECTURES)}, got {cfg.arch!r}")
+    if not 0 <= cfg.decay_start <= 1:
+        raise SystemExit(f"error: --decay-start must be in [0, 1], got {cfg.decay_start}")
+    if cfg.steps < 1 or cfg.labels < 2:
+        raise SystemExit("error: --steps must be >= 1 and --labels >= 2")
+    return cfg
+
+
+def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
+    cfg = resolve(skeleton.parse(SSLConfig, argv, __doc__.splitlines()[0], **defaults))
+    out = Path(cfg.out or f"runs/ssl_{cfg.dataset}")
+    data = load_data(cfg)
+    methods = cfg.methods.split(",")
+    chart = get_chart(cfg, data, out) if any(m in ("tar", "nar", "tnar") for m in methods) else None
+    models, results = {}, {}
+    for method in methods:
+        models[method], results[method] = train(method, cfg, data, chart, out)
+    if data.rings is not None and skeleton.is_main():
+        titles = {f"{m} ({100 * r['acc']:.1f}%)": models[m] for m, r in results.items()}
+        results["decision_regions_plot"] = str(plots.decision_regions(titles, data.rings, out / "decision_regions.png"))
+    if skeleton.is_main():
+        (out / "results.json").write_text(json.dumps(skeleton.jsonable(results), indent=2))
+        report(results, out)
+    return results
+
+
+def report(results: dict[str, Any], out: Path) -> None:
+    """The methods side by side, and where everything went."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"accuracy on the evaluation set ({out})")
+    for col in ("method", "accuracy", "training time", "metrics and model"):
+        table.add_column(col)
+    for method, r in results.items():
+        if isinstance(r, dict):
+            table.add_row(method, f"{100 * r['acc']:.2f} %", f"{r['wall_seconds']:.1f} s", str(Path(r["out"])))
+    console = Console()
+    console.print(table)
+    if "decision_regions_plot" in results:
+        console.print(f"decision regions: {results['decision_regions_plot']}")
+    console.print(f"all results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The Accelerate recipes, run as users run them (subprocesses, one of them under ``accelerate
+launch`` with two processes), on generated or synthetic data: smoke runs of every recipe and
+method, exact resume, one vs two processes, the saved model, and the errors for missing data."""
+
+import dataclasses
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+
+from robustreg.checkpoint import load_model
+
+from .test_distributed import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+
+def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    quiet = [] if script == "evaluate.py" else ["--no-progress"]  # evaluate.py draws no progress bar
+    cmd = [sys.executable, str(RECIPES / script), *quiet, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-2000:]
+
+
+def rows(path: Path, kind: str | None = None) -> list[dict]:
+    out = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "wall"} for r in out if kind is None or r["kind"] == kind]
+
+
+@pytest.fixture
+def recipe_module(monkeypatch):
+    """Import a recipe module in-process (its directory on sys.path); Accelerate's state is reset after."""
+    monkeypatch.syspath_prepend(str(RECIPES))
+
+    def load(name: str):
+        return importlib.import_module(name)
+
+    yield load
+    AcceleratorState._reset_state(True)
+
+
+# -- semi-supervised --------------------------------------------------------------------------
+
+
+def test_semisupervised_two_rings_every_method(tmp_path):
+    methods = "supervised,vat,vat-entmin,tar,nar,tnar"
+    ok(run("semisupervised.py", "--methods", methods, "--steps", "40", "--eval-every", "20",
+           "--n-unlabeled", "300", "--out", str(tmp_path)))  # fmt: skip
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "decision_regions.png").stat().st_size > 5000
+    for method in methods.split(","):
+        summary = res[method]
+        assert 0 <= summary["acc"] <= 1 and summary["steps"] == 40 and summary["processes"] == 1
+        evals = rows(tmp_path / method / "metrics.jsonl", "eval")
+        assert [r["step"] for r in evals] == [20, 40] and evals[-1]["acc"] == summary["acc"]
+        train_rows = rows(tmp_path / method / "metrics.jsonl", "train")
+        assert {"loss", "ce", "lr"} <= set(train_rows[-1])
+        assert (tmp_path / method / "curves.png").is_file()
+        # the saved model is the trained one: its accuracy on the evaluation points is the summary's
+        model, meta = load_model(tmp_path / method / "model")
+        from robustreg.data import rings_ssl
+
+        rings = rings_ssl(300, labeled_per_class=3, seed=0)
+        with torch.no_grad():
+            acc = (model(rings.x_unlabeled).argmax(1) == rings.y_unlabeled).float().mean()
+        assert float(acc) == pytest.approx(summary["acc"])
+        assert meta["config"]["methods"] == methods and meta["arch"] == "mlp"
+    assert {"tar", "nar"} <= set(rows(tmp_path / "tnar" / "metrics.jsonl", "train")[-1])
+    assert "entropy" in rows(tmp_path / "vat-entmin" / "metrics.jsonl", "train")[-1]
+
+
+def test_cifar_tnar_on_synthetic_cifar_trains_its_chart_first(tmp_path):
+    ok(run("cifar_tnar.py", "--synthetic", "--steps", "2", "--labels", "100", "--batch-labeled", "10",
+           "--batch-unlabeled", "10", "--chart-epochs", "1", "--eval-size", "20", "--out", str(tmp_path)))  # fmt: skip
+    summary = json.loads((tmp_path / "tnar" / "summary.json").read_text())
+    assert summary["dataset"] == "cifar10" and summary["labels"] == 100 and summary["method"] == "tnar"
+    chart, meta = load_model(tmp_path / "chart")
+    assert meta["arch"] == "vae" and chart.image_shape == (3, 32, 32)
+    assert load_model(tmp_path / "tnar" / "model")[1]["arch"] == "conv_large"
+    assert (tmp_path / "tnar" / "perturbations.png").stat().st_size > 5000
+
+
+def test_chart_recipe_then_tnar_with_that_lgan_chart(tmp_path):
+    chart_out = tmp_path / "chart"
+    ok(run("chart.py", "--dataset", "fashionmnist", "--kind", "lgan", "--synthetic", "--train-size", "64",
+           "--epochs", "1", "--batch-size", "32", "--width", "8", "--latent", "3",
+           "--out", str(chart_out)))  # fmt: skip
+    summary = json.loads((chart_out / "summary.json").read_text())
+    assert summary["kind"] == "lgan" and summary["steps"] == 2 and summary["recon_error"] > 0
+    assert {"d", "gan", "locality", "orthonormality"} <= set(rows(chart_out / "metrics.jsonl", "train")[-1])
+    assert (chart_out / "reconstructions.png").is_file()
+    ok(run("semisupervised.py", "--dataset", "fashionmnist", "--synthetic", "--methods", "tnar", "--chart", "lgan",
+           "--chart-path", str(chart_out / "model"), "--steps", "2", "--labels", "20", "--batch-labeled", "10",
+           "--batch-unlabeled", "10", "--eval-size", "20", "--out", str(tmp_path / "ssl")))  # fmt: skip
+    assert (tmp_path / "ssl" / "tnar" / "perturbations.png").is_file()
+    assert not (tmp_path / "ssl" / "chart").exists()  # the given chart was used, none trained
+
+
+@pytest.mark.parametrize(
+    ("dataset", "kind", "batch"), [("svhn", "vae", "8"), ("mnist", "ae", "8"), ("two-rings", "mlp-ae", "256")]
+)
+def test_chart_recipe_other_kinds(tmp_path, recipe_module, dataset, kind, batch):
+    chart = recipe_module("chart")
+    summary = chart.main(["--dataset", dataset, "--kind", kind, "--synthetic", "--train-size", "64", "--epochs",
+                          "5" if batch == "8" else "2", "--batch-size", batch, "--out", str(tmp_path),
+                          "--no-progress"])  # fmt: skip
+    assert load_model(tmp_path / "model")[1]["arch"] == kind and summary["recon_error"] >= 0
+    losses = [r["loss"] for r in rows(tmp_path / "metrics.jsonl", "train")]
+    assert len(losses) == 2  # logged at steps 20 and 40 (22 for the rings)
+    if dataset != "two-rings":  # the rings' 22 steps of 256 points are too few to rank two noisy losses
+        assert losses[1] < losses[0]
+
+
+# -- robust training ----------------------------------------------------------------------------
+
+
+def test_robust_every_method_on_two_rings(tmp_path, recipe_module):
+    robust = recipe_module("robust")
+    for method in robust.METHODS:
+        out = tmp_path / method
+        summary = robust.main(["--dataset", "two-rings", "--method", method, "--epochs", "2", "--train-size", "128",
+                               "--batch-size", "32", "--eval-size", "40", "--eval-pgd", "5", "--eval-every", "4",
+                               "--out", str(out), "--no-progress"])  # fmt: skip
+        assert summary["robust_acc"] <= min(summary["clean_acc"], summary["pgd5_acc"], summary["cw_acc"]), method
+        assert [r["step"] for r in rows(out / "metrics.jsonl", "eval")] == [4, 8], method
+        train = rows(out / "metrics.jsonl", "train")[-1]
+        if method != "natural":
+            assert "adv_acc" in train, method
+        if method.startswith("amata-") and method != "amata-fast":
+            assert train["K"] >= 2, method
+        assert load_model(out / "model")[1]["config"]["method"] == method
+
+
+def test_robust_on_synthetic_mnist_with_yopo_and_evaluate_recipe(tmp_path):
+    ok(run("robust.py", "--dataset", "mnist", "--synthetic", "--method", "yopo", "--epochs", "1", "--train-size",
+           "64", "--batch-size", "32", "--eval-size", "32", "--eval-pgd", "3", "--out", str(tmp_path)))  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eps"] == 0.3 and load_model(tmp_path / "model")[1]["arch"] == "smallcnn"
+    proc = run("evaluate.py", str(tmp_path / "model"), "--pgd", "3", "5", "--cw-steps", "3", "--eval-size", "32")
+    ok(proc)
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["dataset"] == "mnist" and report["n"] == 32 and report["eps"] == 0.3
+    assert report["robust_acc"] <= min(report["pgd3_acc"], report["pgd5_acc"], report["cw_acc"], report["clean_acc"])
+    assert {c["name"] for c in report["masking"]["checks"]} == {"more steps", "restarts", "fgsm vs pgd", "unbounded"}
+    assert "masking checks" in proc.stdout
+
+
+def test_evaluate_recipe_on_a_two_rings_model_passes_the_masking_checks(tmp_path):
+    ok(run("robust.py", "--dataset", "two-rings", "--method", "pgd", "--out", str(tmp_path)))  # the defaults
+    ok(run("evaluate.py", str(tmp_path / "model"), "--eval-size", "300", "--out", str(tmp_path / "ev.json")))
+    report = json.loads((tmp_path / "ev.json").read_text())
+    assert report["eps"] == 0.25 and report["clean_acc"] > 0.9 and report["robust_acc"] > 0.5
+    assert report["masking"]["passed"], report["masking"]
+
+
+# -- resume, processes, errors ---------------------------------------------------------------------
+
+
+def _interrupt(full: Path, copy: Path, at: int) -> None:
+    """``copy``: ``full``'s run as if it had stopped just after step ``at``'s checkpoint (later
+    checkpoints, the final model and summary gone; metrics logged past ``at`` still there)."""
+    shutil.copytree(full, copy)
+    for ckpt in (copy / "checkpoints").glob("step_*"):
+        if int(ckpt.name.split("_")[1]) > at:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(copy / "model")
+    (copy / "summary.json").unlink()
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    for x, y in zip(load_model(a)[0].state_dict().values(), load_model(b)[0].state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_resume_continues_exactly_semisupervised_vat(tmp_path):
+    args = ["--methods", "vat", "--steps", "100", "--checkpoint-every", "40", "--keep-checkpoints", "3",
+            "--eval-every", "50", "--n-unlabeled", "300"]  # fmt: skip
+    ok(run("semisupervised.py", *args, "--out", str(tmp_path / "full")))
+    _interrupt(tmp_path / "full" / "vat", tmp_path / "cut" / "vat", at=40)
+    assert sorted(p.name for p in (tmp_path / "cut" / "vat" / "checkpoints").iterdir()) == ["step_40"]
+    ok(run("semisupervised.py", *args, "--resume", "--out", str(tmp_path / "cut")))
+    full, cut = tmp_path / "full" / "vat", tmp_path / "cut" / "vat"
+    assert rows(full / "metrics.jsonl") == rows(cut / "metrics.jsonl")  # VAT's random draws included
+    _same_weights(full / "model", cut / "model")
+
+
+def test_resume_continues_exactly_amata_atta(tmp_path):
+    # Amata's clock and ATTA's per-sample perturbations live in the checkpoint
+    args = ["--dataset", "two-rings", "--method", "amata-atta", "--epochs", "4", "--train-size", "128",
+            "--batch-size", "32", "--checkpoint-every", "6", "--keep-checkpoints", "3", "--eval-size", "40",
+            "--eval-pgd", "5"]  # fmt: skip
+    ok(run("robust.py", *args, "--out", str(tmp_path / "full")))
+    _interrupt(tmp_path / "full", tmp_path / "cut", at=6)
+    ok(run("robust.py", *args, "--resume", "--out", str(tmp_path / "cut")))
+    assert rows(tmp_path / "full" / "metrics.jsonl") == rows(tmp_path / "cut" / "metrics.jsonl")
+    _same_weights(tmp_path / "full" / "model", tmp_path / "cut" / "model")
+    full, cut = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("full", "cut"))
+    assert {k: v for k, v in full.items() if k not in ("wall_seconds", "out", "model", "metrics", "curves_plot")} == {
+        k: v for k, v in cut.items() if k not in ("wall_seconds", "out", "model", "metrics", "curves_plot")
+    }
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_two_processes_under_accelerate_launch_match_one(tmp_path):
+    args = ["--dataset", "two-rings", "--method", "pgd", "--no-random-start", "--epochs", "3", "--train-size", "320",
+            "--batch-size", "64", "--eval-every", "5", "--eval-size", "100", "--eval-pgd", "5"]  # fmt: skip
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    two = subprocess.run([*launch, str(RECIPES / "robust.py"), "--no-progress", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)  # fmt: skip
+    ok(two)
+    ok(run("robust.py", *args, "--out", str(tmp_path / "one")))
+    one_s, two_s = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert (one_s["processes"], two_s["processes"]) == (1, 2)
+    one_r, two_r = rows(tmp_path / "one" / "metrics.jsonl"), rows(tmp_path / "two" / "metrics.jsonl")
+    assert [(r["step"], r["kind"]) for r in one_r] == [(r["step"], r["kind"]) for r in two_r]
+    for a, b in zip(one_r, two_r, strict=True):  # same batches, same steps: equal up to summation order
+        for key in a:
+            if isinstance(a[key], float):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    for x, y in zip(load_model(tmp_path / "one" / "model")[0].state_dict().values(),
+                    load_model(tmp_path / "two" / "model")[0].state_dict().values(), strict=True):  # fmt: skip
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("script", ["semisupervised.py", "robust.py", "chart.py"])
+def test_missing_data_says_which_files_to_place_where(tmp_path, script):
+    proc = run(script, "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert proc.returncode != 0
+    assert "MNIST/raw" in proc.stderr and "--synthetic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_options_are_rejected_before_anything_runs(tmp_path):
+    proc = run("semisupervised.py", "--methods", "vat,mixmatch", "--out", str(tmp_path))
+    assert proc.returncode != 0 and "mixmatch" in proc.stderr and not (tmp_path / "vat").exists()
+    proc = run("robust.py", "--method", "pgd", "--epochs", "-1", "--out", str(tmp_path))
+    assert proc.returncode != 0 and "--epochs must be >= 0" in proc.stderr
+    proc = run("evaluate.py", str(tmp_path / "nothing"))
+    assert proc.returncode != 0 and "model.json" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "config"),
+    [("semisupervised.py", "SSLConfig"), ("robust.py", "RobustConfig"), ("chart.py", "ChartConfig")],
+)
+def test_help_lists_every_option_with_its_default(recipe_module, script, config):
+    proc = run(script, "--help")
+    ok(proc)
+    text = " ".join(proc.stdout.split())
+    cls = getattr(recipe_module(script.removesuffix(".py")), config)
+    for field in dataclasses.fields(cls):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+    assert "(default:" in text
+
+
+def test_step_batches_depend_on_the_step_only(recipe_module):
+    skeleton = recipe_module("skeleton")
+    whole = list(skeleton.StepBatches(10, 3, seed=4, start=0, stop=12))
+    tail = list(skeleton.StepBatches(10, 3, seed=4, start=7, stop=12))
+    assert whole[7:] == tail and all(len(b) == 3 for b in whole)
+    epochs = [sorted(j for b in whole[i : i + 3] for j in b) for i in (0, 3, 6)]  # 3 batches an epoch, 1 dropped
+    assert all(len(set(e)) == 9 for e in epochs) and whole[0:3] != whole[3:6]
+    small = list(skeleton.StepBatches(2, 5, seed=0, start=0, stop=3))  # a set smaller than the batch: one batch
+    assert all(sorted(b) == [0, 1] for b in small)

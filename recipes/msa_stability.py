@@ -22,97 +22,87 @@ the unit circle (the paper's Fig. 1).
     python recipes/msa_stability.py --dataset cifar10 --data-dir ~/data       # with the files
     python recipes/msa_stability.py --dataset cifar10 --synthetic --epochs 1  # smoke test
 
-Writes ``results.json`` and ``eigenvalues.png`` to ``--out`` (default
-``runs/msa_<dataset>``). Runs on the CPU (``--threads``); one process.
+Writes ``results.json``, ``eigenvalues.png`` and every trained model (``<method>/model``: safetensors
++ JSON, which ``recipes/evaluate.py`` evaluates further) to ``--out`` (default
+``runs/msa_<dataset>``). Runs on the CPU (``--threads``); one process: MSA's layer-wise updates are
+not data-parallel. Options and data loading come from the recipes' shared skeleton.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import skeleton
+
 import robustreg
+from robustreg.checkpoint import save_model
 from robustreg.control import MSA, plot_eigenvalues
-from robustreg.data import VISION, load_vision, synthetic_vision
+from robustreg.data import VISION
 from robustreg.models import SmallCNN
 
 log = logging.getLogger("msa_stability")
 METHODS = ("vanilla", "msa", "pgd10")
 
 
+opt = skeleton.opt
+
+
 @dataclass
 class Config:
     """Every option, with its default; ``--help`` lists them."""
 
-    dataset: str = "mnist"  # mnist | fashionmnist | cifar10 | svhn
-    data_dir: str = "../shared/data"
-    synthetic: bool = False  # random tensors of the data set's shape (smoke tests)
-    methods: str = "vanilla,msa,pgd10"
-    epochs: int = 3
-    train_size: int = 20000  # first N training images (0: all)
-    test_size: int = 1000  # first N test images for the evaluation
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam learning rate of vanilla and PGD-10 training
-    beta: float = 5.0  # MSA proximal weight (step 1/(2β) = 0.1)
-    alpha: float = 0.0  # MSA weight penalty
-    radius: float = 1.0  # spectral-norm bound of the MSA layers
-    msa_logit_scale: float = 10.0  # MSA's loss is CE(scale · logits, y)
-    conv_norm: str = "matrix"  # MSA's convolution norm: matrix | operator
-    eps_train: float = 0.3  # PGD-10 adversarial training radius (ℓ∞)
-    eps_eval: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3])
-    seed: int = 0
-    threads: int = 0  # torch threads (0: torch's default)
-    out: str = ""  # output directory (default runs/msa_<dataset>)
+    dataset: str = opt("mnist", "data set", choices=tuple(VISION))
+    data_dir: str = opt("../shared/data", "root of the torchvision data sets (nothing is downloaded)")
+    synthetic: bool = opt(False, "random tensors of the data set's shape (smoke tests)")
+    methods: str = opt("vanilla,msa,pgd10", f"comma-separated, from {', '.join(METHODS)}")
+    epochs: int = opt(3, "training epochs of every method")
+    train_size: int = opt(20000, "first N training images (0: all)")
+    test_size: int = opt(1000, "first N test images for the evaluation")
+    batch_size: int = opt(128, "batch size")
+    lr: float = opt(1e-3, "Adam learning rate of vanilla and PGD-10 training")
+    beta: float = opt(5.0, "MSA proximal weight β (step 1/(2β) = 0.1)")
+    alpha: float = opt(0.0, "MSA weight penalty")
+    radius: float = opt(1.0, "spectral-norm bound of the MSA layers (the paper: 1)")
+    msa_logit_scale: float = opt(10.0, "MSA's loss is CE(scale · logits, y)")
+    conv_norm: str = opt("matrix", "MSA's convolution norm", choices=("matrix", "operator"))
+    eps_train: float = opt(0.3, "PGD-10 adversarial training radius (ℓ∞)")
+    eps_eval: list[float] = opt([0.1, 0.2, 0.3], "ℓ∞ radii of the evaluation")  # noqa: RUF009
+    seed: int = opt(0, "seeds the model and the data order")
+    threads: int = opt(0, "torch threads (0: torch's default)")
+    progress: bool = opt(True, "rich progress bar (--no-progress for logs)")
+    out: str = opt("", "output directory (default runs/msa_<dataset>)")
 
 
 def parse(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    for f in dataclasses.fields(Config):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", help=f.name)
-        elif isinstance(default, list):
-            p.add_argument(flag, type=float, nargs="+", default=default, help=f.name)
-        else:
-            p.add_argument(flag, type=type(default), default=default, help=f.name)
-    cfg = Config(**vars(p.parse_args(argv)))
-    if cfg.dataset not in VISION:
-        p.error(f"--dataset must be one of {sorted(VISION)}")
+    cfg = skeleton.parse(Config, argv, __doc__.splitlines()[0])
     unknown = set(cfg.methods.split(",")) - set(METHODS)
     if unknown:
-        p.error(f"--methods: unknown {sorted(unknown)}; choose from {METHODS}")
+        raise SystemExit(f"error: --methods: unknown {sorted(unknown)}; choose from {METHODS}")
     return cfg
 
 
 def load(cfg: Config) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    if cfg.synthetic:
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return synthetic_vision(cfg.dataset, cfg.train_size or 512, generator=gen), synthetic_vision(
-            cfg.dataset, cfg.test_size, generator=gen
-        )
-    try:
-        train = load_vision(cfg.dataset, cfg.data_dir, train=True)
-        test = load_vision(cfg.dataset, cfg.data_dir, train=False)
-    except FileNotFoundError as err:
-        raise SystemExit(f"{err} (or run with --synthetic for a smoke test)") from None
-    if cfg.train_size:
-        train = (train[0][: cfg.train_size], train[1][: cfg.train_size])
-    return train, (test[0][: cfg.test_size], test[1][: cfg.test_size])
+    n_train = cfg.train_size or (512 if cfg.synthetic else 0)
+    return skeleton.load_images(cfg, cfg.dataset, n_train=n_train, n_test=cfg.test_size)
 
 
-def train_one(method: str, cfg: Config, train: tuple[Tensor, Tensor]) -> tuple[nn.Module, float, list[float]]:
+def train_one(
+    method: str, cfg: Config, train: tuple[Tensor, Tensor], progress: object = None
+) -> tuple[nn.Module, float, list[float]]:
     """Train a fresh SmallCNN (same seed for every method); returns it, the training wall time
     (data shuffling included, evaluation excluded) and the mean loss of every epoch."""
     torch.manual_seed(cfg.seed)
@@ -151,6 +141,9 @@ def train_one(method: str, cfg: Config, train: tuple[Tensor, Tensor]) -> tuple[n
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         losses.append(total / count)
+        if progress is not None:
+            bar, task = progress
+            bar.update(task, advance=1, loss=f"loss {losses[-1]:.4f}")
         log.info(
             "%s epoch %d/%d: loss %.4f (%.0f s)", method, epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - start
         )
@@ -185,7 +178,7 @@ def summary(result: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    skeleton._setup_logging(True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out or f"runs/msa_{cfg.dataset}")
@@ -195,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"config": dataclasses.asdict(cfg), "torch": torch.__version__, "methods": {}}
     models = {}
     for method in cfg.methods.split(","):
-        model, seconds, losses = train_one(method, cfg, train)
+        with _bar(cfg, method) as progress:
+            model, seconds, losses = train_one(method, cfg, train, progress)
         models[method] = model
         results["methods"][method] = {
             "train_seconds": seconds,
@@ -206,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
         log.info(
             "%s: %s", method, json.dumps({k: v for k, v in results["methods"][method].items() if k != "spectral_norms"})
         )
+        kwargs = {"num_classes": 10, "in_channels": VISION[cfg.dataset][1][0], "image_size": VISION[cfg.dataset][1][1]}
+        run_cfg = {**dataclasses.asdict(cfg), "method": method, "eps": cfg.eps_train}
+        save_model(model, out / method / "model", arch="smallcnn", kwargs=kwargs, config=run_cfg)
     timing = {m: r["train_seconds"] for m, r in results["methods"].items()}
     if "msa" in timing:
         results["time_ratios"] = {f"msa / {m}": timing["msa"] / timing[m] for m in timing if m != "msa"}
@@ -218,6 +215,19 @@ def main(argv: list[str] | None = None) -> dict:
     table = {m: summary(r) for m, r in results["methods"].items()}
     print(json.dumps({**table, "time_ratios": results.get("time_ratios")}, indent=1))
     return results
+
+
+@contextmanager
+def _bar(cfg: Config, method: str) -> Iterator[tuple | None]:
+    """A rich bar over the epochs of one method (none with --no-progress)."""
+    if not cfg.progress:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(f"[bold]{method}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("{task.fields[loss]}")) as bar:
+        yield bar, bar.add_task(method, total=cfg.epochs, loss="")
 
 
 if __name__ == "__main__":

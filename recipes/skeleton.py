@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -105,7 +106,7 @@ def parse(config_cls: type, argv: Sequence[str] | None, description: str, **defa
         value = getattr(cfg, f.name)
         if isinstance(value, int) and not isinstance(value, bool) and value < 0 and f.name != "seed":
             parser.error(f"--{f.name.replace('_', '-')} must be >= 0, got {value}")
-    if cfg.grad_accum < 1:
+    if getattr(cfg, "grad_accum", 1) < 1:
         parser.error(f"--grad-accum must be >= 1, got {cfg.grad_accum}")
     return cfg
 
@@ -203,6 +204,8 @@ class Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out or f"runs/{name}")
+        if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise SystemExit("error: --tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
         self.accelerator = Accelerator(
             # without a GPU, processes started by `accelerate launch --multi_gpu` (torchrun) form a CPU group
             cpu=cfg.cpu or not torch.cuda.is_available(),
@@ -218,7 +221,10 @@ class Run:
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
         if cfg.tensorboard:
-            self.accelerator.init_trackers(name, config=jsonable(dataclasses.asdict(cfg)))
+            hparams = {
+                k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in dataclasses.asdict(cfg).items()
+            }
+            self.accelerator.init_trackers(name, config=hparams)
         self.metrics_path = self.out / "metrics.jsonl"
         self.ckpt_dir = self.out / "checkpoints"
         self.start = 0

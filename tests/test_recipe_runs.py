@@ -141,6 +141,21 @@ def test_robust_every_method_on_two_rings(tmp_path, recipe_module):
         assert load_model(out / "model")[1]["config"]["method"] == method
 
 
+def test_tensorboard_tracker_gets_the_train_and_eval_metrics(tmp_path, recipe_module):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    robust = recipe_module("robust")
+    robust.main(["--dataset", "two-rings", "--method", "natural", "--epochs", "1", "--train-size", "256",
+                 "--batch-size", "32", "--eval-every", "4", "--eval-pgd", "3", "--tensorboard", "--out", str(tmp_path),
+                 "--no-progress"])  # fmt: skip
+    (events,) = (tmp_path / "robust_two-rings_natural").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert {"train/loss", "train/lr", "eval/clean_acc", "eval/robust_acc"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("eval/clean_acc")] == [4, 8]
+
+
 def test_robust_on_synthetic_mnist_with_yopo_and_evaluate_recipe(tmp_path):
     ok(run("robust.py", "--dataset", "mnist", "--synthetic", "--method", "yopo", "--epochs", "1", "--train-size",
            "64", "--batch-size", "32", "--eval-size", "32", "--eval-pgd", "3", "--out", str(tmp_path)))  # fmt: skip

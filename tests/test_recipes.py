@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustreg.control import spectral_norm
+from robustreg.checkpoint import load_model
+from robustreg.control import CONSTRAINABLE, spectral_norm
 from robustreg.data import load_vision, synthetic_vision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +37,12 @@ def test_msa_recipe_smoke_on_synthetic_cifar_shapes(tmp_path):
     assert max(res["methods"]["msa"]["spectral_norms"].values()) <= 1 + 1e-5
     assert res["time_ratios"]["msa / pgd10"] > 0  # reported; timing is measured by the recipe itself, not here
     assert (tmp_path / "eigenvalues.png").stat().st_size > 1000
+    # every model is saved (safetensors + JSON) for recipes/evaluate.py; the MSA one is still in the ball
+    msa, meta = load_model(tmp_path / "msa" / "model")
+    assert meta["config"]["method"] == "msa" and meta["config"]["dataset"] == "cifar10"
+    assert max(spectral_norm(m.weight) for m in msa.modules() if isinstance(m, CONSTRAINABLE)) <= 1 + 1e-5
+    for method in ("vanilla", "pgd10"):
+        assert load_model(tmp_path / method / "model")[1]["arch"] == "smallcnn"
 
 
 def test_msa_recipe_missing_data_says_which_files(tmp_path):

@@ -43,6 +43,7 @@ import robustreg
 from robustreg.charts import VAE, LocalizedGAN, load_chart, train_chart, train_lgan
 from robustreg.data import cycle_batches, label_split, load_vision, synthetic_vision
 from robustreg.models import SmallCNN
+from robustreg.plots import perturbation_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "vat", "tar", "nar", "tnar", "tnar-lgan")
@@ -200,11 +201,6 @@ def plot_perturbations(args: argparse.Namespace, method: str, n: int = 6) -> Non
     """``perturbations[-lgan].png``: rows of test images x, x + r_tangent (on the manifold),
     x + r_normal, and the two perturbations (each scaled to its own range), from ``method``'s
     trained classifier and its chart."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     _, _, xt, _ = load(args)
     model = SmallCNN(drop=0.0)
     model.load_state_dict(torch.load(args.out / f"{method}.classifier.pt", weights_only=True))
@@ -212,32 +208,12 @@ def plot_perturbations(args: argparse.Namespace, method: str, n: int = 6) -> Non
     torch.manual_seed(args.seed)
     x = xt[:n]
     reg(x)
-    r_t, r_n = reg.last.r_tangent, reg.last.r_normal
-    rows = [
-        ("x", x),
-        ("x + r_tangent", (x + r_t).clamp(0, 1)),
-        ("x + r_normal", (x + r_n).clamp(0, 1)),
-        ("r_tangent", r_t),
-        ("r_normal", r_n),
-    ]
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)))
-    for i, (name, imgs) in enumerate(rows):
-        for j in range(n):
-            ax = axes[i, j]
-            img = imgs[j, 0]
-            if name.startswith("r_"):
-                bound = float(img.abs().max().clamp_min(1e-12))
-                ax.imshow(img, cmap="seismic", vmin=-bound, vmax=bound)
-            else:
-                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(name, fontsize=8)
     chart = "LGAN" if method == "tnar-lgan" else "VAE"
-    fig.suptitle(f"TNAR-{chart} perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(args.out / ("perturbations-lgan.png" if method == "tnar-lgan" else "perturbations.png"), dpi=110)
+    perturbation_grid(
+        x, reg.last.r_tangent, reg.last.r_normal,
+        args.out / ("perturbations-lgan.png" if method == "tnar-lgan" else "perturbations.png"),
+        f"TNAR-{chart} perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal})",
+    )  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

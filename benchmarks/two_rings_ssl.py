@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import nn
 import robustreg
 from robustreg.charts import MLPAutoEncoder, RingsChart, train_chart
 from robustreg.data import RingsSSL, cycle_batches, rings_ssl
+from robustreg.plots import decision_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "vat", "tar", "nar", "tnar")  # the default run: oracle chart
@@ -139,37 +139,6 @@ def summarize(runs: list[dict]) -> dict:
     }
 
 
-def plot(models: dict[str, nn.Module], titles: dict[str, str], data: RingsSSL, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    grid = torch.linspace(-2.0, 2.0, 200)
-    gx, gy = torch.meshgrid(grid, grid, indexing="xy")
-    plane = torch.stack([gx.flatten(), gy.flatten()], 1)
-    cols = min(len(models), 4)
-    rows = math.ceil(len(models) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(models) :]:
-        ax.axis("off")
-    for ax, (name, model) in zip(axes.flat, models.items(), strict=False):
-        with torch.no_grad():
-            pred = model(plane @ data.embedding.t()).argmax(1).reshape(gx.shape)
-        ax.contourf(gx, gy, pred, levels=[-0.5, 0.5, 1.5], colors=["#cfe0f3", "#f6d5c5"])
-        u = data.x_unlabeled @ data.embedding
-        ax.scatter(u[:, 0], u[:, 1], s=1, c=data.y_unlabeled, cmap="coolwarm", alpha=0.4)
-        lab = data.x_labeled @ data.embedding
-        ax.scatter(lab[:, 0], lab[:, 1], s=60, c=data.y_labeled, cmap="coolwarm", edgecolors="black")
-        ax.set_title(titles[name], fontsize=10)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -232,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     if args.dim == 2 or args.off_manifold == 0:
-        plot(models, titles, first, args.out / "decision_boundaries.png")
+        decision_regions({titles[n]: m for n, m in models.items()}, first, args.out / "decision_boundaries.png")
     return report
 
 

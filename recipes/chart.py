@@ -15,9 +15,11 @@ no labels) of FashionMNIST, MNIST, SVHN, CIFAR-10, or to the two-rings points.
     python recipes/semisupervised.py --dataset fashionmnist --chart-path runs/chart_fashionmnist_vae/model
 
 Writes ``<out>/model/`` (safetensors + JSON, loadable by ``robustreg.checkpoint.load_model`` and
-``recipes/semisupervised.py --chart-path``), ``metrics.jsonl``, ``summary.json``, ``reconstructions.png``
-and checkpoints. Under several processes each takes a share of every batch and the gradients are
-averaged before each Adam step.
+``recipes/semisupervised.py --chart-path``), ``metrics.jsonl`` (training losses, and the
+reconstruction error on 256 held-out test images every ``--eval-every`` steps and at the end),
+``summary.json``, ``reconstructions.png`` and checkpoints. Under several processes each takes a
+share of every batch and the gradients are averaged before each Adam step. Charts train in
+float32 with one Adam step a batch (no ``--mixed-precision``, no ``--grad-accum``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import skeleton
 
+import robustreg
 from robustreg.charts import (
     VAE,
     AutoEncoder,
@@ -101,12 +104,16 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
         if cfg.kind != "mlp-ae":
             raise SystemExit("error: two-rings points are vectors: use --kind mlp-ae")
         images = rings_ssl(3000, seed=cfg.seed).x_unlabeled  # (3000, 2)
+        held = rings_ssl(256, seed=cfg.seed + 1).x_unlabeled  # other points of the same rings
     else:
-        images = skeleton.load_images(cfg, cfg.dataset, n_train=cfg.train_size)[0][0]
+        (images, _), (held, _) = skeleton.load_images(cfg, cfg.dataset, n_train=cfg.train_size, n_test=256)
+    if cfg.mixed_precision != "no" or cfg.grad_accum != 1:
+        raise SystemExit("error: charts train in float32, one Adam step a batch: no --mixed-precision or --grad-accum")
     run = skeleton.Run(cfg, f"chart_{cfg.dataset}_{cfg.kind}")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
     chart = build(cfg.kind, tuple(images.shape[1:]), cfg.latent, cfg.width, circular=cfg.circular).to(acc.device)
+    run.describe(cfg.kind, chart.config)
     lr = cfg.lr or (2e-4 if cfg.kind == "lgan" else 1e-3)
     if cfg.kind == "lgan":
         opts = dict(zip(("opt_g", "opt_d"), lgan_optimizers(chart, lr), strict=True))
@@ -146,25 +153,34 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
                 run.log(done, done / per_epoch, **{k: acc.reduce(v, "mean") for k, v in values.items()})
             else:
                 run.advance(done)
+            if run.due(done, cfg.eval_every, steps) and done < steps:
+                with run.paused():
+                    if run.main:
+                        run.log(done, done / per_epoch, kind="eval", **recon_errors(chart, held.to(acc.device))[0])
+                    acc.wait_for_everyone()
             if run.due(done, cfg.checkpoint_every, steps):
                 run.checkpoint(done)
-    chart.eval()
     summary: dict[str, Any] = {"kind": cfg.kind, "dataset": cfg.dataset, "steps": steps}
     if run.main:
-        held = images[:256].to(acc.device)
-        with torch.no_grad():
-            recon = reconstruct(chart, held)
-        summary["recon_error"] = float((recon - held).flatten(1).norm(dim=1).mean())
-        summary["relative_recon_error"] = summary["recon_error"] / float(held.flatten(1).norm(dim=1).mean())
+        held = held.to(acc.device)
+        errors, recon = recon_errors(chart, held)
+        run.log(steps, steps / per_epoch, kind="eval", **errors)
+        summary |= errors
         if held.dim() == 4:
-            import plots
+            from robustreg import plots
 
             rows = [("x", held[:8]), ("on the chart", recon[:8].clamp(0, 1)), ("r_difference", recon[:8] - held[:8])]
             plots.image_rows(rows, run.out / "reconstructions.png", f"{cfg.kind} chart on {cfg.dataset}")
             summary["reconstructions_plot"] = str(run.out / "reconstructions.png")
-    return run.finish(
-        chart, arch=cfg.kind, kwargs=chart.config, summary=summary, title=f"{cfg.kind} chart, {cfg.dataset}"
-    )
+    return run.finish(chart, summary=summary, title=f"{cfg.kind} chart, {cfg.dataset}")
+
+
+def recon_errors(chart: nn.Module, x: Tensor) -> tuple[dict[str, float], Tensor]:
+    """Mean ``‖x̂ − x‖₂`` (``recon_error``) and its ratio to the mean ``‖x‖₂`` on held-out ``x``, and x̂."""
+    with robustreg.inner_mode(chart, "eval"), torch.no_grad():
+        recon = reconstruct(chart, x)
+    error = float((recon - x).flatten(1).norm(dim=1).mean())
+    return {"recon_error": error, "relative_recon_error": error / float(x.flatten(1).norm(dim=1).mean())}, recon
 
 
 def reconstruct(chart: nn.Module, x: Tensor) -> Tensor:

@@ -4,12 +4,15 @@ unbounded attack reaches 0%).
 
 The model directory (``<out>/model`` of ``recipes/robust.py``, ``recipes/semisupervised.py`` or
 ``recipes/msa_stability.py``) holds safetensors weights and a JSON of architecture and run
-options; the data set, its split and the default ε come from there.
+options; the data set, its split and the default ε come from there. A checkpoint directory
+(``<out>/checkpoints/step_N``, also of a run still going) works too: its architecture is read from
+``<out>/run.json``.
 
     python recipes/evaluate.py runs/robust_mnist_pgd/model --data-dir ../shared/data
     python recipes/evaluate.py runs/robust_cifar10_trades/model --pgd 20 100 --restarts 5 --eps 0.03137
 
-Prints a table and writes ``evaluation.json`` next to the model directory (or ``--out``).
+Prints a table and writes ``evaluation.json`` next to the model directory, or into the checkpoint
+directory (or to ``--out``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import skeleton
 
 import robustreg
-from robustreg.checkpoint import load_model
+from robustreg.checkpoint import ARCHITECTURES, load_model
 from robustreg.data import rings_ssl, two_rings
 
 EPS = {"mnist": 0.3, "fashionmnist": 0.3, "cifar10": 8 / 255, "svhn": 8 / 255, "two-rings": 0.25}
@@ -65,7 +68,7 @@ def test_data(run_cfg: dict[str, Any], args: argparse.Namespace) -> tuple[Tensor
             return rings.x_unlabeled, rings.y_unlabeled
         gen = torch.Generator().manual_seed(seed)
         two_rings(run_cfg.get("train_size") or 4000, generator=gen)  # the training draw comes first
-        return two_rings(args.eval_size or 1000, generator=gen)
+        return two_rings(run_cfg.get("eval_size") or 1000, generator=gen)  # the run's test draw
     cfg = SimpleNamespace(
         data_dir=args.data_dir or run_cfg.get("data_dir", "../shared/data"),
         synthetic=run_cfg.get("synthetic", False) if args.synthetic is None else args.synthetic,
@@ -77,10 +80,19 @@ def test_data(run_cfg: dict[str, Any], args: argparse.Namespace) -> tuple[Tensor
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     skeleton._setup_logging(True)
+    path = Path(args.model)
+    # a checkpoint of accelerator.save_state (<out>/checkpoints/step_N): the architecture is in <out>/run.json
+    meta_file = (
+        path.parents[1] / "run.json" if (path / "model.safetensors").is_file() and len(path.parents) > 1 else None
+    )
+    if (path / "model.json").is_file() or meta_file is None or not meta_file.is_file():
+        meta_file = None
     try:
-        model, meta = load_model(args.model)
+        model, meta = load_model(path, meta_file=meta_file)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    if meta["arch"] not in ARCHITECTURES:
+        raise SystemExit(f"error: {path} holds a {meta['arch']} chart, not a classifier")
     run_cfg = meta["config"]
     if "dataset" not in run_cfg:
         raise SystemExit(f"error: {args.model}/model.json records no data set: not a recipe's classifier")
@@ -106,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         masking = robustreg.gradient_masking_report(model, (x, y), eps=eps, bounds=bounds, batch_size=250)
         report["masking"] = {"passed": masking.passed, "accuracy": masking.accuracy}
         report["masking"]["checks"] = [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in masking.checks]
-    out = Path(args.out) if args.out else Path(args.model).resolve().parent / "evaluation.json"
+    default = path.resolve().parent / "evaluation.json" if meta_file is None else path / "evaluation.json"
+    out = Path(args.out) if args.out else default
     out.write_text(json.dumps(report, indent=2))
     table = {k: v for k, v in report.items() if k != "masking"}
     if args.masking:

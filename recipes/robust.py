@@ -2,30 +2,41 @@
 PGD, YOPO, Free, Fast or ATTA) on MNIST, FashionMNIST, CIFAR-10, SVHN or two rings with nuisance
 dimensions; robust accuracy (PGD-k and CW-ℓ∞) during and after training.
 
-Defaults follow the papers: MNIST / FashionMNIST SmallCNN, ε = 0.3, PGD-40 of α = 0.01 inside
-training (Madry et al.), SGD (momentum 0.9) at lr 0.01 for 100 epochs (TRADES' MNIST setting);
-CIFAR-10 / SVHN PreAct-ResNet-18, ε = 8/255, PGD-10 of α = 2/255, SGD at lr 0.1 with weight decay
-5e-4 for 100 epochs; the learning rate drops 10× at 75% and 90% of training (TRADES). Two rings
-(generated, 2 + 48 nuisance dimensions, no files, as ``python -m robustreg.demo``): an MLP,
-ε = 0.25 unbounded, PGD-7 of ε/4, Adam at 3e-3, 20 epochs of 4000 points. Method
-knobs (``None`` = the default above or the paper's):
+Defaults follow the papers (``None`` in ``--help`` means the data set's default):
 
-- ``pgd``: ``--steps``, ``--alpha``; ``fast``: α = 1.25ε (Wong et al.); ``free``: each batch
-  replayed ``--replays`` (8) times, δ carried over (Shafahi et al.; ``--epochs`` counts passes, the
-  paper runs epochs/m of them); ``trades``: ``--beta`` (6; TRADES uses 1 on MNIST);
-- ``yopo`` / ``yopo-trades``: YOPO-m-n, ``--yopo-m`` (5) full passes of ``--yopo-n`` (3) first-layer
-  steps; the paper's lr is for summed gradients, ours are averaged, so it is multiplied by m;
-- ``atta``: ATTA-k with k = ``--steps`` (1) from the perturbation stored per sample;
-- ``amata-<engine>``: Amata anneals K from ``--k-min`` to ``--k-max`` with α = τ/K (τ =
-  ``--tau``, default 0.4 MNIST, 8/255·… on CIFAR: ``K_max·α``) over the epochs.
+- MNIST / FashionMNIST: SmallCNN, ε = 0.3, PGD-40 of α = 0.01 inside training (Madry et al.), SGD
+  (momentum 0.9) at lr 0.01 for 100 epochs (TRADES' MNIST setting);
+- CIFAR-10 / SVHN: PreAct-ResNet-18, ε = 8/255, PGD-10 of α = 2/255, SGD at lr 0.1 (SVHN 0.01)
+  with weight decay 5e-4 for 100 epochs;
+- the learning rate drops 10× at 75% and 90% of training (TRADES);
+- two rings (generated, 2 + 48 nuisance dimensions, no files, as ``python -m robustreg.demo``): an
+  MLP, ε = 0.25 unbounded, PGD-7 of ε/4, Adam at 3e-3, 20 epochs of 4000 points, ε growing
+  linearly over the first 5 epochs (``--eps-warmup``; without it, training at the full ε from the
+  start collapses to a constant classifier on most seeds).
 
-    python recipes/robust.py --dataset two-rings --method trades            # no files, ~1 minute
+Method knobs:
+
+- ``pgd``: ``--steps``, ``--alpha``; ``fast``: α = 1.25ε (Wong et al.); ``trades``: ``--beta``
+  (6; the TRADES paper uses 1 on MNIST);
+- ``free``: each batch replayed ``--replays`` (8) times with δ carried over (Shafahi et al.);
+  ``--epochs`` counts passes over the data, of which the paper runs epochs/m;
+- ``yopo`` / ``yopo-trades``: YOPO-m-n with ``--yopo-m`` (5) full passes of ``--yopo-n``
+  first-layer steps (10 on the MNISTs, 3 otherwise: the paper's YOPO-5-10 and YOPO-5-3). The
+  paper's learning rate is for the sum of the m gradients; ours averages them, so lr is
+  multiplied by m;
+- ``atta``: ATTA-k, k = ``--steps`` (1), from each sample's stored perturbation; under several
+  processes the stores are gathered after every step, so every process keeps every sample's δ;
+- ``amata-<engine>``: Amata anneals K from ``--k-min`` to ``--k-max`` over the epochs with
+  α = τ/K (τ = ``--tau``: 0.4 on the MNISTs, 10·2/255 on CIFAR-10 / SVHN); over Fast-AT it
+  anneals the start.
+
+    python recipes/robust.py --dataset two-rings --method trades            # no files, ~15 s
     python recipes/robust.py --dataset mnist --method yopo --epochs 40 --data-dir ../shared/data
     accelerate launch recipes/robust.py --dataset cifar10 --method amata-pgd
 
-Writes ``metrics.jsonl``, ``curves.png`` (clean and PGD accuracy vs wall time and epoch),
-``summary.json`` (final clean, PGD-20, PGD-40 and CW accuracy), ``model/`` and ``checkpoints/``
-under ``--out``; ``recipes/evaluate.py`` evaluates the model further.
+Writes ``run.json``, ``metrics.jsonl``, ``curves.png`` (clean and PGD accuracy vs wall time and
+epoch), ``summary.json`` (final clean, PGD-20, PGD-40 and CW accuracy), ``model/`` and
+``checkpoints/`` under ``--out``; ``recipes/evaluate.py`` evaluates the model further.
 """
 
 from __future__ import annotations
@@ -53,7 +64,7 @@ ENGINES = ("pgd", "fast", "free", "trades", "yopo", "yopo-trades", "atta")
 METHODS = ("natural", *ENGINES, "amata-pgd", "amata-yopo", "amata-free", "amata-fast", "amata-atta")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "mnist": dict(arch="smallcnn", eps=0.3, alpha=0.01, steps=40, lr=0.01, weight_decay=0.0, epochs=100,
-                  batch_size=128, k_min=10, k_max=40, tau=0.4, bounds=(0.0, 1.0), optimizer="sgd"),
+                  batch_size=128, k_min=10, k_max=40, tau=0.4, bounds=(0.0, 1.0), optimizer="sgd", yopo_n=10),
     "cifar10": dict(arch="preact_resnet18", eps=8 / 255, alpha=2 / 255, steps=10, lr=0.1, weight_decay=5e-4,
                     epochs=100, batch_size=128, k_min=2, k_max=10, tau=10 * 2 / 255, bounds=(0.0, 1.0),
                     optimizer="sgd"),
@@ -87,7 +98,7 @@ class RobustConfig(skeleton.RunConfig):
     beta: float = skeleton.opt(6.0, "TRADES' β (TRADES paper: 6 on CIFAR-10, 1 on MNIST)")
     replays: int = skeleton.opt(8, "Free-AT: replays per batch, m (Free-AT paper: 8)")
     yopo_m: int = skeleton.opt(5, "YOPO: full passes per batch, m")
-    yopo_n: int = skeleton.opt(3, "YOPO: first-layer steps per pass, n")
+    yopo_n: int | None = skeleton.opt(None, "YOPO: first-layer steps per pass, n (YOPO paper: 10 MNIST, 3 CIFAR-10)")
     atta_reset: int = skeleton.opt(0, "ATTA: forget the stored perturbations every N epochs (0: never)")
     k_min: int | None = skeleton.opt(None, "Amata: K at the start (10 MNIST, 2 CIFAR-10)")
     k_max: int | None = skeleton.opt(None, "Amata: K at the end (40 MNIST, 10 CIFAR-10)")
@@ -165,6 +176,7 @@ def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], atks: dict[str, Any]
 def resolve(cfg: RobustConfig) -> RobustConfig:
     d = DEFAULTS[cfg.dataset]
     cfg = dataclasses.replace(cfg, eps_warmup=d.get("eps_warmup", 0) if cfg.eps_warmup is None else cfg.eps_warmup)
+    cfg = dataclasses.replace(cfg, yopo_n=d.get("yopo_n", 3) if cfg.yopo_n is None else cfg.yopo_n)
     keys = (
         "optimizer",
         "arch",
@@ -200,6 +212,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     kwargs = model_kwargs(cfg, train[0])
     model = ARCHITECTURES[cfg.arch](**kwargs)
+    run.describe(cfg.arch, kwargs)
     engine = cfg.method.removeprefix("amata-")
     lr = cfg.lr * (cfg.yopo_m if engine.startswith("yopo") else 1)  # averaged, not summed, gradients
     if cfg.optimizer == "adam":
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     if run.main:
         summary |= evaluate(acc.unwrap_model(model), test_dev, attacks(cfg, cfg.eval_pgd))
     title = f"{cfg.method}, {cfg.dataset}, ε = {cfg.eps:.4g}"
-    return run.finish(model, arch=cfg.arch, kwargs=kwargs, summary=summary, title=title)
+    return run.finish(model, summary=summary, title=title)
 
 
 if __name__ == "__main__":

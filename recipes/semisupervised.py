@@ -51,10 +51,10 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import chart as chart_recipe
-import plots
 import skeleton
 
 import robustreg
+from robustreg import plots
 from robustreg.charts import RingsChart, load_chart
 from robustreg.checkpoint import ARCHITECTURES, load_model, save_model
 from robustreg.data import label_split, rings_ssl
@@ -120,6 +120,8 @@ class Data:
 
 def load_data(cfg: SSLConfig) -> Data:
     if cfg.dataset == "two-rings":
+        if cfg.labels % 2:
+            raise SystemExit(f"error: --labels must be a multiple of the 2 rings, got {cfg.labels}")
         rings = rings_ssl(cfg.n_unlabeled, labeled_per_class=cfg.labels // 2, seed=cfg.seed)
         # evaluated on the unlabeled points' hidden labels (transductive), as the TNAR paper
         return Data(
@@ -158,14 +160,17 @@ def get_chart(cfg: SSLConfig, data: Data, out: Path) -> Any:
         return RingsChart(data.rings.embedding, data.rings.radii)
     if cfg.chart_path:
         path = Path(cfg.chart_path)
-        chart = load_model(path)[0] if path.is_dir() else load_chart(path)
+        try:
+            chart = load_model(path)[0] if path.is_dir() else load_chart(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: --chart-path {path}: {err}") from None
     else:
         log.info("no --chart-path: training a %s chart for %d epochs first", cfg.chart, cfg.chart_epochs)
         chart = chart_recipe.fit(cfg.chart, data.unlabeled, epochs=cfg.chart_epochs, seed=cfg.seed)
         if skeleton.is_main():
             save_model(chart, out / "chart")
-    if getattr(chart, "kind", None) != cfg.chart and not (cfg.chart == "ae" and chart.kind == "mlp-ae"):
-        log.warning("--chart %s but the chart file holds a %s chart; using the file's", cfg.chart, chart.kind)
+    if getattr(chart, "kind", None) != cfg.chart:
+        log.warning("--chart %s, but --chart-path holds a %s chart: using it", cfg.chart, chart.kind)
     return chart.requires_grad_(False).eval()
 
 
@@ -189,6 +194,7 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
     torch.manual_seed(cfg.seed)
     kwargs = model_kwargs(cfg, data)
     model = ARCHITECTURES[cfg.arch](**kwargs)
+    run.describe(cfg.arch, kwargs)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     decay_from = int(cfg.decay_start * cfg.steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -253,9 +259,7 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
             )
         )  # fmt: skip
     summary = {"method": method, "dataset": cfg.dataset, "labels": cfg.labels, "steps": cfg.steps, "acc": final}
-    summary = run.finish(
-        model, arch=cfg.arch, kwargs=kwargs, summary={**summary, **extra}, title=f"{method}, {cfg.dataset}"
-    )
+    summary = run.finish(model, summary={**summary, **extra}, title=f"{method}, {cfg.dataset}")
     return bare, summary
 
 
@@ -279,6 +283,8 @@ def resolve(cfg: SSLConfig) -> SSLConfig:
         raise SystemExit(f"error: --decay-start must be in [0, 1], got {cfg.decay_start}")
     if cfg.steps < 1 or cfg.labels < 2:
         raise SystemExit("error: --steps must be >= 1 and --labels >= 2")
+    if cfg.dataset == "two-rings" and cfg.chart not in ("oracle", "mlp-ae"):
+        raise SystemExit(f"error: two-rings points are vectors: --chart oracle or mlp-ae, got {cfg.chart}")
     return cfg
 
 

@@ -3,11 +3,11 @@ data streams, rich progress, JSON-lines metrics, checkpoints that resume exactly
 safetensors model and the plots.
 
 A recipe is ``main(argv)``: parse its dataclass with :func:`parse`, open a :class:`Run`, build the
-model, optimizer and loss object, ``run.prepare(...)`` them, ``run.resume(...)``, then loop over
-``range(run.resume(stateful), cfg.steps)`` with :meth:`Run.batches` (every step's batch is a function of
+model, optimizer and loss object, ``run.prepare(...)`` them, ``run.resume(stateful)``, then loop over
+``range(run.start, steps)`` drawing from :meth:`Run.batches` (every step's batch is a function of
 (seed, step) alone, so a resumed run draws exactly the batches the uninterrupted one would),
-calling :meth:`Run.log`, :meth:`Run.evaluated` and :meth:`Run.checkpoint`; :meth:`Run.finish`
-writes the model and the summary.
+calling :meth:`Run.log` and, when :meth:`Run.due`, evaluating (inside :meth:`Run.paused`) and
+:meth:`Run.checkpoint`; :meth:`Run.finish` writes the model, the summary and the plots.
 
 Multiple processes: ``accelerate launch`` starts them; each global batch is split between the
 processes by Accelerate (``split_batches=True``), so a run of N processes with ``--batch-size B``
@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import robustreg
-from robustreg.checkpoint import save_model
-from robustreg.data import VISION, load_vision, synthetic_vision
+from robustreg.checkpoint import save_model, write_meta
+from robustreg.data import load_vision, synthetic_vision
 
 log = logging.getLogger("robustreg.recipes")
 
@@ -94,9 +94,8 @@ def parse(config_cls: type, argv: Sequence[str] | None, description: str, **defa
             (item,) = typing.get_args(kind)
             parser.add_argument(flag, type=item, nargs="+", default=default, help=help_text)
         else:
-            base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-            if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-                kind = base
+            if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
             parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
     unknown = set(defaults) - {f.name for f in dataclasses.fields(config_cls)}
     if unknown:
@@ -135,30 +134,22 @@ def load_images(cfg: Any, dataset: str, n_train: int = 0, n_test: int = 0) -> tu
     return train, test
 
 
-def image_shape(dataset: str) -> tuple[int, int, int]:
-    return VISION[dataset][1]
-
-
 class StepBatches(Sampler[list[int]]):
     """Index batches for the steps ``start, start + 1, …, stop − 1`` of a stream over ``n`` samples.
 
-    Step t reads batch ``b = t // repeat`` (``repeat > 1`` replays each batch, as Free-AT does);
-    batch b is slice ``b mod k`` (``k = n // batch_size`` batches per epoch, the last partial one
-    dropped) of the permutation of epoch ``b // k``, drawn from a generator seeded by
+    Step t reads slice ``t mod k`` (``k = n // batch_size`` batches per epoch, the last partial one
+    dropped) of the permutation of epoch ``t // k``, drawn from a generator seeded by
     ``(seed, epoch)``. Every batch is a function of (seed, t) alone: a resumed run reads exactly
     the batches the uninterrupted run would have. A set smaller than the batch is one batch."""
 
     drop_last = True
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, start: int, stop: int, repeat: int = 1) -> None:
-        if n < 1 or batch_size < 1 or repeat < 1:
-            raise ValueError(f"n, batch_size and repeat must be >= 1, got {n}, {batch_size}, {repeat}")
+    def __init__(self, n: int, batch_size: int, *, seed: int, start: int, stop: int) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"n and batch_size must be >= 1, got {n}, {batch_size}")
         self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
-        self.start, self.stop, self.repeat = start, stop, repeat
+        self.start, self.stop = start, stop
         self.per_epoch = n // self.batch_size
-
-    def epoch_of(self, step: int) -> int:
-        return step // self.repeat // self.per_epoch
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
@@ -166,7 +157,7 @@ class StepBatches(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         epoch, order = -1, torch.empty(0, dtype=torch.long)
         for t in range(self.start, self.stop):
-            e, k = divmod(t // self.repeat, self.per_epoch)
+            e, k = divmod(t, self.per_epoch)
             if e != epoch:
                 epoch = e
                 order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + e))
@@ -232,9 +223,18 @@ class Run:
         self._tick = time.perf_counter()
         self._bar: Any = None
         self._paused = False
-        self.history: list[dict[str, Any]] = []
+        self.arch, self.kwargs = "", {}
 
     # -- set-up ------------------------------------------------------------------------------
+    def describe(self, arch: str, kwargs: dict[str, Any]) -> None:
+        """Record the model's architecture (a :data:`robustreg.checkpoint.ARCHITECTURES` name or a chart
+        kind) and constructor arguments: written to ``run.json`` now, so that
+        ``recipes/evaluate.py <out>/checkpoints/step_N`` can evaluate a checkpoint before the run
+        ends, and to ``model/model.json`` by :meth:`finish`."""
+        self.arch, self.kwargs = arch, kwargs
+        if self.main:
+            write_meta(self.out / "run.json", arch=arch, kwargs=kwargs, config=jsonable(dataclasses.asdict(self.cfg)))
+
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
         """``accelerator.prepare`` the model(s), optimizer(s) and scheduler(s)."""
         prepared = self.accelerator.prepare(*objects)
@@ -266,7 +266,6 @@ class Run:
         if self.main and self.metrics_path.exists():  # drop what the interrupted run logged past the checkpoint
             lines = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= self.start]
             self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
-            self.history = [json.loads(ln) for ln in lines]
         log.info("resumed from %s at step %d", latest, self.start)
 
     def latest_checkpoint(self) -> Path | None:
@@ -274,13 +273,13 @@ class Run:
         return found[-1] if found else None
 
     def batches(
-        self, tensors: Sequence[Tensor], batch_size: int, *, stop: int, repeat: int = 1, stream: int = 0
+        self, tensors: Sequence[Tensor], batch_size: int, *, stop: int, stream: int = 0
     ) -> Iterator[list[Tensor]]:
         """The batches of the steps ``start … stop − 1`` over ``tensors`` (sharing their first
         dimension), on the accelerator's device, each process holding its share of every global
         batch. ``stream`` separates the shuffles of several streams (labeled, unlabeled)."""
         sampler = StepBatches(
-            len(tensors[0]), batch_size, seed=self.cfg.seed * 7919 + stream, start=self.start, stop=stop, repeat=repeat
+            len(tensors[0]), batch_size, seed=self.cfg.seed * 7919 + stream, start=self.start, stop=stop
         )
         if sampler.batch_size % self.accelerator.num_processes:
             raise SystemExit(
@@ -337,7 +336,6 @@ class Run:
         values = {k: float(v) if isinstance(v, Tensor) else v for k, v in metrics.items()}
         row = {"step": step, "epoch": round(epoch, 4), "wall": round(self.wall(), 3), "kind": kind, **values}
         if self.main:
-            self.history.append(row)
             with self.metrics_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
             if self._bar is not None:
@@ -381,18 +379,19 @@ class Run:
                     shutil.rmtree(old)
 
     # -- the end -------------------------------------------------------------------------------
-    def finish(
-        self, model: nn.Module, *, arch: str, kwargs: dict[str, Any], summary: dict[str, Any], title: str
-    ) -> dict[str, Any]:
-        """Save the bare model (``model/``: safetensors + JSON), write ``summary.json``, plot the
-        curves, print the summary table; returns the summary (with the output paths)."""
+    def finish(self, model: nn.Module, *, summary: dict[str, Any], title: str) -> dict[str, Any]:
+        """Save the bare model (``model/``: safetensors + JSON, the architecture given to
+        :meth:`describe`), write ``summary.json``, plot the curves, print the summary table; returns
+        the summary (with the output paths)."""
         self.accelerator.wait_for_everyone()
         summary = {**summary, "wall_seconds": round(self.state.wall, 2), "processes": self.accelerator.num_processes}
         summary["out"] = str(self.out)
         if self.main:
             bare = self.accelerator.unwrap_model(model)
             cfg = jsonable(dataclasses.asdict(self.cfg))
-            save_model(bare, self.out / "model", arch=arch, kwargs=kwargs, config=cfg, metrics=jsonable(summary))
+            save_model(
+                bare, self.out / "model", arch=self.arch, kwargs=self.kwargs, config=cfg, metrics=jsonable(summary)
+            )
             summary["model"] = str(self.out / "model")
             summary["metrics"] = str(self.metrics_path)
             plot = plot_curves(self.metrics_path, self.out / "curves.png", title)

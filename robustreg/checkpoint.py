@@ -66,20 +66,39 @@ def save_model(
     kwargs = kwargs if kwargs is not None else getattr(model, "config", {})
     if arch not in _registry():
         raise ValueError(f"arch must be one of {sorted(_registry())}, got {arch!r}")
-    meta = {"format": FORMAT, "version": VERSION, "arch": arch, "kwargs": kwargs, "config": config or {}}
-    meta["metrics"] = metrics or {}
-    text = json.dumps(meta, indent=2)  # fails here, before anything is written, on non-JSON values
+    json.dumps([kwargs, config, metrics])  # fails here, before anything is written, on non-JSON values
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": FORMAT})
-    (directory / "model.json").write_text(text)
+    write_meta(directory / "model.json", arch=arch, kwargs=kwargs, config=config, metrics=metrics)
     return directory
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    """The ``model.json`` of a saved model, checked."""
-    path = Path(directory) / "model.json"
+def write_meta(
+    path: str | Path,
+    *,
+    arch: str,
+    kwargs: dict[str, Any],
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write the JSON half of a saved model to ``path`` alone (a recipe writes ``run.json`` this way
+    when it starts, so that its checkpoints' weights can be loaded before it finishes)."""
+    if arch not in _registry():
+        raise ValueError(f"arch must be one of {sorted(_registry())}, got {arch!r}")
+    meta = {"format": FORMAT, "version": VERSION, "arch": arch, "kwargs": kwargs, "config": config or {}}
+    meta["metrics"] = metrics or {}
+    text = json.dumps(meta, indent=2)  # fails here, before anything is written, on non-JSON values
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def read_meta(directory: str | Path, meta_file: str | Path | None = None) -> dict[str, Any]:
+    """The ``model.json`` of a saved model (or ``meta_file``), checked."""
+    path = Path(meta_file) if meta_file is not None else Path(directory) / "model.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a saved model is a directory with model.json and model.safetensors")
     meta = json.loads(path.read_text())
@@ -88,11 +107,16 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_model(directory: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_model`: returns ``(model in eval mode, meta)``."""
+def load_model(
+    directory: str | Path, map_location: str | torch.device = "cpu", *, meta_file: str | Path | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_model`: returns ``(model in eval mode, meta)``.
+
+    ``meta_file`` takes the architecture from another JSON (a recipe's ``run.json``) and the weights
+    from ``directory/model.safetensors`` (an ``accelerator.save_state`` checkpoint)."""
     from safetensors.torch import load_file
 
-    meta = read_meta(directory)
+    meta = read_meta(directory, meta_file)
     model = _registry()[meta["arch"]](**meta["kwargs"])
     state = load_file(str(Path(directory) / "model.safetensors"), device=str(map_location))
     model.load_state_dict(state)

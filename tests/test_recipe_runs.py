@@ -99,6 +99,8 @@ def test_chart_recipe_then_tnar_with_that_lgan_chart(tmp_path):
     assert summary["kind"] == "lgan" and summary["steps"] == 2 and summary["recon_error"] > 0
     assert {"d", "gan", "locality", "orthonormality"} <= set(rows(chart_out / "metrics.jsonl", "train")[-1])
     assert (chart_out / "reconstructions.png").is_file()
+    proc = run("evaluate.py", str(chart_out / "model"))
+    assert proc.returncode != 0 and "chart, not a classifier" in proc.stderr
     ok(run("semisupervised.py", "--dataset", "fashionmnist", "--synthetic", "--methods", "tnar", "--chart", "lgan",
            "--chart-path", str(chart_out / "model"), "--steps", "2", "--labels", "20", "--batch-labeled", "10",
            "--batch-unlabeled", "10", "--eval-size", "20", "--out", str(tmp_path / "ssl")))  # fmt: skip
@@ -158,7 +160,8 @@ def test_tensorboard_tracker_gets_the_train_and_eval_metrics(tmp_path, recipe_mo
 
 def test_robust_on_synthetic_mnist_with_yopo_and_evaluate_recipe(tmp_path):
     ok(run("robust.py", "--dataset", "mnist", "--synthetic", "--method", "yopo", "--epochs", "1", "--train-size",
-           "64", "--batch-size", "32", "--eval-size", "32", "--eval-pgd", "3", "--out", str(tmp_path)))  # fmt: skip
+           "64", "--batch-size", "32", "--eval-size", "32", "--eval-pgd", "3", "--checkpoint-every", "1",
+           "--out", str(tmp_path)))  # fmt: skip
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["eps"] == 0.3 and load_model(tmp_path / "model")[1]["arch"] == "smallcnn"
     proc = run("evaluate.py", str(tmp_path / "model"), "--pgd", "3", "5", "--cw-steps", "3", "--eval-size", "32")
@@ -168,6 +171,11 @@ def test_robust_on_synthetic_mnist_with_yopo_and_evaluate_recipe(tmp_path):
     assert report["robust_acc"] <= min(report["pgd3_acc"], report["pgd5_acc"], report["cw_acc"], report["clean_acc"])
     assert {c["name"] for c in report["masking"]["checks"]} == {"more steps", "restarts", "fgsm vs pgd", "unbounded"}
     assert "masking checks" in proc.stdout
+    # a checkpoint evaluates too (architecture from run.json): the last one holds the final weights
+    step_2 = tmp_path / "checkpoints" / "step_2"
+    ok(run("evaluate.py", str(step_2), "--pgd", "3", "--cw-steps", "3", "--eval-size", "32", "--no-masking"))
+    at_step_2 = json.loads((step_2 / "evaluation.json").read_text())
+    assert at_step_2["clean_acc"] == report["clean_acc"] and "masking" not in at_step_2
 
 
 def test_evaluate_recipe_on_a_two_rings_model_passes_the_masking_checks(tmp_path):

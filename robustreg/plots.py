@@ -1,4 +1,5 @@
-"""Plots the recipes share: two-rings decision regions and the TNAR perturbation grid."""
+"""Plots of the recipes and benchmarks: two-rings decision regions, rows of images, and the TNAR
+perturbation grid (the TNAR paper's Fig. 4). matplotlib draws them off-screen (Agg)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from robustreg.data import RingsSSL
+from .data import RingsSSL
 
 
 def _pyplot():

@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x, y = test_data(run_cfg, args)
     if args.eval_size:
         x, y = x[: args.eval_size], y[: args.eval_size]
-    eps = args.eps if args.eps is not None else run_cfg.get("eps") or EPS[run_cfg["dataset"]]
+    # a robust run's training ε; a semi-supervised run's "eps" is VAT's ℓ2 radius, not a threat model
+    trained_eps = None if "methods" in run_cfg else run_cfg.get("eps")
+    eps = args.eps if args.eps is not None else trained_eps or EPS[run_cfg["dataset"]]
     bounds = None if run_cfg["dataset"] == "two-rings" else (0.0, 1.0)
     attacks = {
         f"pgd{k}": robustreg.PGD(

@@ -37,3 +37,9 @@ def test_two_rings_shapes_and_radii():
     assert x.shape == (500, 5) and set(y.tolist()) == {0, 1}
     r = x[:, :2].norm(dim=1)
     torch.testing.assert_close(r, torch.tensor([1.0, 2.0])[y])
+
+
+def test_demo_pgdat_is_robust_on_another_seed_thanks_to_the_eps_warm_up():
+    # at the full ε from the first step, PGD-AT on seed 1 collapsed to a constant classifier (50.5%)
+    res = main(["--json", "--seed", "1", "--methods", "pgdat"])
+    assert res["pgdat"]["clean"] > 0.95 and res["pgdat"]["robust"] > 0.8

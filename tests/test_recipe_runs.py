@@ -75,6 +75,11 @@ def test_semisupervised_two_rings_every_method(tmp_path):
             acc = (model(rings.x_unlabeled).argmax(1) == rings.y_unlabeled).float().mean()
         assert float(acc) == pytest.approx(summary["acc"])
         assert meta["config"]["methods"] == methods and meta["arch"] == "mlp"
+    # evaluate.py on a semi-supervised model: ℓ∞ ε = 0.25 for the rings, not VAT's ℓ2 radius 0.3
+    proc = run("evaluate.py", str(tmp_path / "tnar" / "model"), "--pgd", "3", "--cw-steps", "3", "--no-masking")
+    ok(proc)
+    report = json.loads((tmp_path / "tnar" / "evaluation.json").read_text())
+    assert report["eps"] == 0.25 and report["n"] == 300 and report["clean_acc"] == pytest.approx(res["tnar"]["acc"])
     assert {"tar", "nar"} <= set(rows(tmp_path / "tnar" / "metrics.jsonl", "train")[-1])
     assert "entropy" in rows(tmp_path / "vat-entmin" / "metrics.jsonl", "train")[-1]
 

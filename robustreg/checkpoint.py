@@ -64,14 +64,12 @@ def save_model(
 
     arch = arch if arch is not None else getattr(model, "kind", None)
     kwargs = kwargs if kwargs is not None else getattr(model, "config", {})
-    if arch not in _registry():
-        raise ValueError(f"arch must be one of {sorted(_registry())}, got {arch!r}")
-    json.dumps([kwargs, config, metrics])  # fails here, before anything is written, on non-JSON values
+    text = _meta_text(arch, kwargs, config, metrics)  # checked before anything is written
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": FORMAT})
-    write_meta(directory / "model.json", arch=arch, kwargs=kwargs, config=config, metrics=metrics)
+    (directory / "model.json").write_text(text)
     return directory
 
 
@@ -85,15 +83,19 @@ def write_meta(
 ) -> Path:
     """Write the JSON half of a saved model to ``path`` alone (a recipe writes ``run.json`` this way
     when it starts, so that its checkpoints' weights can be loaded before it finishes)."""
-    if arch not in _registry():
-        raise ValueError(f"arch must be one of {sorted(_registry())}, got {arch!r}")
-    meta = {"format": FORMAT, "version": VERSION, "arch": arch, "kwargs": kwargs, "config": config or {}}
-    meta["metrics"] = metrics or {}
-    text = json.dumps(meta, indent=2)  # fails here, before anything is written, on non-JSON values
+    text = _meta_text(arch, kwargs, config, metrics)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def _meta_text(arch: object, kwargs: dict[str, Any], config: dict | None, metrics: dict | None) -> str:
+    """``model.json``'s text; raises on an unknown ``arch`` or a non-JSON value."""
+    if arch not in _registry():
+        raise ValueError(f"arch must be one of {sorted(_registry())}, got {arch!r}")
+    meta = {"format": FORMAT, "version": VERSION, "arch": arch, "kwargs": kwargs, "config": config or {}}
+    return json.dumps({**meta, "metrics": metrics or {}}, indent=2)
 
 
 def read_meta(directory: str | Path, meta_file: str | Path | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from .linearize import Linearization, sigmoid_stack
 
 
 def _check_shape(image_shape: Sequence[int], latent: int, width: int) -> tuple[int, int, int]:
@@ -69,6 +70,24 @@ class _ConvChart(nn.Module):
     def decode(self, z: Tensor) -> Tensor:  # (B, latent) -> (B, C, H, W)
         h = self.expand(z).view(-1, *self._grid)
         return torch.sigmoid(self.generate(h))
+
+    def linearize(self, z: Tensor) -> Linearization:
+        """``decode(z)`` with the exact products ``v ↦ Jv`` and ``u ↦ Jᵀu`` of ``J = ∂decode/∂z``
+        at z, written out layer by layer (:mod:`robustreg.charts.linearize`); what
+        :class:`robustreg.TNAR` uses for this chart. Not differentiable in the chart's weights."""
+        w = self.expand.weight  # (flat, latent)
+        with torch.no_grad():
+            head = sigmoid_stack(self.generate, self.expand(z).view(-1, *self._grid))
+
+        @torch.no_grad()
+        def jvp(v: Tensor) -> Tensor:  # (B, latent) -> (B, C, H, W)
+            return head.jvp((v @ w.t()).view(-1, *self._grid))
+
+        @torch.no_grad()
+        def vjp(u: Tensor) -> Tensor:  # (B, C, H, W) -> (B, latent)
+            return head.vjp(u).flatten(1) @ w
+
+        return Linearization(head.point, jvp, vjp)
 
     def loss(self, x: Tensor) -> Tensor:
         """Reconstruction loss: binary cross-entropy summed over pixels, batch mean."""

@@ -39,6 +39,7 @@ from torch.func import jvp, vmap
 
 from .. import _checks
 from .learned import _KINDS, conv_geometry, downsampler
+from .linearize import Linearization, sigmoid_stack
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,7 @@ class LocalizedGAN(nn.Module):
     def at(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The local chart at the batch x: ``(zeros (B, latent), z ↦ G(x, z))`` with x detached
         (its features are computed once, here)."""
-        h = self.encoder(x.detach())
-
-        def decode(z: Tensor) -> Tensor:  # (B, latent) -> (B, C, H, W)
-            return self._generate(h, z)
-
-        return x.new_zeros(x.shape[0], self.latent), decode
+        return x.new_zeros(x.shape[0], self.latent), _LocalDecoder(self, self.encoder(x.detach()))
 
     def tangents(self, x: Tensor) -> Tensor:
         """``J_x`` per sample as ``(B, latent, C, H, W)``: column k is ``∂G(x, z)/∂z_k`` at z = 0."""
@@ -123,6 +119,37 @@ class LocalizedGAN(nn.Module):
 
 
 _KINDS[LocalizedGAN.kind] = LocalizedGAN  # load_chart's registry (learned.py cannot import this module)
+
+
+class _LocalDecoder:
+    """``z ↦ G(x, z)`` for a fixed batch x (its features ``h`` computed once), with the exact
+    Jacobian products of :meth:`linearize`."""
+
+    def __init__(self, lgan: LocalizedGAN, h: Tensor) -> None:
+        self.lgan, self.h = lgan, h
+
+    def __call__(self, z: Tensor) -> Tensor:  # (B, latent) -> (B, C, H, W)
+        return self.lgan._generate(self.h, z)
+
+    def linearize(self, z: Tensor) -> Linearization:
+        """``G(x, z)`` with ``v ↦ Jv`` and ``u ↦ Jᵀu`` for ``J = ∂G(x, z)/∂z``: the FiLM input
+        ``h ⊙ (1 + γ(z)) + β(z)`` moves by ``h ⊙ W_γv + W_βv``, then the decoder's products
+        (:func:`robustreg.charts.linearize.sigmoid_stack`). Not differentiable in the weights."""
+        g, h, grid = self.lgan, self.h, self.lgan._grid
+        w_scale, w_shift = g.scale.weight, g.shift.weight  # (flat, latent)
+        with torch.no_grad():
+            head = sigmoid_stack(g.decoder, h * (1 + g.scale(z).view(-1, *grid)) + g.shift(z).view(-1, *grid))
+
+        @torch.no_grad()
+        def jvp(v: Tensor) -> Tensor:
+            return head.jvp(h * (v @ w_scale.t()).view(-1, *grid) + (v @ w_shift.t()).view(-1, *grid))
+
+        @torch.no_grad()
+        def vjp(u: Tensor) -> Tensor:
+            c = head.vjp(u)
+            return (h * c).flatten(1) @ w_scale + c.flatten(1) @ w_shift
+
+        return Linearization(head.point, jvp, vjp)
 
 
 def _locality(x0: Tensor, x: Tensor) -> Tensor:  # (B,)

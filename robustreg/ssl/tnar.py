@@ -12,7 +12,8 @@ batched), the tangent space at x is the span of ``J = ∂decode/∂z`` at ``z = 
   ``normal="penalty"``, the top eigenvector of ``H − ζJJᵀ`` (the tangent space as a penalty).
 
 ``Jᵀu`` is a ``vjp`` of the decoder and ``J v`` the transpose of that linear pullback (exactly a
-``jvp``, computed without re-running the decoder), ``H u`` either VAT's finite
+``jvp``, computed without re-running the decoder), or the chart's own exact products when it
+has ``linearize`` (:class:`Chart`), ``H u`` either VAT's finite
 difference (the gradient of the KL at ξu) or the exact Hessian-vector product. Everything is
 per sample (the charts and the classifier act on each sample separately; with BatchNorm batch
 statistics the products are those of the whole batch, as in VAT).
@@ -37,6 +38,9 @@ TANGENT_MODES = ("linear", "manifold")
 NORMALIZE_MODES = ("l2", "official")
 NORMAL_MODES = ("projection", "penalty")
 
+# a chart's optional ``linearize(z) -> (decode(z), v ↦ Jv, u ↦ Jᵀu)``
+Linearize = Callable[[Tensor], tuple[Tensor, Operator, Operator]]
+
 
 @runtime_checkable
 class Chart(Protocol):
@@ -45,6 +49,10 @@ class Chart(Protocol):
     A *local* chart, whose decoder depends on the point (the Localized GAN's ``G(x, ·)``), may
     define ``at(x) -> (z, decode)`` instead: the coordinates of x and the decoder of its
     neighbourhood. :class:`TNAR` uses ``at`` when a chart has it.
+
+    A chart (or the decoder a local chart returns) may also define ``linearize(z) -> (decode(z),
+    v ↦ Jv, u ↦ Jᵀu)``, exact products with ``J = ∂decode/∂z`` at z; :class:`TNAR` then uses them
+    instead of ``torch.func``'s (the charts of :mod:`robustreg.charts` have it, for speed).
     """
 
     def encode(self, x: Tensor) -> Tensor: ...
@@ -52,15 +60,20 @@ class Chart(Protocol):
     def decode(self, z: Tensor) -> Tensor: ...
 
 
-def chart_at(chart: object, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """``(z, decode)`` of ``chart`` at the batch ``x``: ``chart.at(x)`` for a local chart,
-    otherwise ``(chart.encode(x), chart.decode)``; z is computed without gradients."""
+def chart_at(chart: object, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor], Linearize | None]:
+    """``(z, decode, linearize)`` of ``chart`` at the batch ``x``: ``chart.at(x)`` for a local
+    chart, otherwise ``(chart.encode(x), chart.decode)``; z is computed without gradients.
+    ``linearize`` is the decoder's (a local one's) or the chart's ``linearize`` method, None when
+    it has none."""
     with torch.no_grad():
         if callable(getattr(chart, "at", None)):
             z, decode = chart.at(x)
+            owner = decode
         else:
             z, decode = chart.encode(x), chart.decode
-    return z.detach(), decode
+            owner = chart
+    linearize = getattr(owner, "linearize", None)
+    return z.detach(), decode, linearize if callable(linearize) else None
 
 
 def _is_chart(chart: object) -> bool:
@@ -143,10 +156,10 @@ class TNAR:
         if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
             raise ValueError("x must be a non-empty floating-point batch (B, ...)")
         x = x.detach()
-        z, decode = chart_at(self.chart, x)
+        z, decode, linearize = chart_at(self.chart, x)
         if z.shape[0] != x.shape[0]:
             raise ValueError(f"chart.encode(x) must keep the batch dimension {x.shape[0]}, got {tuple(z.shape)}")
-        ops = _Products(decode, z, self.cg_iters)
+        ops = _Products(decode, z, self.cg_iters, linearize)
         x_chart = ops.point
         if x_chart.shape != x.shape:
             raise ValueError(f"chart.decode(chart.encode(x)) has shape {tuple(x_chart.shape)}, x has {tuple(x.shape)}")
@@ -203,11 +216,23 @@ class _Products:
     call). ``Jv`` is the transpose of that linear pullback: the ``vjp`` of ``u ↦ Jᵀu``, again
     built once. It is exact (the same linear map) and, on the convolutional decoders measured,
     about 3× cheaper than a forward-mode ``jvp``, which recomputes the decoder's primal pass
-    every time. A decoder whose backward cannot be differentiated falls back to ``jvp``.
+    every time. A decoder whose backward cannot be differentiated falls back to ``jvp``. With
+    ``linearize`` (the chart's, :class:`Chart`) both products are the chart's own.
     """
 
-    def __init__(self, decode: Callable[[Tensor], Tensor], z: Tensor, cg_iters: int) -> None:
+    def __init__(
+        self,
+        decode: Callable[[Tensor], Tensor],
+        z: Tensor,
+        cg_iters: int,
+        linearize: Linearize | None = None,
+    ) -> None:
         self.z, self.cg_iters, self.decode = z, cg_iters, decode
+        self._exact: tuple[Operator, Operator] | None = None
+        if linearize is not None:  # the chart's own products
+            point, jvp_fn, vjp_fn = linearize(z)
+            self.point, self._exact = point.detach(), (jvp_fn, vjp_fn)
+            return
         with torch.enable_grad():
             point, self._pullback = vjp(decode, z)
             self.point = point.detach()  # decode(z)
@@ -217,6 +242,8 @@ class _Products:
                 self._transpose = None
 
     def jvp(self, v: Tensor) -> Tensor:
+        if self._exact is not None:
+            return self._exact[0](v).detach()
         if self._transpose is not None:
             try:
                 with torch.enable_grad():
@@ -226,6 +253,8 @@ class _Products:
         return jvp(self.decode, (self.z,), (v,))[1].detach()
 
     def vjp(self, u: Tensor) -> Tensor:
+        if self._exact is not None:
+            return self._exact[1](u).detach()
         return self._pullback(u)[0].detach()
 
     def gram_solve(self, b: Tensor) -> tuple[Tensor, Tensor]:

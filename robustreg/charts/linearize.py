@@ -1,0 +1,132 @@
+"""Exact Jacobian products of the convolutional decoders of this package, written out layer by
+layer, for :class:`robustreg.TNAR`.
+
+TNAR's products with a chart's Jacobian J (``Jv`` and ``Jᵀu``, nine and ten of them a call with
+the defaults) go through ``torch.func`` for any chart. For the decoders here,
+``sigmoid ∘ [ReLU, ConvTranspose2d]*`` after a linear (VAE, autoencoder) or FiLM (Localized GAN)
+map of z, the same two linear maps are cheap to write directly: the ReLU masks and the sigmoid's
+slope are stored once per point, ``Jv`` pushes v through the transposed convolutions and ``Jᵀu``
+pulls u back through their adjoints, plain convolutions. The charts expose them as
+``linearize(z)``, which :class:`robustreg.TNAR` uses when a chart has it; the tests compare both
+products with ``torch.func.jvp``/``vjp`` of ``decode``.
+
+It also evaluates each transposed convolution by the kernel measured fastest for it on the CPU
+(2 cores, PyTorch 2.14; ``benchmarks/step_cost.py --methods natural,vat,tnar``): channels-last
+``conv_transpose2d`` (oneDNN) in general, about 1.6× faster than on a contiguous input, and, for
+a layer with at most four output channels (the image layer), the equivalent sub-pixel
+convolution (Shi et al., 2016) — a dense convolution to ``s²·C_out`` channels followed by
+``pixel_shuffle`` — about 2× faster than either. Other devices get ``conv_transpose2d``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SUBPIXEL_MAX_CHANNELS = 4  # a transposed conv with at most this many outputs runs as a sub-pixel conv on the CPU
+
+
+class Linearization(NamedTuple):
+    """``decode(z)`` and the two exact Jacobian products at z: ``jvp(v) = J v``, ``vjp(u) = Jᵀ u``."""
+
+    point: Tensor
+    jvp: Callable[[Tensor], Tensor]
+    vjp: Callable[[Tensor], Tensor]
+
+
+def _subpixel_taps(kernel: int, stride: int, padding: int) -> tuple[Tensor, Tensor, int] | None:
+    """For one spatial dimension of a transposed convolution whose output is exactly ``stride``
+    times its input (``kernel − 2·padding = stride``): the kernel index ``κ[a, d]`` used by output
+    phase a at tap d of the equivalent dense convolution, whether that tap exists, and the dense
+    convolution's padding. Output ``y = s·i + a`` sums ``h[i − t]·w[s·t + a + p]`` over the t with
+    ``0 ≤ s·t + a + p < k``; tap ``d = t_max − t``."""
+    if kernel - 2 * padding != stride:
+        return None
+    t_max = (stride + padding - 1) // stride  # = −t_min when kernel = stride + 2·padding
+    t = t_max - torch.arange(2 * t_max + 1)
+    kappa = stride * t[None, :] + torch.arange(stride)[:, None] + padding  # (s, K)
+    valid = (kappa >= 0) & (kappa < kernel)
+    return kappa.clamp(0, kernel - 1), valid, t_max
+
+
+def subpixel_weight(layer: nn.ConvTranspose2d) -> tuple[Tensor, int] | None:
+    """The weight ``(s_h·s_w·C_out, C_in, K_h, K_w)`` and padding of the dense convolution that,
+    followed by ``pixel_shuffle``, computes ``layer`` without its bias; None when no such form
+    exists here (groups, dilation, output padding, unequal strides, or an output that is not
+    exactly ``stride ×`` the input)."""
+    (sh, sw), (kh, kw), (ph, pw) = layer.stride, layer.kernel_size, layer.padding
+    if layer.groups != 1 or layer.dilation != (1, 1) or layer.output_padding != (0, 0) or sh != sw:
+        return None
+    taps_h, taps_w = _subpixel_taps(kh, sh, ph), _subpixel_taps(kw, sw, pw)
+    if taps_h is None or taps_w is None or taps_h[2] != taps_w[2]:
+        return None
+    (kap_h, ok_h, pad), (kap_w, ok_w, _) = taps_h, taps_w
+    w = layer.weight  # (C_in, C_out, kh, kw)
+    g = w[:, :, kap_h[:, :, None, None], kap_w[None, None, :, :]]  # (C_in, C_out, s, K_h, s, K_w)
+    g = g * (ok_h[:, :, None, None] & ok_w[None, None, :, :]).to(w.dtype)
+    c_in, c_out = w.shape[:2]
+    # channel c·s² + a_h·s + a_w, the order pixel_shuffle reads
+    return g.permute(1, 2, 4, 0, 3, 5).reshape(c_out * sh * sw, c_in, g.shape[3], g.shape[5]), pad
+
+
+def conv_transpose(x: Tensor, layer: nn.ConvTranspose2d, *, bias: bool = True) -> Tensor:
+    """``layer(x)`` (``bias=False``: without the bias, the layer's linear part), computed by the
+    kernel measured fastest for it on the CPU (module docstring); contiguous output."""
+    b = layer.bias if bias else None
+    geometry = (layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
+    if x.device.type != "cpu":
+        return F.conv_transpose2d(x, layer.weight, b, *geometry)
+    if layer.out_channels <= SUBPIXEL_MAX_CHANNELS and (dense := subpixel_weight(layer)) is not None:
+        weight, pad = dense
+        s = layer.stride[0]
+        b = None if b is None else b.repeat_interleave(s * s)
+        return F.pixel_shuffle(F.conv2d(x, weight, b, padding=pad), s).contiguous()
+    x = x.contiguous(memory_format=torch.channels_last)
+    return F.conv_transpose2d(x, layer.weight, b, *geometry).contiguous()
+
+
+def _adjoint(u: Tensor, layer: nn.ConvTranspose2d) -> Tensor:
+    """The adjoint of ``layer``'s linear part (no output padding), a convolution with the same weight."""
+    return F.conv2d(u, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def sigmoid_stack(layers: nn.Sequential, h: Tensor) -> Linearization:
+    """``sigmoid(layers(h))`` and its exact Jacobian products in h, for ``layers`` made of
+    ``nn.ReLU`` and ``nn.ConvTranspose2d`` (no output padding). Computed without gradients: the
+    products are of the decoder as it is, not differentiable in its parameters."""
+    steps: list[tuple[nn.ConvTranspose2d | None, Tensor | None]] = []  # (layer, None) or (None, ReLU mask)
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.ReLU):
+                mask = h > 0
+                steps.append((None, mask))
+                h = h * mask
+            elif isinstance(layer, nn.ConvTranspose2d):
+                if layer.output_padding != (0, 0):
+                    raise ValueError(f"sigmoid_stack: output_padding is not supported, got {layer}")
+                steps.append((layer, None))
+                h = conv_transpose(h, layer)
+            else:
+                name = type(layer).__name__
+                raise TypeError(f"sigmoid_stack supports nn.ReLU and nn.ConvTranspose2d layers, got {name}")
+        point = torch.sigmoid(h)
+        slope = point * (1 - point)
+
+    def jvp(v: Tensor) -> Tensor:
+        with torch.no_grad():
+            for layer, mask in steps:
+                v = v * mask if layer is None else conv_transpose(v, layer, bias=False)
+            return v * slope
+
+    def vjp(u: Tensor) -> Tensor:
+        with torch.no_grad():
+            u = u * slope
+            for layer, mask in reversed(steps):
+                u = u * mask if layer is None else _adjoint(u, layer)
+            return u
+
+    return Linearization(point, jvp, vjp)

@@ -118,3 +118,26 @@ def test_sigmoid_stack_refuses_layers_it_cannot_linearize():
     layer = nn.ConvTranspose2d(2, 1, 3, 2, 1, output_padding=1)
     with pytest.raises(ValueError, match="output_padding"):
         sigmoid_stack(nn.Sequential(layer), torch.zeros(1, 2, 3, 3))
+
+
+def test_a_subclass_with_its_own_decoder_is_not_linearized_by_the_parents_products():
+    class Flipped(VAE):
+        def decode(self, z):
+            return super().decode(z).flip(-1)  # another tangent space
+
+    class FlippedGAN(LocalizedGAN):
+        def _generate(self, h, z):
+            return super()._generate(h, z).flip(-1)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 4)).to(D)
+    x = torch.rand(3, 1, 8, 8, dtype=D)
+    for chart, plain in ((Flipped((1, 8, 8), 3, 4), Hidden), (FlippedGAN((1, 8, 8), 3, 4), HiddenLocal)):
+        chart = chart.to(D).requires_grad_(False)
+        results = []
+        for c in (chart, plain(chart)):
+            reg = TNAR(model, c, eps_tangent=0.5, eps_normal=0.5, cg_iters=3)
+            torch.manual_seed(2)
+            results.append((reg(x), reg.last.r_tangent, reg.last.r_normal))
+        for a, b in zip(*results, strict=True):
+            torch.testing.assert_close(a, b)

@@ -100,7 +100,10 @@ class LocalizedGAN(nn.Module):
     def at(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The local chart at the batch x: ``(zeros (B, latent), z ↦ G(x, z))`` with x detached
         (its features are computed once, here)."""
-        return x.new_zeros(x.shape[0], self.latent), _LocalDecoder(self, self.encoder(x.detach()))
+        h = self.encoder(x.detach())
+        if type(self)._generate is not LocalizedGAN._generate:  # a subclass's generator: no linearize
+            return x.new_zeros(x.shape[0], self.latent), lambda z: self._generate(h, z)
+        return x.new_zeros(x.shape[0], self.latent), _LocalDecoder(self, h)
 
     def tangents(self, x: Tensor) -> Tensor:
         """``J_x`` per sample as ``(B, latent, C, H, W)``: column k is ``∂G(x, z)/∂z_k`` at z = 0."""

@@ -68,12 +68,19 @@ def chart_at(chart: object, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tenso
     with torch.no_grad():
         if callable(getattr(chart, "at", None)):
             z, decode = chart.at(x)
-            owner = decode
+            owner, decoder = decode, "__call__"
         else:
             z, decode = chart.encode(x), chart.decode
-            owner = chart
+            owner, decoder = chart, "decode"
     linearize = getattr(owner, "linearize", None)
-    return z.detach(), decode, linearize if callable(linearize) else None
+    if not callable(linearize) or _defined_in(owner, "linearize") is not _defined_in(owner, decoder):
+        linearize = None  # none, or a subclass changed the decoder and inherited a linearize of another one
+    return z.detach(), decode, linearize
+
+
+def _defined_in(obj: object, name: str) -> type | None:
+    """The class in ``type(obj)``'s MRO that defines ``name`` (None: an instance attribute or none)."""
+    return next((cls for cls in type(obj).__mro__ if name in vars(cls)), None)
 
 
 def _is_chart(chart: object) -> bool:

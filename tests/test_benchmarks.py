@@ -19,11 +19,11 @@ def test_step_cost_reports_each_method_and_its_ratio():
     report = json.loads(out.stdout)
     assert list(report["results"]) == [
         "natural", "pgd10", "pgd40", "fast", "free", "trades10", "yopo5-3", "yopo5-10", "vat", "vat-hvp", "tnar",
-        "tnar-penalty",
+        "tnar-func", "tnar-penalty",
     ]  # fmt: skip
     assert set(report["ratios"]) == {
         "yopo5-10 / pgd40", "yopo5-3 / pgd10", "yopo5-3 / (5 x natural)", "yopo5-10 / (5 x natural)",
-        "vat / natural", "vat-hvp / natural", "tnar / vat", "tnar-penalty / vat",
+        "vat / natural", "vat-hvp / natural", "tnar / vat", "tnar-func / vat", "tnar-penalty / vat",
     }  # fmt: skip
     assert report["results"]["natural"]["ratio_to_natural"] == 1.0
     assert all(r["median_s"] > 0 for r in report["results"].values())

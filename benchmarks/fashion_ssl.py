@@ -6,11 +6,12 @@ Localized-GAN chart), test error at equal iterations (the TNAR paper's Table, Fa
     python benchmarks/fashion_ssl.py --stage summary               # table + perturbation image
 
 Setting (the same for every method): SmallCNN without dropout, Adam (lr 1e-3, linearly decayed
-to 0 over the last third), ``--iters`` iterations, each on a batch of ``--batch-labeled``
-labeled images (10 per class, drawn by ``--seed`` with :func:`robustreg.data.label_split`,
-cycled) plus, for the regularised methods, the regulariser on ``--batch-unlabeled`` images of
-the whole training set (their clean logits shared). VAT: ε = ``--eps-vat``; TAR/NAR/TNAR:
-ε_t = ``--eps-tangent`` (on the manifold: ``decode(z + η) − decode(z) + x``), ε_n =
+to 0 after ``--decay-from`` of the iterations: over the last third by default), ``--iters``
+iterations, each on a batch of ``--batch-labeled`` labeled images (10 per class, drawn by
+``--seed`` with :func:`robustreg.data.label_split`, cycled) plus, for the regularised methods,
+the regulariser on ``--batch-unlabeled`` images of the whole training set (their clean logits
+shared). VAT: ε = ``--eps-vat``; TAR/NAR/TNAR: ε_t = ``--eps-tangent`` (on the manifold:
+``decode(z + η) − decode(z) + x``), ε_n =
 ``--eps-normal``, one power step, 4 CG iterations, weights 1. The chart is
 :class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``) trained on the
 training images for ``--chart-epochs`` epochs, or the Localized GAN
@@ -136,9 +137,9 @@ def stage_train(method: str, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = SmallCNN(drop=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    decay_from = 2 * args.iters // 3
+    decay_from = int(args.decay_from * args.iters)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: 1.0 if i < decay_from else max(0.0, (args.iters - i) / (args.iters - decay_from))
+        opt, lambda i: 1.0 if i < decay_from else max(0.0, (args.iters - i) / max(1, args.iters - decay_from))
     )
     reg = make_reg(method, model, args)
     stream = cycle_batches(
@@ -223,6 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=3000)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--decay-from", type=float, default=2 / 3, help="fraction of --iters; the lr decays after it")
     p.add_argument("--per-class", type=int, default=10)
     p.add_argument("--batch-labeled", type=int, default=32)
     p.add_argument("--batch-unlabeled", type=int, default=64)
@@ -251,6 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.charts = [c for c in args.charts.split(",") if c]
     if set(args.charts) - {"vae", "lgan"}:
         p.error(f"--charts: unknown {sorted(set(args.charts) - {'vae', 'lgan'})}")
+    if not 0 <= args.decay_from <= 1:
+        p.error(f"--decay-from must be in [0, 1], got {args.decay_from}")
     return args
 
 

@@ -1,8 +1,8 @@
 """Robust accuracy against training time on real MNIST: PGD-40 adversarial training, Amata,
 YOPO-5-10 and Amata+YOPO, each for the same budget of training time (the YOPO paper's Fig. 2,
-the Amata paper's time comparison).
+the Amata paper's time comparison), scored with AutoAttack.
 
-    python benchmarks/time_to_robust.py --budget-s 720 --eval-every-s 72 --out benchmarks/results/time_to_robust
+    python benchmarks/time_to_robust.py --budget-s 900 --snapshot-every-s 90 --out benchmarks/results/time_to_robust
 
 SmallCNN, ε = 0.3 (ℓ∞), batch 128, Adam (lr 1e-3 by default, the same for every method).
 
@@ -11,21 +11,33 @@ SmallCNN, ε = 0.3 (ℓ∞), batch 128, Adam (lr 1e-3 by default, the same for e
 - ``yopo5-10``: YOPO with f0 = conv1 + ReLU (``model.layer_one``), m = 5, n = 10, α = 0.01.
 - ``amata-yopo``: Amata on YOPO, m from 2 to 5 (n = 10), α_t = τ/m_t with τ = 5·0.01.
 
-Progress t/T of the Amata schedules is the method's training time over the budget. The methods
-run interleaved, each with its own clock, always stepping the one whose clock is the furthest
-behind: the clocks advance together, so the machine's speed drifts (large on shared VMs) hit
-the same stretch of every method's training. Every ``--eval-every-s``
-seconds of a method's *training* time its clock pauses for an evaluation: clean and PGD-20
-robust accuracy (ε = 0.3, α = 0.01, random start) on a fixed subset of the test set (the first
-``--n-test`` images), and the mean FOSC of the PGD-20 adversaries. At the ``--c-at`` fractions
-of its budget, the Amata run computes criterion C (:func:`robustreg.criterion_c`, γ =
-``--gamma``) on a fixed training batch for its own (α_t, K_t) and for PGD-10, PGD-20 and
-PGD-40 (the Amata paper's Table 1). It writes ``curves.json`` (every evaluation point, the C
-table, the time each method needed to reach the PGD-40 run's final robust accuracy, and the
-ratios) and ``robust_vs_time.png``. The time to
-reach the target is given at evaluation granularity (the first evaluation at or above it) and
-linearly interpolated between the evaluations around the crossing. ``--summarize curves.json``
-recomputes the summary and the plot of a saved run.
+Three stages (``--stage``, default ``all``), each resumable from what the one before wrote:
+
+``train``
+    The methods run interleaved in one process, each with its own clock, always stepping the
+    one whose clock is the furthest behind: the clocks advance together, so the machine's speed
+    drifts (large on shared VMs) hit the same stretch of every method's training. Progress t/T
+    of the Amata schedules is the method's training time over the budget. Every
+    ``--snapshot-every-s`` seconds of a method's training time its clock pauses and the weights
+    are saved (``snapshots/<method>/<n>.safetensors``); nothing is evaluated during training,
+    so the scoring attack can be as strong as it must be without distorting the clocks. At the
+    ``--c-at`` fractions of its budget the Amata run computes criterion C
+    (:func:`robustreg.criterion_c`, γ = ``--gamma``) on a fixed training batch for its own
+    (α_t, K_t) and for PGD-10, PGD-20 and PGD-40 (the Amata paper's Table 1). ``train.json`` is
+    rewritten (atomically) after every snapshot.
+``score``
+    Every snapshot is scored on a fixed test subset (the first ``--n-test`` images) with
+    ``--curve-attack`` (default: AutoAttack's ``"apgd"`` version, APGD-CE + APGD-T, from the
+    authors' ``pyautoattack``), plus the mean FOSC of those adversaries on the first 128. Each
+    method's final model is then evaluated with AutoAttack ``standard`` on the first
+    ``--n-final`` test images, and with the curve attack on the same images, so the report
+    shows how far the curve attack is from the standard. ``scores.json`` is rewritten after
+    every model, so an interrupted scoring resumes where it stopped.
+``summary``
+    ``curves.json``: every point, the C table, the time each method needed to reach the PGD-40
+    run's final robust accuracy (at snapshot granularity, and linearly interpolated between the
+    snapshots around the crossing), the ratios, the final AutoAttack table; and
+    ``robust_vs_time.png``.
 
 The learning rate is exposed on purpose: the official YOPO MNIST code sums its m gradients and
 divides the learning rate by m (SGD 0.1/5), which is SGD at 0.1 on the mean gradient that
@@ -45,7 +57,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +72,7 @@ from robustreg.models import SmallCNN
 log = logging.getLogger("time_to_robust")
 ROOT = Path(__file__).resolve().parents[1]
 EPS, ALPHA = 0.3, 0.01
+CURVE_ATTACKS = ("apgd", "apgd-ce", "standard")
 
 
 def load_mnist(data_dir: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -89,14 +104,28 @@ def make_method(name: str, model: SmallCNN):
     raise SystemExit(f"unknown method {name!r}")
 
 
-def evaluate(model: nn.Module, test: tuple[Tensor, Tensor]) -> dict[str, float]:
-    """Clean and PGD-20 accuracy on the test subset, and the mean FOSC of PGD-20's adversaries
-    on its first 128 images (how close the evaluation attack gets to a stationary point)."""
-    attack = robustreg.PGD(eps=EPS, alpha=ALPHA, steps=20)
-    acc = robustreg.robust_accuracy(model, test, attack=attack, batch_size=500)
-    x, y = test[0][:128], test[1][:128]
-    c = robustreg.fosc(model, x, attack(model, x, y), y, eps=EPS)
-    return {"clean": acc.clean, "robust": acc.robust, "fosc_pgd20": float(c.mean())}
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` atomically (a kill mid-write leaves the previous file whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_snapshot(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_snapshot(path: Path) -> SmallCNN:
+    from safetensors.torch import load_file
+
+    model = SmallCNN()
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
 
 
 def criterion_row(model: nn.Module, batch: tuple[Tensor, Tensor], current: tuple[int, float], gamma: float) -> dict:
@@ -116,10 +145,13 @@ def _grid() -> list[tuple[int, float]]:
     return [(k, a) for k in ks for a in alphas] + list(C_SETTINGS.values())
 
 
-def trainer(name: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor], args, curve: list, table: list):
+def trainer(
+    name: str, train: tuple[Tensor, Tensor], args: argparse.Namespace, curve: list, table: list, on_point
+) -> Iterator[float]:
     """Train ``name`` for ``args.budget_s`` seconds of its own training time, one step per
     ``next()``, which returns the training time so far (:func:`run_all` interleaves the runs).
-    Evaluations (and, for Amata, criterion C at ``--c-at`` fractions of the budget) pause the clock."""
+    Snapshots (and, for Amata, criterion C at ``--c-at`` fractions of the budget) pause the clock;
+    ``on_point()`` is called after each snapshot."""
     torch.manual_seed(args.seed)
     model = SmallCNN().train()
     loss_fn = make_method(name, model)
@@ -128,9 +160,16 @@ def trainer(name: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
     c_batch = (x[: args.c_batch], y[: args.c_batch])
     c_marks = [float(f) * args.budget_s for f in args.c_at.split(",")] if name == "amata" and args.c_at else []
     gen = torch.Generator().manual_seed(args.seed)
-    curve.append({"train_s": 0.0, "step": 0, "epoch": 0.0, **evaluate(model, test)})
-    model.train()
-    trained, step, next_eval = 0.0, 0, args.eval_every_s
+    snapshots = args.out / "snapshots" / name
+
+    def snapshot(point: dict) -> None:
+        path = snapshots / f"{len(curve):03d}.safetensors"
+        save_snapshot(model, path)
+        curve.append(point | {"snapshot": str(path.relative_to(args.out))})
+        on_point()
+
+    snapshot({"train_s": 0.0, "step": 0, "epoch": 0.0})
+    trained, step, next_snap = 0.0, 0, args.snapshot_every_s
     while trained < args.budget_s:
         for idx in torch.randperm(x.shape[0], generator=gen).split(args.batch_size):
             yield trained
@@ -144,41 +183,170 @@ def trainer(name: str, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor]
             trained += time.perf_counter() - start
             step += 1
             done = trained >= args.budget_s
-            if trained >= next_eval or done:
+            if trained >= next_snap or done:
                 point = {"train_s": trained, "step": step, "epoch": step * args.batch_size / x.shape[0]}
                 if isinstance(loss_fn, robustreg.Amata):
                     point |= {"K": loss_fn.K, "alpha": loss_fn.alpha}
-                point |= evaluate(model, test)
-                model.train()
-                curve.append(point)
+                snapshot(point | {"loss": float(loss)})
                 log.info("%s %s", name, json.dumps({k: round(v, 4) for k, v in point.items()}))
-                next_eval += args.eval_every_s
+                next_snap += args.snapshot_every_s
             while c_marks and (trained >= c_marks[0] or done):
                 c_marks.pop(0)
                 row = {"train_s": trained, "progress": loss_fn.progress}
                 row |= criterion_row(model, c_batch, loss_fn.knobs(), args.gamma)
                 model.train()
                 table.append(row)
+                on_point()
                 log.info("criterion C %s", json.dumps(row))
             if done:
                 return
 
 
-def run_all(names: list[str], train, test, args) -> tuple[dict[str, list], list]:
+def run_all(
+    names: list[str],
+    train: tuple[Tensor, Tensor],
+    args: argparse.Namespace,
+    *,
+    curves: dict[str, list] | None = None,
+    table: list | None = None,
+    on_point=lambda: None,
+    on_step=lambda clocks: None,
+) -> tuple[dict[str, list], list]:
     """Every method to its budget, always stepping the one whose clock is the furthest behind:
     the clocks advance together, so a slow spell of the machine covers the same stretch of
-    training time in every run."""
-    curves: dict[str, list] = {name: [] for name in names}
-    table: list = []
-    runs = {name: trainer(name, train, test, args, curves[name], table) for name in names}
+    training time in every run. Fills and returns ``(curves, criterion C table)``; ``on_point()``
+    after each snapshot, ``on_step(clocks)`` after each step."""
+    curves = {} if curves is None else curves
+    table = [] if table is None else table
+    for name in names:
+        curves[name] = []
+    runs = {name: trainer(name, train, args, curves[name], table, on_point) for name in names}
     clocks = {name: 0.0 for name in names}
     while runs:
         name = min(runs, key=lambda n: (clocks[n], names.index(n)))
         try:
             clocks[name] = next(runs[name])
         except StopIteration:
+            clocks[name] = args.budget_s
             del runs[name]
+        on_step(clocks)
     return curves, table
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"))
+    return Progress(*cols, TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "n/a"
+
+
+def stage_train(args: argparse.Namespace) -> dict:
+    """Train every method interleaved; ``train.json`` and the snapshots are written as it goes."""
+    train, _ = load_mnist(args.data_dir)
+    names = args.methods.split(",")
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    config |= {"torch": torch.__version__, "threads": torch.get_num_threads(), "eps": EPS, "alpha": ALPHA}
+    config["loadavg_start"] = _loadavg()
+    report: dict = {"config": config, "curves": {}, "criterion_c": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    with _progress() as bar:
+        task = bar.add_task("training (seconds, all clocks)", total=args.budget_s * len(names))
+        run_all(
+            names, train, args, curves=report["curves"], table=report["criterion_c"],
+            on_point=lambda: write_json(args.out / "train.json", report),
+            on_step=lambda clocks: bar.update(task, completed=sum(clocks.values())),
+        )  # fmt: skip
+    config["loadavg_end"] = _loadavg()
+    write_json(args.out / "train.json", report)
+    return report
+
+
+def curve_attack(name: str) -> Any:
+    """The attack that scores the curves: AutoAttack's ``"apgd"`` or ``"standard"`` version, or
+    APGD-CE alone (AutoAttack's first attack, ``version="custom"``)."""
+    if name == "apgd-ce":
+        return robustreg.AutoAttack(eps=EPS, version="custom", attacks=("apgd-ce",))
+    return robustreg.AutoAttack(eps=EPS, version=name)
+
+
+def score_model(model: nn.Module, data: tuple[Tensor, Tensor], attack: Any, fosc_n: int = 128) -> dict[str, float]:
+    """Clean and robust accuracy of ``model`` on ``data`` under ``attack``, and the mean FOSC of
+    the attack's adversaries on the first ``fosc_n`` images (how close they are to a stationary
+    point of the inner maximisation)."""
+    x, y = data
+    x_adv = torch.cat([attack(model, xb, yb) for xb, yb in zip(x.split(500), y.split(500), strict=True)])
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+        robust = clean & (model(x_adv).argmax(1) == y)
+    c = robustreg.fosc(model, x[:fosc_n], x_adv[:fosc_n], y[:fosc_n], eps=EPS)
+    return {"clean": float(clean.float().mean()), "robust": float(robust.float().mean()), "fosc": float(c.mean())}
+
+
+def _score_file(args: argparse.Namespace, snapshot: str) -> Path:
+    """Where a snapshot's score goes: one small JSON per model, so that several scoring processes
+    (``--methods``, ``--what``) can share one run directory and an interrupted one resumes."""
+    return args.out / "scores" / args.curve_attack / Path(snapshot).with_suffix(".json").relative_to("snapshots")
+
+
+def stage_score(args: argparse.Namespace) -> None:
+    """Score the snapshots of ``train.json`` (``--what curves``; with ``--follow``, also those a
+    training still running writes, until it ends) and each method's final model with AutoAttack
+    standard and the curve attack on ``--n-final`` images (``--what final``). Models already
+    scored are skipped."""
+    _, (xt, yt) = load_mnist(args.data_dir)
+    names = args.methods.split(",")
+    attack = curve_attack(args.curve_attack)
+    test, final_data = (xt[: args.n_test], yt[: args.n_test]), (xt[: args.n_final], yt[: args.n_final])
+    with _progress() as bar:
+        if args.what in ("curves", "both"):
+            task = bar.add_task(f"snapshots ({args.curve_attack}, {args.n_test} images)", total=0)
+            while True:
+                trained = json.loads((args.out / "train.json").read_text())
+                finished = "loadavg_end" in trained["config"]
+                snaps = [p["snapshot"] for n in names for p in trained["curves"].get(n, [])]
+                todo = [s for s in snaps if not _score_file(args, s).is_file()]
+                bar.update(task, total=len(snaps), completed=len(snaps) - len(todo))
+                if not todo:
+                    if finished or not args.follow:
+                        break
+                    time.sleep(10)
+                    continue
+                for snap in todo:
+                    start = time.perf_counter()
+                    row = score_model(load_snapshot(args.out / snap), test, attack)
+                    row |= {"eval_s": time.perf_counter() - start, "loadavg": _loadavg()}
+                    _score_file(args, snap).parent.mkdir(parents=True, exist_ok=True)
+                    write_json(_score_file(args, snap), row)
+                    bar.advance(task)
+        if args.what in ("final", "both"):
+            trained = json.loads((args.out / "train.json").read_text())
+            if "loadavg_end" not in trained["config"]:
+                raise SystemExit("the training has not finished: no final models to score yet")
+            standard = robustreg.AutoAttack(eps=EPS, version="standard")
+            task = bar.add_task(
+                f"final models (standard + {args.curve_attack}, {args.n_final} images)", total=len(names)
+            )
+            for name in names:
+                path = args.out / "final" / f"{name}.json"
+                if path.is_file():
+                    bar.advance(task)
+                    continue
+                snap = trained["curves"][name][-1]["snapshot"]
+                model, row = load_snapshot(args.out / snap), {"snapshot": snap, "n": args.n_final}
+                for key, atk in (("standard", standard), (args.curve_attack, attack)):
+                    start = time.perf_counter()
+                    row[key] = score_model(model, final_data, atk)
+                    row[key] |= {"eval_s": time.perf_counter() - start, "loadavg": _loadavg()}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(path, row)
+                bar.advance(task)
 
 
 def time_to_reach(curve: list[dict], target: float) -> float | None:
@@ -188,7 +356,7 @@ def time_to_reach(curve: list[dict], target: float) -> float | None:
 
 def time_to_reach_interpolated(curve: list[dict], target: float) -> float | None:
     """The crossing of ``target``, linearly interpolated between the two evaluations around it
-    (evaluations are ``--eval-every-s`` apart, so the first one above can be late by that much)."""
+    (evaluations are ``--snapshot-every-s`` apart, so the first one above can be late by that much)."""
     for before, after in itertools.pairwise(curve):
         if after["robust"] >= target:
             if before["robust"] >= target:
@@ -219,63 +387,84 @@ def summarize(report: dict) -> dict:
     return report
 
 
-def plot(curves: dict[str, list[dict]], path: Path) -> bool:
+def plot(curves: dict[str, list[dict]], path: Path, attack: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, curve in curves.items():
         ax.plot([p["train_s"] / 60 for p in curve], [100 * p["robust"] for p in curve], marker="o", label=name)
-    ax.set_xlabel("training time (min, CPU)")
-    ax.set_ylabel(f"PGD-20 accuracy (%), ε = {EPS}")
+    ax.set_xlabel("training time per method (min, 2 CPU cores)")
+    ax.set_ylabel(f"robust accuracy (%), AutoAttack {attack}, ε = {EPS}")
     ax.set_title("MNIST SmallCNN: robust accuracy vs training time")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title="method")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return True
+
+
+def stage_summary(args: argparse.Namespace) -> dict:
+    """Merge ``train.json`` and the scores into ``curves.json`` and the plot."""
+    report = json.loads((args.out / "train.json").read_text())
+    missing = [
+        p["snapshot"] for c in report["curves"].values() for p in c if not _score_file(args, p["snapshot"]).is_file()
+    ]
+    if missing:
+        raise SystemExit(f"{len(missing)} snapshots are not scored yet (first: {missing[0]}): run --stage score")
+    for curve in report["curves"].values():
+        for p in curve:
+            p |= json.loads(_score_file(args, p["snapshot"]).read_text())
+    report["curve_attack"] = args.curve_attack
+    finals = {name: args.out / "final" / f"{name}.json" for name in report["curves"]}
+    report["final"] = {name: json.loads(f.read_text()) for name, f in finals.items() if f.is_file()}
+    summarize(report)
+    write_json(args.out / "curves.json", report)
+    plot(report["curves"], args.out / "robust_vs_time.png", args.curve_attack)
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
     default_data = Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data"))
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", type=Path, default=default_data)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--stage", choices=("train", "score", "summary", "all"), default="all")
+    p.add_argument("--data-dir", type=Path, default=default_data, help="holds MNIST/raw/*.gz")
     p.add_argument("--methods", default="pgd40,amata,yopo5-10,amata-yopo")
     p.add_argument("--budget-s", type=float, default=900.0, help="training seconds per method")
-    p.add_argument("--eval-every-s", type=float, default=60.0, help="training seconds between evaluations")
-    p.add_argument("--n-test", type=int, default=1000, help="fixed test subset: the first N test images")
+    p.add_argument("--snapshot-every-s", type=float, default=90.0, help="training seconds between snapshots")
+    p.add_argument("--n-test", type=int, default=500, help="the curves' fixed test subset: the first N test images")
+    p.add_argument("--n-final", type=int, default=1000, help="test images for the final models' AutoAttack")
+    p.add_argument("--curve-attack", choices=CURVE_ATTACKS, default="apgd", help="AutoAttack version of the curves")
+    p.add_argument("--what", choices=("curves", "final", "both"), default="both", help="what --stage score scores")
+    p.add_argument("--follow", action="store_true", help="score snapshots as a running training writes them")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same for every method")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--c-at", default="0.1,0.4,0.7,1.0", help="fractions of the budget where Amata's run computes C")
     p.add_argument("--c-batch", type=int, default=128, help="training images (the first N) for criterion C")
     p.add_argument("--gamma", type=float, default=0.04, help="criterion C's cost per step γ")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_robust")
-    p.add_argument("--summarize", type=Path, help="recompute the summary of a saved curves.json (and its plot)")
     args = p.parse_args(argv)
+    if args.budget_s <= 0 or args.snapshot_every_s <= 0 or args.n_test < 1 or args.n_final < 1:
+        p.error("--budget-s and --snapshot-every-s must be > 0, --n-test and --n-final >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    if args.summarize:
-        report = summarize(json.loads(args.summarize.read_text()))
-        args.summarize.write_text(json.dumps(report, indent=2) + "\n")
-        plot(report["curves"], args.summarize.with_name("robust_vs_time.png"))
-        print(json.dumps({k: v for k, v in report.items() if k not in ("curves", "criterion_c")}, indent=2))
-        return report
-    train, (xt, yt) = load_mnist(args.data_dir)
-    test = (xt[: args.n_test], yt[: args.n_test])
-    curves, table = run_all(args.methods.split(","), train, test, args)
-    report: dict = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    report["config"] |= {"torch": torch.__version__, "threads": torch.get_num_threads(), "eps": EPS, "alpha": ALPHA}
-    report["curves"] = curves
-    report["criterion_c"] = table
-    summarize(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "curves.json").write_text(json.dumps(report, indent=2) + "\n")
-    if plot(curves, args.out / "robust_vs_time.png"):
-        report["plot"] = str(args.out / "robust_vs_time.png")
-    print(json.dumps({k: v for k, v in report.items() if k != "curves"}, indent=2))
+    logging.getLogger("auto-attack").setLevel(logging.WARNING)  # its checks' warnings, not its per-call info
+    report: dict = {}
+    if args.stage in ("train", "all"):
+        report = stage_train(args)
+    if args.stage in ("score", "all"):
+        stage_score(args)
+    if args.stage in ("summary", "all"):
+        report = stage_summary(args)
+        shown = {k: v for k, v in report.items() if k not in ("curves", "criterion_c", "config")}
+        print(json.dumps(shown, indent=2))
     return report
 
 

@@ -12,8 +12,11 @@ the same network (SmallCNN) trained for the same number of epochs three ways,
 - ``pgd10``: PGD-10 adversarial training (:class:`robustreg.PGDAT`, ε = ``--eps-train``,
   α = ε/4) with the same Adam,
 
-then each is evaluated on a fixed test subset: clean accuracy and accuracy under FGSM, PGD-10
-and CW-ℓ∞ (20 steps) at every ``--eps-eval``; training wall time; every layer's spectral norm;
+then each is evaluated on a fixed test subset: clean accuracy and accuracy under AutoAttack
+(``--autoattack``: the ``"apgd"`` version, APGD-CE + APGD-T, by default; ``standard`` for figures to
+publish; from the authors' ``pyautoattack``, the ``eval`` extra), FGSM, PGD-10 (α = ε/4, so k·α =
+2.5ε crosses the ball) and CW-ℓ∞ (20 steps of ε/8) at every ``--eps-eval``, and their per-sample
+worst case (``all``); training wall time; every layer's spectral norm;
 and the eigenvalues of the square layer (``classifier.4``, 200×200) of vanilla vs MSA against
 the unit circle (the paper's Fig. 1).
 
@@ -81,6 +84,7 @@ class Config:
     conv_norm: str = opt("matrix", "MSA's convolution norm", choices=("matrix", "operator"))
     eps_train: float = opt(0.3, "PGD-10 adversarial training radius (ℓ∞)")
     eps_eval: list[float] = opt([0.1, 0.2, 0.3], "ℓ∞ radii of the evaluation")  # noqa: RUF009
+    autoattack: str = opt("apgd", "AutoAttack version of the evaluation", choices=("apgd", "standard"))
     seed: int = opt(0, "seeds the model and the data order")
     threads: int = opt(0, "torch threads (0: torch's default)")
     progress: bool = opt(True, "rich progress bar (--no-progress for logs)")
@@ -92,6 +96,8 @@ def parse(argv: list[str] | None = None) -> Config:
     unknown = set(cfg.methods.split(",")) - set(METHODS)
     if unknown:
         raise SystemExit(f"error: --methods: unknown {sorted(unknown)}; choose from {METHODS}")
+    if not robustreg.autoattack.available():  # before training, not after it
+        raise SystemExit(f"error: the evaluation runs AutoAttack (pyautoattack): {robustreg.autoattack.INSTALL}")
     return cfg
 
 
@@ -150,11 +156,13 @@ def train_one(
     return model.eval(), time.perf_counter() - start, losses
 
 
-def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], eps_list: list[float]) -> dict:
-    """Clean accuracy and accuracy under FGSM, PGD-10 (α = ε/4) and CW-ℓ∞ (20 steps) at each ε."""
+def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], eps_list: list[float], autoattack: str, seed: int) -> dict:
+    """Clean accuracy and accuracy under AutoAttack ``autoattack``, FGSM, PGD-10 (α = ε/4) and
+    CW-ℓ∞ (20 steps) at each ε; ``all`` is their per-sample worst case."""
     out: dict = {}
     for eps in eps_list:
         attacks = {
+            f"autoattack-{autoattack}": robustreg.AutoAttack(eps=eps, version=autoattack, seed=seed),
             "fgsm": robustreg.FGSM(eps),
             "pgd10": robustreg.PGD(eps=eps, alpha=eps / 4, steps=10),
             "cw": robustreg.CW(eps, steps=20, alpha=eps / 8),
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["methods"][method] = {
             "train_seconds": seconds,
             "epoch_losses": losses,
-            **evaluate(model, test, cfg.eps_eval),
+            **evaluate(model, test, cfg.eps_eval, cfg.autoattack, cfg.seed),
             "spectral_norms": norms(model),
         }
         log.info(

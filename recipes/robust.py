@@ -1,6 +1,8 @@
 """Adversarial training: PGD-AT, Fast-AT, Free-AT, TRADES, YOPO, YOPO-TRADES, ATTA and Amata (over
 PGD, YOPO, Free, Fast or ATTA) on MNIST, FashionMNIST, CIFAR-10, SVHN or two rings with nuisance
-dimensions; robust accuracy (PGD-k and CW-ℓ∞) during and after training.
+dimensions; robust accuracy during training (PGD-40, steps of 2.5ε/40 that cross the ball) and
+after it (AutoAttack's APGD-CE + APGD-T by default, ``--final-autoattack standard`` for the full
+AutoAttack, beside PGD-k and CW-ℓ∞; the authors' ``pyautoattack``, the ``eval`` extra).
 
 Defaults follow the papers (``None`` in ``--help`` means the data set's default):
 
@@ -34,9 +36,10 @@ Method knobs:
     python recipes/robust.py --dataset mnist --method yopo --epochs 40 --data-dir ../shared/data
     accelerate launch recipes/robust.py --dataset cifar10 --method amata-pgd
 
-Writes ``run.json``, ``metrics.jsonl``, ``curves.png`` (clean and PGD accuracy vs wall time and
-epoch), ``summary.json`` (final clean, PGD-20, PGD-40 and CW accuracy), ``model/`` and
-``checkpoints/`` under ``--out``; ``recipes/evaluate.py`` evaluates the model further.
+Writes ``run.json``, ``metrics.jsonl``, ``curves.png`` (clean and PGD-40 accuracy vs wall time and
+epoch), ``summary.json`` (final clean, AutoAttack, PGD-k and CW accuracy and their per-sample
+worst case ``robust_acc``), ``model/`` and ``checkpoints/`` under ``--out``;
+``recipes/evaluate.py`` evaluates the model further (AutoAttack standard by default).
 """
 
 from __future__ import annotations
@@ -104,7 +107,10 @@ class RobustConfig(skeleton.RunConfig):
     k_max: int | None = skeleton.opt(None, "Amata: K at the end (40 MNIST, 10 CIFAR-10)")
     tau: float | None = skeleton.opt(None, "Amata: τ = K·α, the total step length (0.4 MNIST)")
     eval_size: int = skeleton.opt(1000, "test examples of the periodic and final evaluation (0: all)")
-    eval_pgd: list[int] = skeleton.opt([20, 40], "PGD steps of the final evaluation (α = ε/4 and 2.5ε/k)")  # noqa: RUF009
+    eval_pgd: list[int] = skeleton.opt([40], "PGD steps beside AutoAttack at the end (α = max(ε/4, 2.5ε/k))")  # noqa: RUF009
+    final_autoattack: str = skeleton.opt(
+        "apgd", "AutoAttack version of the final evaluation (apgd: APGD-CE + APGD-T)", choices=("apgd", "standard")
+    )
     train_size: int = skeleton.opt(0, "first N training examples (0: all)")
 
 
@@ -156,14 +162,26 @@ def make_reg(cfg: RobustConfig, model: nn.Module, n_train: int, first: nn.Module
     return reg
 
 
-def attacks(cfg: RobustConfig, steps: list[int]) -> dict[str, Any]:
-    """PGD-k (α = max(ε/4, 2.5ε/k), the larger of Madry's MNIST step and the usual 2.5ε/k) and CW-ℓ∞
-    (30 steps of ε/10 on the CW margin)."""
+PERIODIC_STEPS = 40  # the periodic evaluation: never weaker than PGD-40 with k·α ≥ 2ε
+
+
+def periodic_attacks(cfg: RobustConfig) -> dict[str, Any]:
+    """PGD-40 with α = 2.5ε/40 (k·α = 2.5ε: the steps cross the ball), for the curves."""
     bounds = DEFAULTS[cfg.dataset]["bounds"]
+    return {f"pgd{PERIODIC_STEPS}": robustreg.PGD(eps=cfg.eps, steps=PERIODIC_STEPS, bounds=bounds)}
+
+
+def final_attacks(cfg: RobustConfig) -> dict[str, Any]:
+    """AutoAttack ``--final-autoattack`` (seeded by ``--seed``), PGD-k for k in ``--eval-pgd``
+    (α = max(ε/4, 2.5ε/k), the larger of Madry's MNIST step and the usual 2.5ε/k: k·α ≥ 2.5ε) and
+    CW-ℓ∞ (30 steps of ε/10 on the CW margin); the robust accuracy is their per-sample worst case."""
+    bounds = DEFAULTS[cfg.dataset]["bounds"]
+    version = cfg.final_autoattack
     out: dict[str, Any] = {
-        f"pgd{k}": robustreg.PGD(eps=cfg.eps, alpha=max(cfg.eps / 4, 2.5 * cfg.eps / k), steps=k, bounds=bounds)
-        for k in steps
+        f"autoattack-{version}": robustreg.AutoAttack(eps=cfg.eps, version=version, bounds=bounds, seed=cfg.seed)
     }
+    for k in cfg.eval_pgd:
+        out[f"pgd{k}"] = robustreg.PGD(eps=cfg.eps, alpha=max(cfg.eps / 4, 2.5 * cfg.eps / k), steps=k, bounds=bounds)
     out["cw"] = robustreg.CW(cfg.eps, steps=30, alpha=cfg.eps / 10, bounds=bounds)
     return out
 
@@ -201,6 +219,13 @@ def resolve(cfg: RobustConfig) -> RobustConfig:
     for name in ("epochs", "batch_size", "replays", "yopo_m", "yopo_n"):
         if getattr(cfg, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if not cfg.eval_pgd or min(cfg.eval_pgd) < 1:
+        raise SystemExit(f"error: --eval-pgd steps must be >= 1, got {cfg.eval_pgd}")
+    if not robustreg.autoattack.available():  # before training, not after it
+        raise SystemExit(
+            "error: the final evaluation runs AutoAttack, which needs the authors' package pyautoattack: "
+            + robustreg.autoattack.INSTALL
+        )
     return cfg
 
 
@@ -239,7 +264,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     index = torch.arange(len(train[0]))
     stream = run.batches([*train, index], cfg.batch_size, stop=total)
     test_dev = tuple(t.to(acc.device) for t in test)
-    periodic = attacks(cfg, [20])
+    periodic = periodic_attacks(cfg)
     model.train()
     with run.progress(total, f"{cfg.method} on {cfg.dataset}"):
         for step in range(run.start, total):
@@ -285,7 +310,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
                 run.checkpoint(done)
     summary: dict[str, Any] = {"method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs, "eps": cfg.eps}
     if run.main:
-        summary |= evaluate(acc.unwrap_model(model), test_dev, attacks(cfg, cfg.eval_pgd))
+        summary |= evaluate(acc.unwrap_model(model), test_dev, final_attacks(cfg))
     title = f"{cfg.method}, {cfg.dataset}, ε = {cfg.eps:.4g}"
     return run.finish(model, summary=summary, title=title)
 

@@ -26,8 +26,9 @@ from .adversarial import (
     replay,
 )
 from .attacks import CW, FGSM, PGD, cw_margin
+from .autoattack import AutoAttack
 from .diagnostics import CriterionC, criterion_c, fosc
-from .evaluate import Accuracy, MaskingReport, gradient_masking_report, robust_accuracy
+from .evaluate import Accuracy, MaskingReport, gradient_masking_report, recommended_attacks, robust_accuracy
 from .modes import inner_mode
 from .perturb import BALLS, L2Ball, LinfBall, clamp_to_box, get_ball
 from .ssl import TNAR, VAT, EntMin
@@ -49,6 +50,7 @@ __all__ = [
     "AdversarialLoss",
     "Amata",
     "AmataSchedule",
+    "AutoAttack",
     "CriterionC",
     "EntMin",
     "FastAT",
@@ -70,6 +72,7 @@ __all__ = [
     "gradient_masking_report",
     "inner_mode",
     "models",
+    "recommended_attacks",
     "replay",
     "robust_accuracy",
     "ssl",

@@ -6,10 +6,16 @@ case over attacks, as in AutoAttack). Clean predictions use eval mode; each atta
 passes under its own ``bn`` policy (``"eval"`` by default); each module's mode is restored
 afterwards.
 
+A robustness figure is only as good as the attack behind it. :func:`recommended_attacks` is the
+set to publish numbers with: AutoAttack (Croce and Hein, ICML 2020, from the authors'
+``pyautoattack``) beside robustreg's PGD and CW, each with steps that cross the ball.
+
 The gradient-masking report follows the checks of Athalye, Carlini, Wagner (ICML 2018) and
 Carlini et al., "On Evaluating Adversarial Robustness" (2019): robust accuracy must not rise
-with more attack steps or more restarts, single-step FGSM must not beat multi-step PGD, and
-an attack with an unbounded budget must reach (near) zero accuracy.
+with more attack steps or more restarts, single-step FGSM must not beat multi-step PGD, an
+attack with an unbounded budget must reach (near) zero accuracy; and, since an attack that has
+not converged passes all of these, robust accuracy must no longer fall when restarts are added
+to the many-step attack, and robustreg's strongest attack must be within a point of APGD.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from .attacks import FGSM, PGD
+from .attacks import CW, FGSM, PGD
+from .autoattack import AutoAttack, available, load_package
 from .modes import inner_mode
 from .perturb import Bounds, check_bounds, get_ball
 
@@ -60,6 +67,7 @@ def robust_accuracy(
     attack: Attack | Mapping[str, Attack],
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    on_batch: Callable[[Accuracy], None] | None = None,
 ) -> Accuracy:
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
 
@@ -70,6 +78,8 @@ def robust_accuracy(
             mapping ``name -> attack``; robust means correct under every one of them.
         batch_size: the chunk size when ``data`` is a pair of tensors.
         device: where batches go; by default the device of the model's parameters.
+        on_batch: called after every batch with the accuracies so far (progress bars, partial
+            results of a long evaluation).
 
     Returns:
         :class:`Accuracy` with ``clean``, ``robust``, ``n`` and ``per_attack`` (each attack's
@@ -99,15 +109,54 @@ def robust_accuracy(
                 robust_ok &= hit
             robust += int(robust_ok.sum())
             n += x.shape[0]
+            if on_batch is not None:
+                on_batch(Accuracy(clean / n, robust / n, n, {k: v / n for k, v in per.items()}))
     if n == 0:
         raise ValueError("data yielded no samples")
     return Accuracy(clean / n, robust / n, n, {k: v / n for k, v in per.items()})
 
 
+def recommended_attacks(
+    eps: float,
+    *,
+    norm: str = "linf",
+    bounds: Bounds = (0.0, 1.0),
+    version: str = "standard",
+    steps: int = 40,
+    seed: int = 0,
+) -> dict[str, Attack]:
+    """The attack set to publish robust accuracy with, for :func:`robust_accuracy`.
+
+    AutoAttack ``version`` (:class:`robustreg.AutoAttack`, the authors' ``pyautoattack``:
+    ``"standard"``, or ``"apgd"`` = APGD-CE + APGD-T for evaluation during training) beside
+    robustreg's PGD-k on the cross-entropy and CW-k on the margin, k = ``steps`` with
+    α = 2.5ε/k, so that k·α ≥ 2ε (the steps can cross the ball). The robust accuracy
+    :func:`robust_accuracy` reports is the per-sample worst case over the three, never above
+    AutoAttack's own; each attack's own accuracy is in ``per_attack``. ``bounds=None`` works
+    too (AutoAttack then runs in the batch's enclosing box, never active).
+
+    Raises ImportError with the install command when ``pyautoattack`` is missing: a weaker set
+    is never substituted silently (use :class:`robustreg.PGD` / :func:`robustreg.CW` by hand,
+    and :func:`gradient_masking_report` to check that they have converged).
+
+    Returns ``{"autoattack-<version>": ..., "pgd<k>": ..., "cw<k>": ...}``.
+    """
+    _checks.count("steps", steps, minimum=1)
+    aa = AutoAttack(eps=eps, norm=norm, version=version, bounds=bounds, seed=seed)
+    load_package()  # fail now, with the install command, not at the first batch
+    return {
+        f"autoattack-{version}": aa,
+        f"pgd{steps}": PGD(eps=eps, steps=steps, norm=norm, bounds=bounds),
+        f"cw{steps}": CW(eps, steps=steps, norm=norm, bounds=bounds),
+    }
+
+
 @dataclass(frozen=True)
 class Check:
+    """One check of the report; ``passed`` is ``None`` when it could not run (``detail`` says why)."""
+
     name: str
-    passed: bool
+    passed: bool | None
     detail: str
 
 
@@ -120,11 +169,13 @@ class MaskingReport:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """No check failed (a skipped check does not fail)."""
+        return all(c.passed is not False for c in self.checks)
 
     def __str__(self) -> str:
         lines = [f"{k:>16}: {v:.4f}" for k, v in self.accuracy.items()]
-        lines += [f"[{'ok' if c.passed else 'FAIL'}] {c.name}: {c.detail}" for c in self.checks]
+        mark = {True: "ok", False: "FAIL", None: "skip"}
+        lines += [f"[{mark[c.passed]}] {c.name}: {c.detail}" for c in self.checks]
         return "\n".join(lines)
 
 
@@ -137,20 +188,33 @@ def gradient_masking_report(
     bounds: Bounds = (0.0, 1.0),
     steps: tuple[int, int] = (10, 50),
     restarts: int = 5,
+    alpha: float | None = None,
     tolerance: float = 0.01,
+    apgd: bool | None = None,
+    gap_tolerance: float = 0.01,
     batch_size: int = 256,
+    on_batch: Callable[[Accuracy], None] | None = None,
 ) -> MaskingReport:
-    """Run FGSM, PGD with few and many steps, PGD with restarts and an unbounded PGD, and
-    check that the accuracies are ordered as they must be for a model without masked
-    gradients:
+    """Run FGSM, PGD with few and many steps, each with and without restarts, CW with many
+    steps, an unbounded PGD and (where ``pyautoattack`` is installed) AutoAttack's APGD-CE +
+    APGD-T, and check that the accuracies are ordered as they must be for a model without
+    masked gradients and for an attack that has converged:
 
-    - ``pgd-{many} ≤ pgd-{few}`` (more steps never help the model),
-    - ``pgd-{few}x{restarts} ≤ pgd-{few}`` (more restarts never help the model),
-    - ``pgd-{few} ≤ fgsm`` (one step never beats many),
-    - ``unbounded ≈ 0``: PGD-{many} from δ = 0 with PGD-{few}'s step size and a radius that
-      covers the whole input box (100·ε without a box) must reach (near) zero accuracy,
+    - ``more steps``: ``pgd-{many} ≤ pgd-{few}`` (more steps never help the model),
+    - ``restarts``: ``pgd-{few}x{restarts} ≤ pgd-{few}`` (more restarts never help the model),
+    - ``fgsm vs pgd``: ``pgd-{few} ≤ fgsm`` (one step never beats many),
+    - ``unbounded``: PGD-{many} from δ = 0 with PGD-{few}'s step size and a radius that covers
+      the whole input box (100·ε without a box) must reach (near) zero accuracy,
+    - ``converged``: ``pgd-{many}x{restarts} ≥ pgd-{many} − tolerance``: an accuracy that still
+      falls when restarts are added to the many-step attack means the attack has not converged,
+      and the figure it gives is too high,
+    - ``apgd gap``: ``min(pgd-{many}x{restarts}, cw-{many}) − apgd ≤ gap_tolerance``: robustreg's
+      strongest attack within ``gap_tolerance`` of APGD (skipped without ``pyautoattack``, or
+      with ``apgd=False``; ``apgd=True`` requires it).
 
-    each up to ``tolerance`` (a fraction of samples) for the attacks' randomness.
+    The first four hold up to ``tolerance`` (a fraction of samples) for the attacks' randomness.
+    ``alpha`` is the step of the PGD and CW attacks (default 2.5ε/k for k steps): set it to the
+    step of an attack you rely on to see whether that attack converges.
     """
     _checks.nonneg_float("eps", eps)
     get_ball(norm)
@@ -159,7 +223,15 @@ def gradient_masking_report(
     if not few < many:
         raise ValueError(f"steps must be (few, many) with few < many, got {steps}")
     _checks.count("restarts", restarts, minimum=2)
+    if alpha is not None:
+        _checks.nonneg_float("alpha", alpha)
     _checks.unit_float("tolerance", tolerance)
+    _checks.unit_float("gap_tolerance", gap_tolerance)
+    if apgd is not None:
+        _checks.flag("apgd", apgd)
+    run_apgd = available() if apgd is None else apgd
+    if run_apgd:
+        load_package()  # apgd=True without the package: the install command, before any work
     batches = iter(_batches(data, batch_size))
     first = next(batches, None)
     if first is None:
@@ -171,22 +243,46 @@ def gradient_masking_report(
         width = bounds[1] - bounds[0]
         big = width if norm == "linf" else width * math.sqrt(first[0][0].numel())
     common = {"eps": eps, "norm": norm, "bounds": bounds}
-    attacks = {
+    attacks: dict[str, Attack] = {
         "fgsm": FGSM(**common),
-        f"pgd-{few}": PGD(steps=few, **common),
-        f"pgd-{many}": PGD(steps=many, **common),
-        f"pgd-{few}x{restarts}": PGD(steps=few, restarts=restarts, **common),
+        f"pgd-{few}": PGD(steps=few, alpha=alpha, **common),
+        f"pgd-{many}": PGD(steps=many, alpha=alpha, **common),
+        f"pgd-{few}x{restarts}": PGD(steps=few, alpha=alpha, restarts=restarts, **common),
+        f"pgd-{many}x{restarts}": PGD(steps=many, alpha=alpha, restarts=restarts, **common),
+        f"cw-{many}": CW(steps=many, alpha=alpha, **common),
         # From δ = 0 with PGD-few's step: a random start in a huge ball, or a huge step, would
         # leave the data's region and could miss the other class entirely.
         "unbounded": PGD(eps=big, alpha=2.5 * eps / few, steps=many, norm=norm, bounds=bounds, random_start=False),
     }
-    res = robust_accuracy(model, batches, attack=attacks)
+    if run_apgd:
+        attacks["apgd"] = AutoAttack(eps=eps, norm=norm, version="apgd", bounds=bounds)
+    res = robust_accuracy(model, batches, attack=attacks, on_batch=on_batch)
     acc = {"clean": res.clean} | res.per_attack
-    a_few, a_many, a_rs = acc[f"pgd-{few}"], acc[f"pgd-{many}"], acc[f"pgd-{few}x{restarts}"]
+    a_few, a_many = acc[f"pgd-{few}"], acc[f"pgd-{many}"]
+    a_rs, a_many_rs, a_cw = acc[f"pgd-{few}x{restarts}"], acc[f"pgd-{many}x{restarts}"], acc[f"cw-{many}"]
     checks = [
         Check("more steps", a_many <= a_few + tolerance, f"PGD-{many} {a_many:.4f} vs PGD-{few} {a_few:.4f}"),
         Check("restarts", a_rs <= a_few + tolerance, f"{restarts} restarts {a_rs:.4f} vs 1 restart {a_few:.4f}"),
         Check("fgsm vs pgd", a_few <= acc["fgsm"] + tolerance, f"PGD-{few} {a_few:.4f} vs FGSM {acc['fgsm']:.4f}"),
         Check("unbounded", acc["unbounded"] <= tolerance, f"accuracy {acc['unbounded']:.4f} at eps={big:.4g}"),
+        Check(
+            "converged",
+            a_many_rs >= a_many - tolerance,
+            f"PGD-{many}x{restarts} {a_many_rs:.4f} vs PGD-{many} {a_many:.4f}"
+            + (
+                "" if a_many_rs >= a_many - tolerance else ": still falling with restarts, the attack has not converged"
+            ),
+        ),
     ]
+    if run_apgd:
+        strongest = min(a_many_rs, a_cw)
+        gap = strongest - acc["apgd"]
+        detail = (
+            f"strongest of PGD-{many}x{restarts} / CW-{many} {strongest:.4f} vs APGD {acc['apgd']:.4f} (gap {gap:+.4f})"
+        )
+        checks.append(Check("apgd gap", gap <= gap_tolerance, detail))
+    else:
+        checks.append(
+            Check("apgd gap", None, f"skipped: {'apgd=False' if apgd is False else 'pyautoattack not installed'}")
+        )
     return MaskingReport(acc, checks)

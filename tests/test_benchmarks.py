@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +55,8 @@ def test_time_to_robust_summary():
     assert abs(report["ratios_interpolated"]["yopo5-10 / pgd40"] - 250 / 600) < 1e-9
 
 
-def test_time_to_robust_runs_every_method_interleaved(monkeypatch):
+def test_time_to_robust_runs_every_method_interleaved(monkeypatch, tmp_path):
     ttr = _time_to_robust()
-    monkeypatch.setattr(ttr, "evaluate", lambda model, test: {"clean": 0.5, "robust": 0.25, "fosc_pgd20": 0.0})
     order = []
     real = ttr.make_method
 
@@ -67,16 +67,45 @@ def test_time_to_robust_runs_every_method_interleaved(monkeypatch):
     monkeypatch.setattr(ttr, "make_method", spy)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
     args = argparse.Namespace(
-        budget_s=1e-9, eval_every_s=1.0, batch_size=16, lr=1e-3, seed=0, c_at="1.0", c_batch=4, gamma=0.04
-    )
+        budget_s=1e-9, snapshot_every_s=1.0, batch_size=16, lr=1e-3, seed=0, c_at="1.0", c_batch=4, gamma=0.04,
+        out=tmp_path,
+    )  # fmt: skip
     names = ["pgd40", "amata", "yopo5-10", "amata-yopo"]
-    curves, table = ttr.run_all(names, (x, y), (x[:8], y[:8]), args)
+    curves, table = ttr.run_all(names, (x, y), args)
     turns = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
     assert turns == names  # one step each, in turn (all clocks at 0; the budget ends after a step)
     assert all(len(curves[n]) == 2 and curves[n][-1]["step"] == 1 for n in names)
     assert curves["amata"][-1]["K"] == 5 and curves["amata-yopo"][-1]["K"] == 2
     (row,) = table
     assert row["C_current"] >= 0 and {"C_pgd10", "C_pgd20", "C_pgd40"} <= set(row)
+    # each point's weights are saved: the snapshot at step 0 is the untrained model of the seed
+    first = ttr.load_snapshot(tmp_path / curves["pgd40"][0]["snapshot"])
+    torch.manual_seed(0)
+    fresh = ttr.SmallCNN().state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), fresh, strict=True))
+
+
+def test_time_to_robust_stages_score_with_autoattack_and_summarize(monkeypatch, tmp_path):
+    pytest.importorskip("pyautoattack")
+    ttr = _time_to_robust()
+    gen = torch.Generator().manual_seed(0)
+    fake = ((torch.rand(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)),) * 2
+    monkeypatch.setattr(ttr, "load_mnist", lambda data_dir: fake)
+    common = ["--methods", "pgd40,yopo5-10", "--budget-s", "1e-9", "--c-at", "", "--out", str(tmp_path)]
+    ttr.main([*common, "--stage", "train"])
+    score = [*common, "--stage", "score", "--curve-attack", "apgd-ce", "--n-test", "8", "--n-final", "6"]
+    ttr.main([*score, "--what", "curves"])
+    (tmp_path / "scores" / "apgd-ce" / "pgd40" / "000.json").unlink()
+    with pytest.raises(SystemExit, match="1 snapshots are not scored yet"):
+        ttr.main([*common, "--stage", "summary", "--curve-attack", "apgd-ce"])
+    ttr.main([*score, "--what", "both"])  # rescores the missing point, then the final models
+    report = ttr.main([*common, "--stage", "summary", "--curve-attack", "apgd-ce"])
+    assert report["curve_attack"] == "apgd-ce" and set(report["final"]) == {"pgd40", "yopo5-10"}
+    for curve in report["curves"].values():
+        assert all(0 <= p["robust"] <= p["clean"] <= 1 for p in curve)
+    for row in report["final"].values():
+        assert row["n"] == 6 and row["standard"]["robust"] <= row["standard"]["clean"]
+    assert (tmp_path / "robust_vs_time.png").stat().st_size > 1000
 
 
 def test_two_rings_ssl_smoke(tmp_path):

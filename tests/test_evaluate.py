@@ -1,8 +1,11 @@
+import sys
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import robustreg
 from robustreg import FGSM, PGD, gradient_masking_report, robust_accuracy
 
 from .conftest import TinyConvBN
@@ -97,3 +100,38 @@ def test_masking_report_uses_every_batch_of_a_generator():
     full = gradient_masking_report(model, [x, y], eps=0.05, steps=(2, 4), restarts=2)
     assert report.accuracy["clean"] == full.accuracy["clean"] == 1.0
     assert report.accuracy["fgsm"] == full.accuracy["fgsm"]  # deterministic attack, all 40 samples
+
+
+def test_masking_report_flags_an_under_powered_attack_as_not_converged_and_passes_a_converged_one():
+    model, x, y = self_labelled_linear(n=200)
+    # k·α = 20 · ε/40 = ε/2: the steps cannot even reach the ball's surface from the centre
+    weak = gradient_masking_report(model, (x, y), eps=0.1, steps=(5, 20), restarts=5, alpha=0.1 / 40)
+    failed = {c.name for c in weak.checks if c.passed is False}
+    assert "converged" in failed, str(weak)
+    assert "not converged" in str(weak)
+    if robustreg.autoattack.available():
+        assert "apgd gap" in failed, str(weak)
+    strong = gradient_masking_report(model, (x, y), eps=0.1, steps=(5, 20), restarts=5)
+    assert strong.passed, str(strong)
+    assert 0 < strong.accuracy["pgd-20x5"] < 1  # the check had something to compare
+    names = {c.name: c.passed for c in strong.checks}
+    assert names["converged"] is True
+    assert names["apgd gap"] is (True if robustreg.autoattack.available() else None)
+
+
+def test_masking_report_without_pyautoattack_skips_the_gap_check_and_apgd_true_needs_it(monkeypatch):
+    model, x, y = self_labelled_linear()
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)
+    report = gradient_masking_report(model, (x, y), eps=0.05, steps=(5, 20), restarts=2)
+    (gap,) = [c for c in report.checks if c.name == "apgd gap"]
+    assert gap.passed is None and "not installed" in gap.detail and "[skip]" in str(report)
+    assert report.passed and "apgd" not in report.accuracy
+    with pytest.raises(ImportError, match="pip install"):
+        gradient_masking_report(model, (x, y), eps=0.05, steps=(2, 4), restarts=2, apgd=True)
+
+
+def test_on_batch_reports_running_accuracies():
+    model, x, y = self_labelled_linear(n=40)
+    seen = []
+    final = robust_accuracy(model, (x, y), attack=FGSM(0.05), batch_size=16, on_batch=seen.append)
+    assert [a.n for a in seen] == [16, 32, 40] and seen[-1] == final

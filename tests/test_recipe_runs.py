@@ -23,8 +23,7 @@ RECIPES = ROOT / "recipes"
 
 
 def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    quiet = [] if script == "evaluate.py" else ["--no-progress"]  # evaluate.py draws no progress bar
-    cmd = [sys.executable, str(RECIPES / script), *quiet, *args]
+    cmd = [sys.executable, str(RECIPES / script), "--no-progress", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
@@ -138,8 +137,10 @@ def test_robust_every_method_on_two_rings(tmp_path, recipe_module):
         summary = robust.main(["--dataset", "two-rings", "--method", method, "--epochs", "2", "--train-size", "128",
                                "--batch-size", "32", "--eval-size", "40", "--eval-pgd", "5", "--eval-every", "4",
                                "--out", str(out), "--no-progress"])  # fmt: skip
-        assert summary["robust_acc"] <= min(summary["clean_acc"], summary["pgd5_acc"], summary["cw_acc"]), method
-        assert [r["step"] for r in rows(out / "metrics.jsonl", "eval")] == [4, 8], method
+        finals = ("clean_acc", "autoattack-apgd_acc", "pgd5_acc", "cw_acc")
+        assert summary["robust_acc"] <= min(summary[k] for k in finals), method
+        evals = rows(out / "metrics.jsonl", "eval")
+        assert [r["step"] for r in evals] == [4, 8] and all("pgd40_acc" in r for r in evals), method
         train = rows(out / "metrics.jsonl", "train")[-1]
         if method != "natural":
             assert "adv_acc" in train, method
@@ -172,15 +173,28 @@ def test_robust_on_synthetic_mnist_with_yopo_and_evaluate_recipe(tmp_path):
     proc = run("evaluate.py", str(tmp_path / "model"), "--pgd", "3", "5", "--cw-steps", "3", "--eval-size", "32")
     ok(proc)
     report = json.loads((tmp_path / "evaluation.json").read_text())
-    assert report["dataset"] == "mnist" and report["n"] == 32 and report["eps"] == 0.3
-    assert report["robust_acc"] <= min(report["pgd3_acc"], report["pgd5_acc"], report["cw_acc"], report["clean_acc"])
-    assert {c["name"] for c in report["masking"]["checks"]} == {"more steps", "restarts", "fgsm vs pgd", "unbounded"}
+    assert report["dataset"] == "mnist" and report["n"] == 32 and report["eps"] == 0.3 and not report["partial"]
+    per_attack = ("autoattack-standard_acc", "pgd3_acc", "pgd5_acc", "cw_acc", "clean_acc")
+    assert report["robust_acc"] <= min(report[k] for k in per_attack)  # AutoAttack standard, the default
+    names = {c["name"] for c in report["masking"]["checks"]}
+    assert names == {"more steps", "restarts", "fgsm vs pgd", "unbounded", "converged", "apgd gap"}
     assert "masking checks" in proc.stdout
     # a checkpoint evaluates too (architecture from run.json): the last one holds the final weights
     step_2 = tmp_path / "checkpoints" / "step_2"
-    ok(run("evaluate.py", str(step_2), "--pgd", "3", "--cw-steps", "3", "--eval-size", "32", "--no-masking"))
+    args = ("--pgd", "3", "--cw-steps", "3", "--eval-size", "32", "--no-masking", "--autoattack", "apgd")
+    ok(run("evaluate.py", str(step_2), *args))
     at_step_2 = json.loads((step_2 / "evaluation.json").read_text())
     assert at_step_2["clean_acc"] == report["clean_acc"] and "masking" not in at_step_2
+    assert "autoattack-apgd_acc" in at_step_2
+
+
+def test_evaluate_recipe_without_pyautoattack_says_how_to_install(tmp_path, recipe_module, monkeypatch, capsys):
+    evaluate = recipe_module("evaluate")
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)
+    with pytest.raises(SystemExit):
+        evaluate.main([str(tmp_path / "model")])
+    err = capsys.readouterr().err
+    assert 'pip install "robustreg[eval]"' in err and "--autoattack none" in err
 
 
 def test_evaluate_recipe_on_a_two_rings_model_passes_the_masking_checks(tmp_path):

@@ -32,7 +32,8 @@ def test_msa_recipe_smoke_on_synthetic_cifar_shapes(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["methods"]) == {"vanilla", "msa", "pgd10"}
     for r in res["methods"].values():
-        assert 0 <= r["clean"] <= 1 and r["eps=0.03"]["all"] <= r["clean"]
+        at = r["eps=0.03"]
+        assert 0 <= r["clean"] <= 1 and at["all"] <= min(r["clean"], at["autoattack-apgd"], at["pgd10"], at["cw"])
     # every layer of the MSA model is in the spectral-norm ball after training
     assert max(res["methods"]["msa"]["spectral_norms"].values()) <= 1 + 1e-5
     assert res["time_ratios"]["msa / pgd10"] > 0  # reported; timing is measured by the recipe itself, not here

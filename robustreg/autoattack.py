@@ -53,6 +53,7 @@ Install with ``pip install "robustreg[eval]"``.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -109,6 +110,19 @@ class _Frozen(nn.Module):
     def forward(self, u: Tensor) -> Tensor:
         x = (self._lo + self._scale * u.to(self._dtype)).reshape(-1, *self._shape)
         return functional_call(self._net[0], self._state, (x,))
+
+
+@contextmanager
+def _quiet_construction() -> Iterator[None]:
+    """The package logs "setting parameters for standard version" at INFO on every construction
+    (once per batch here); hold its logger at WARNING for the constructor alone."""
+    logger = logging.getLogger("auto-attack")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextmanager
@@ -209,11 +223,13 @@ class AutoAttack:
         attacks = list(self.attacks_for(classes))
         lo, hi = self._box(x)
         scale = hi - lo
+        frozen = _Frozen(net, lo, scale, x.dtype, x.shape[1:])
         with inner_mode(net, "eval"), _forked_rng(x.device):
-            aa = package.AutoAttack(
-                _Frozen(net, lo, scale, x.dtype, x.shape[1:]), norm=_NORMS[self.norm], eps=self.eps / scale,
-                version="plus" if self.version == "plus" else "standard", seed=self.seed, device=x.device,
-            )  # fmt: skip
+            with _quiet_construction():
+                aa = package.AutoAttack(
+                    frozen, norm=_NORMS[self.norm], eps=self.eps / scale, seed=self.seed, device=x.device,
+                    version="plus" if self.version == "plus" else "standard",
+                )  # fmt: skip
             aa.verbose = False
             aa.attacks_to_run = attacks
             targets = min(9, classes - 1)

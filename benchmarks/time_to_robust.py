@@ -2,7 +2,7 @@
 YOPO-5-10 and Amata+YOPO, each for the same budget of training time (the YOPO paper's Fig. 2,
 the Amata paper's time comparison), scored with AutoAttack.
 
-    python benchmarks/time_to_robust.py --budget-s 900 --snapshot-every-s 90 --out benchmarks/results/time_to_robust
+    python benchmarks/time_to_robust.py --budget-s 720 --snapshot-every-s 72 --out runs/time_to_robust
 
 SmallCNN, ε = 0.3 (ℓ∞), batch 128, Adam (lr 1e-3 by default, the same for every method).
 
@@ -30,9 +30,12 @@ Three stages (``--stage``, default ``all``), each resumable from what the one be
     ``--curve-attack`` (default: AutoAttack's ``"apgd"`` version, APGD-CE + APGD-T, from the
     authors' ``pyautoattack``), plus the mean FOSC of those adversaries on the first 128. Each
     method's final model is then evaluated with AutoAttack ``standard`` on the first
-    ``--n-final`` test images, and with the curve attack on the same images, so the report
-    shows how far the curve attack is from the standard. ``scores.json`` is rewritten after
-    every model, so an interrupted scoring resumes where it stopped.
+    ``--n-final`` test images, and with the curve attack (and ``--final-attacks``) on the same
+    images, so the report shows how far the curve attack is from the standard. Every score is
+    its own small JSON (``scores/<attack>/<method>/<n>.json``, ``final/<method>.json``, written
+    as each attack ends), so several scoring processes (``--methods``, ``--what``) can share a
+    run directory, ``--what curves --follow`` can score while the training runs, and an
+    interrupted scoring resumes where it stopped.
 ``summary``
     ``curves.json``: every point, the C table, the time each method needed to reach the PGD-40
     run's final robust accuracy (at snapshot granularity, and linearly interpolated between the
@@ -187,7 +190,7 @@ def trainer(
                 point = {"train_s": trained, "step": step, "epoch": step * args.batch_size / x.shape[0]}
                 if isinstance(loss_fn, robustreg.Amata):
                     point |= {"K": loss_fn.K, "alpha": loss_fn.alpha}
-                snapshot(point | {"loss": float(loss)})
+                snapshot(point | {"loss": float(loss.detach())})
                 log.info("%s %s", name, json.dumps({k: round(v, 4) for k, v in point.items()}))
                 next_snap += args.snapshot_every_s
             while c_marks and (trained >= c_marks[0] or done):
@@ -329,24 +332,25 @@ def stage_score(args: argparse.Namespace) -> None:
             trained = json.loads((args.out / "train.json").read_text())
             if "loadavg_end" not in trained["config"]:
                 raise SystemExit("the training has not finished: no final models to score yet")
-            standard = robustreg.AutoAttack(eps=EPS, version="standard")
+            keys = list(dict.fromkeys(["standard", *args.final_attacks.split(","), args.curve_attack]))
             task = bar.add_task(
-                f"final models (standard + {args.curve_attack}, {args.n_final} images)", total=len(names)
+                f"final models ({', '.join(keys)}; {args.n_final} images)", total=len(names) * len(keys)
             )
             for name in names:
                 path = args.out / "final" / f"{name}.json"
-                if path.is_file():
-                    bar.advance(task)
-                    continue
                 snap = trained["curves"][name][-1]["snapshot"]
-                model, row = load_snapshot(args.out / snap), {"snapshot": snap, "n": args.n_final}
-                for key, atk in (("standard", standard), (args.curve_attack, attack)):
-                    start = time.perf_counter()
-                    row[key] = score_model(model, final_data, atk)
-                    row[key] |= {"eval_s": time.perf_counter() - start, "loadavg": _loadavg()}
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_json(path, row)
-                bar.advance(task)
+                row = json.loads(path.read_text()) if path.is_file() else {"snapshot": snap, "n": args.n_final}
+                if (row["snapshot"], row["n"]) != (snap, args.n_final):
+                    raise SystemExit(f"{path} holds another model or --n-final: use another --out")
+                model = load_snapshot(args.out / snap)
+                for key in keys:  # one attack at a time, saved as it ends: a rerun adds what is missing
+                    if key not in row:
+                        start = time.perf_counter()
+                        row[key] = score_model(model, final_data, curve_attack(key))
+                        row[key] |= {"eval_s": time.perf_counter() - start, "loadavg": _loadavg()}
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        write_json(path, row)
+                    bar.advance(task)
 
 
 def time_to_reach(curve: list[dict], target: float) -> float | None:
@@ -434,12 +438,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stage", choices=("train", "score", "summary", "all"), default="all")
     p.add_argument("--data-dir", type=Path, default=default_data, help="holds MNIST/raw/*.gz")
     p.add_argument("--methods", default="pgd40,amata,yopo5-10,amata-yopo")
-    p.add_argument("--budget-s", type=float, default=900.0, help="training seconds per method")
-    p.add_argument("--snapshot-every-s", type=float, default=90.0, help="training seconds between snapshots")
+    p.add_argument("--budget-s", type=float, default=720.0, help="training seconds per method")
+    p.add_argument("--snapshot-every-s", type=float, default=72.0, help="training seconds between snapshots")
     p.add_argument("--n-test", type=int, default=500, help="the curves' fixed test subset: the first N test images")
     p.add_argument("--n-final", type=int, default=1000, help="test images for the final models' AutoAttack")
     p.add_argument("--curve-attack", choices=CURVE_ATTACKS, default="apgd", help="AutoAttack version of the curves")
     p.add_argument("--what", choices=("curves", "final", "both"), default="both", help="what --stage score scores")
+    p.add_argument(
+        "--final-attacks", default="standard", help=f"comma list from {CURVE_ATTACKS} for the final models "
+        "(standard and the curve attack always run)",
+    )  # fmt: skip
     p.add_argument("--follow", action="store_true", help="score snapshots as a running training writes them")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same for every method")
@@ -452,6 +460,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.budget_s <= 0 or args.snapshot_every_s <= 0 or args.n_test < 1 or args.n_final < 1:
         p.error("--budget-s and --snapshot-every-s must be > 0, --n-test and --n-final >= 1")
+    if unknown := set(args.final_attacks.split(",")) - set(CURVE_ATTACKS):
+        p.error(f"--final-attacks: unknown {sorted(unknown)}; choose from {CURVE_ATTACKS}")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

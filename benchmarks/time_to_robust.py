@@ -314,6 +314,8 @@ def stage_score(args: argparse.Namespace) -> None:
                 trained = json.loads((args.out / "train.json").read_text())
                 finished = "loadavg_end" in trained["config"]
                 snaps = [p["snapshot"] for n in names for p in trained["curves"].get(n, [])]
+                if args.points:  # only these snapshot numbers (e.g. around a crossing, with a costlier attack)
+                    snaps = [snap for snap in snaps if int(Path(snap).stem) in args.points]
                 todo = [s for s in snaps if not _score_file(args, s).is_file()]
                 bar.update(task, total=len(snaps), completed=len(snaps) - len(todo))
                 if not todo:
@@ -332,7 +334,7 @@ def stage_score(args: argparse.Namespace) -> None:
             trained = json.loads((args.out / "train.json").read_text())
             if "loadavg_end" not in trained["config"]:
                 raise SystemExit("the training has not finished: no final models to score yet")
-            keys = list(dict.fromkeys(["standard", *args.final_attacks.split(","), args.curve_attack]))
+            keys = list(dict.fromkeys([*args.final_attacks.split(","), args.curve_attack]))
             task = bar.add_task(
                 f"final models ({', '.join(keys)}; {args.n_final} images)", total=len(names) * len(keys)
             )
@@ -455,10 +457,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--curve-attack", choices=CURVE_ATTACKS, default="apgd", help="AutoAttack version of the curves")
     p.add_argument("--what", choices=("curves", "final", "both"), default="both", help="what --stage score scores")
     p.add_argument(
-        "--final-attacks", default="standard", help=f"comma list from {CURVE_ATTACKS} for the final models "
-        "(standard and the curve attack always run)",
+        "--final-attacks", default="standard", help=f"comma list from {CURVE_ATTACKS} for the final models, "
+        "run in this order (the curve attack runs too)",
     )  # fmt: skip
     p.add_argument("--follow", action="store_true", help="score snapshots as a running training writes them")
+    p.add_argument(
+        "--points", type=lambda v: [int(i) for i in v.split(",")], default=None,
+        help="with --what curves: score only these snapshot numbers (comma list; default all)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same for every method")
     p.add_argument("--seed", type=int, default=0)

@@ -114,6 +114,18 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: Path) -> dict | None:
+    """``path``'s JSON object, or None when it is missing or unreadable (a truncated or edited
+    score is scored again rather than trusted or crashed on)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        if path.exists():
+            log.warning("%s is unreadable: scoring it again", path)
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def save_snapshot(model: nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -316,7 +328,7 @@ def stage_score(args: argparse.Namespace) -> None:
                 snaps = [p["snapshot"] for n in names for p in trained["curves"].get(n, [])]
                 if args.points:  # only these snapshot numbers (e.g. around a crossing, with a costlier attack)
                     snaps = [snap for snap in snaps if int(Path(snap).stem) in args.points]
-                todo = [s for s in snaps if not _score_file(args, s).is_file()]
+                todo = [s for s in snaps if read_json(_score_file(args, s)) is None]
                 bar.update(task, total=len(snaps), completed=len(snaps) - len(todo))
                 if not todo:
                     if finished or not args.follow:
@@ -341,7 +353,7 @@ def stage_score(args: argparse.Namespace) -> None:
             for name in names:
                 path = args.out / "final" / f"{name}.json"
                 snap = trained["curves"][name][-1]["snapshot"]
-                row = json.loads(path.read_text()) if path.is_file() else {"snapshot": snap, "n": args.n_final}
+                row = read_json(path) or {"snapshot": snap, "n": args.n_final}
                 if (row["snapshot"], row["n"]) != (snap, args.n_final):
                     raise SystemExit(f"{path} holds another model or --n-final: use another --out")
                 model = load_snapshot(args.out / snap)

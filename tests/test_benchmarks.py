@@ -98,7 +98,8 @@ def test_time_to_robust_stages_score_with_autoattack_and_summarize(monkeypatch, 
     (tmp_path / "scores" / "apgd-ce" / "pgd40" / "000.json").unlink()
     with pytest.raises(SystemExit, match="1 snapshots are not scored yet"):
         ttr.main([*common, "--stage", "summary", "--curve-attack", "apgd-ce"])
-    ttr.main([*score, "--what", "both"])  # rescores the missing point, then the final models
+    (tmp_path / "scores" / "apgd-ce" / "yopo5-10" / "000.json").write_text('{"clean": 0.')  # truncated
+    ttr.main([*score, "--what", "both"])  # rescores the missing and the truncated point, then the final models
     report = ttr.main([*common, "--stage", "summary", "--curve-attack", "apgd-ce"])
     assert report["curve_attack"] == "apgd-ce" and set(report["final"]) == {"pgd40", "yopo5-10"}
     for curve in report["curves"].values():

@@ -26,6 +26,11 @@ def main(out: str) -> None:
     acc.backward(reg(x[share], y[share]))
     if acc.is_main_process:
         torch.save({"world": acc.num_processes, "grads": [p.grad for p in model.parameters()]}, out)
+    # Both ranks leave together and tear gloo down before exit: a rank that exits while its peer
+    # still holds the process group aborts in gloo's destructor ("terminate called without an
+    # active exception"), seen on a loaded machine.
+    acc.wait_for_everyone()
+    acc.end_training()
 
 
 if __name__ == "__main__":

@@ -1,14 +1,29 @@
 """Data sets: generated ones that need no files (the default job runs on a fresh machine), and
-torchvision image sets loaded from local files as tensors."""
+torchvision image sets loaded from local files as tensors.
+
+Data files are checked, never fetched: :func:`load_vision` compares every file with the MD5 that
+torchvision records for the official file (``MNIST.resources``, ``CIFAR10.tgz_md5`` and its
+``train_list``/``test_list``/``meta``, ``SVHN.split_list``) before anything reads it, calls
+torchvision with ``download=False`` only, and reports a damaged file by name, with the MD5 it
+should have and the fix. MNIST-style sets are read straight from the verified ``.gz`` archives, so
+nothing is extracted, nothing is written under a (possibly read-only) data directory and a
+truncated extracted file left next to an archive is never read. The one thing ever written is
+the extraction of a CIFAR-10 archive, under ``$TMPDIR``, keyed by the archive's MD5 and renamed
+into place only when complete.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import gzip
+import logging
 import math
 import os
 import shutil
+import struct
+import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +31,8 @@ import torch
 from torch import Tensor
 
 from . import _checks
+
+log = logging.getLogger(__name__)
 
 
 def two_rings(
@@ -58,13 +75,24 @@ VISION = {
     "svhn": ("SVHN", (3, 32, 32), "train_32x32.mat and test_32x32.mat"),
 }
 
+_NEVER = "this library never downloads data"
+
+
+class DataFileError(OSError):
+    """A data file is present but damaged: its MD5 is not the official one, or it is shorter or
+    longer than its header says. The message names the file, what was expected and the fix."""
+
 
 def load_vision(name: str, root: str | Path, *, train: bool) -> tuple[Tensor, Tensor]:
     """A torchvision image data set as tensors: images ``(N, C, H, W)`` in [0, 1] (float32)
-    and labels ``(N,)`` (int64). Nothing is downloaded: the files must be under ``root`` in
-    torchvision's layout (MNIST-style files under a read-only ``root`` are copied once to
-    ``$TMPDIR/robustreg-data-<uid>/<hash of the directory>/``, since torchvision extracts archives next to them); when
-    they are missing, ``FileNotFoundError`` says which files to place where."""
+    and labels ``(N,)`` (int64), from the files under ``root`` in torchvision's layout.
+
+    Nothing is downloaded and nothing is written under ``root``. Every file is checked against
+    the MD5 torchvision records for the official file before it is read; a missing file raises
+    ``FileNotFoundError`` saying what to place where, a damaged one :class:`robustreg.data.DataFileError`.
+    MNIST-style sets are read straight from their ``.gz`` archives (an extracted file next to an
+    archive is ignored). A CIFAR-10 archive without a good extracted ``cifar-10-batches-py/`` is
+    extracted once to ``$TMPDIR/robustreg-data-<uid>/CIFAR10-<md5>/``."""
     import torchvision
 
     if name not in VISION:
@@ -72,43 +100,151 @@ def load_vision(name: str, root: str | Path, *, train: bool) -> tuple[Tensor, Te
     cls_name, _, files = VISION[name]
     root = Path(root)
     cls = getattr(torchvision.datasets, cls_name)
-    split = {"split": "train" if train else "test"} if name == "svhn" else {"train": train}
-    try:
-        ds = _open(cls, root, split)
-    except (RuntimeError, OSError) as err:  # torchvision: "Dataset not found ..." / download failure
-        raise FileNotFoundError(
-            f"{cls_name} is not available under {root}: place {files} there (torchvision's layout); "
-            "this library never downloads data"
-        ) from err
-    if name in ("mnist", "fashionmnist"):
-        x = ds.data.float().div(255).unsqueeze(1)  # (N, 1, 28, 28)
-        return x, ds.targets.long()
-    data = torch.as_tensor(ds.data)
-    if name == "cifar10":
-        data = data.permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
-    y = torch.as_tensor(ds.targets if name == "cifar10" else ds.labels).long()
-    return data.float().div(255).contiguous(), y
-
-
-def _open(cls, root: Path, split: dict):
-    """Open with ``download=True`` for MNIST-style sets (it only verifies and extracts files that are
-    present; the network is never reached when they are); copy a read-only root first."""
+    missing = f"{cls_name} is not available under {root}: place {files} there (torchvision's layout); {_NEVER}"
     if not root.is_dir():
-        raise FileNotFoundError(root)
-    if cls.__name__ in ("MNIST", "FashionMNIST"):
-        raw = root / cls.__name__ / "raw"
-        if not raw.is_dir() or not any(raw.iterdir()):
-            raise FileNotFoundError(raw)
-        # torchvision extracts next to the archives: work on a copy of a read-only directory
-        # (by its mode bits too: root may write where the owner meant nobody to)
-        if not os.access(raw, os.W_OK) or not raw.stat().st_mode & 0o222:
-            key = hashlib.sha1(str(raw.resolve()).encode()).hexdigest()[:12]  # one copy per source directory
-            copy = Path(tempfile.gettempdir()) / f"robustreg-data-{os.getuid()}" / key / cls.__name__ / "raw"
-            if not copy.is_dir():
-                shutil.copytree(raw, copy)
-            root = copy.parents[1]
-        return cls(root, download=True, **split)
-    return cls(root, download=False, **split)
+        raise FileNotFoundError(missing)
+    if name in ("mnist", "fashionmnist"):
+        images, labels = _read_mnist(cls, root, train=train, missing=missing)
+        return images.float().div(255).unsqueeze(1), labels  # (N, 28, 28) -> (N, 1, 28, 28)
+    if name == "cifar10":
+        ds = cls(_cifar_root(cls, root, missing=missing), train=train, download=False)
+        data = torch.as_tensor(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+        labels = ds.targets
+    else:  # svhn
+        split = "train" if train else "test"
+        _, filename, md5 = cls.split_list[split]
+        if not (root / filename).is_file():
+            raise FileNotFoundError(missing)
+        _verify(root / filename, md5)
+        ds = cls(root, split=split, download=False)
+        data, labels = torch.as_tensor(ds.data), ds.labels  # (N, 3, 32, 32)
+    return data.float().div(255).contiguous(), torch.as_tensor(labels).long()
+
+
+def _verify(path: Path, md5: str) -> None:
+    """Raise :class:`robustreg.data.DataFileError` unless ``path`` has the MD5 torchvision records for
+    the official file. (Hashing is not cached: it costs ~0.1 s for MNIST's training images, and a cache keyed by size
+    and mtime could miss a same-size edit made within one clock tick.)"""
+    from torchvision.datasets.utils import calculate_md5
+
+    got = calculate_md5(path)
+    if got != md5:
+        raise DataFileError(
+            f"{path} is corrupt or truncated: its MD5 is {got} ({path.stat().st_size} bytes), the official "
+            f"file's is {md5} (as recorded by torchvision). Delete it and copy it again from the official "
+            f"source; {_NEVER}"
+        )
+
+
+def _read_mnist(cls: type, root: Path, *, train: bool, missing: str) -> tuple[Tensor, Tensor]:
+    """Images ``(N, 28, 28)`` (uint8) and labels ``(N,)`` (int64) of an MNIST-style set, read from the
+    verified ``.gz`` archives in ``root/<cls>/raw/`` (or, when an archive is absent, from the file
+    extracted from it, whose length is checked against its header: extracted files have no official
+    MD5). torchvision is not called: with the archives present it would extract them next to
+    themselves and trust whatever extracted file it finds there, even a truncated one."""
+    raw = root / cls.__name__ / "raw"
+    md5 = dict(cls.resources)  # archive name -> MD5 of the official file
+    prefix = "train" if train else "t10k"
+    images, labels = (_read_idx(raw, f"{prefix}-{kind}-ubyte", md5, missing) for kind in ("images-idx3", "labels-idx1"))
+    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+        raise DataFileError(
+            f"{raw}: the {prefix} images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match; "
+            f"replace both with the official files; {_NEVER}"
+        )
+    return images, labels.long()
+
+
+def _read_idx(raw: Path, name: str, md5: dict[str, str], missing: str) -> Tensor:
+    """The uint8 array in the IDX file ``raw/name``, from its verified ``.gz`` archive when present.
+
+    IDX (LeCun's MNIST format): bytes 0, 0, 8 (uint8), the number of dimensions d, then d
+    big-endian uint32 sizes and the ``∏ sizes`` bytes of the array."""
+    archive, extracted = raw / f"{name}.gz", raw / name
+    if archive.is_file():
+        _verify(archive, md5[archive.name])
+        path, data = archive, gzip.decompress(archive.read_bytes())
+    elif extracted.is_file():
+        path, data = extracted, extracted.read_bytes()
+    else:
+        raise FileNotFoundError(missing)
+    ndim = data[3] if len(data) >= 4 and data[:3] == b"\x00\x00\x08" else 0  # 0: not IDX of uint8
+    head = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", data[4:head]) if ndim and len(data) >= head else None  # (N, ...) sizes
+    if dims is None or head + math.prod(dims) != len(data):
+        what = (
+            f"holds {len(data)} bytes where its header announces {head + math.prod(dims)}"
+            if dims
+            else "does not start with the header of an IDX file of uint8 data"
+        )
+        raise DataFileError(
+            f"{path} is truncated or damaged: it {what}. Delete it and place the official {archive.name} "
+            f"(MD5 {md5[archive.name]}) in {raw}; {_NEVER}"
+        )
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)[head:].view(dims)  # bytearray: a writable copy
+
+
+def _cifar_root(cls: type, root: Path, *, missing: str) -> Path:
+    """A root whose ``cifar-10-batches-py/`` has torchvision's MD5s: ``root`` when its own extracted
+    folder has them, else the cache of the verified archive ``root/cifar-10-python.tar.gz``."""
+    folder, archive = root / cls.base_folder, root / cls.filename
+    members = {name: md5 for name, md5 in cls.train_list + cls.test_list} | {cls.meta["filename"]: cls.meta["md5"]}
+    problem = _folder_problem(folder, members)
+    if problem is None:
+        return root
+    if not archive.is_file():
+        if isinstance(problem, DataFileError):
+            raise problem
+        raise FileNotFoundError(f"{problem}. {missing}" if folder.is_dir() else missing)
+    _verify(archive, cls.tgz_md5)
+    if folder.is_dir():
+        log.warning("%s; reading the verified %s instead", problem, archive)
+    return _extract_once(archive, f"{cls.__name__}-{cls.tgz_md5}", lambda r: _folder_problem(r / folder.name, members))
+
+
+def _folder_problem(folder: Path, md5: dict[str, str]) -> OSError | None:
+    """Why ``folder`` does not hold the files named in ``md5`` with those MD5s (``None``: it does)."""
+    for name, expected in md5.items():
+        if not (folder / name).is_file():
+            return FileNotFoundError(f"{folder / name} is missing")
+        try:
+            _verify(folder / name, expected)
+        except DataFileError as err:
+            return err
+    return None
+
+
+def _extract_once(archive: Path, key: str, problem: Callable[[Path], OSError | None]) -> Path:
+    """The verified ``archive`` extracted to ``$TMPDIR/robustreg-data-<uid>/<key>/``, where ``key``
+    holds the archive's official MD5: the content decides the directory, so a changed source can
+    never meet an old extraction. The extraction is made in a private temporary directory and
+    renamed into place, so a half-finished one is never seen; of processes racing to make it, the
+    first rename wins and the others use its result. An existing extraction is used only when
+    ``problem`` finds nothing wrong with it; a damaged one is renamed aside, deleted and rebuilt."""
+    cache = Path(tempfile.gettempdir()) / f"robustreg-data-{os.getuid()}"
+    final = cache / key
+    if final.is_dir():
+        if (damage := problem(final)) is None:
+            return final
+        log.warning("%s; extracting %s again", damage, archive)
+        trash = Path(tempfile.mkdtemp(dir=cache, prefix=f".{key}-damaged-"))
+        with contextlib.suppress(FileNotFoundError):  # another process may have moved it first
+            os.replace(final, trash / key)
+        shutil.rmtree(trash, ignore_errors=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=cache, prefix=f".{key}-partial-"))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        try:
+            os.replace(work, final)  # atomic; fails when another process has put its extraction there first
+        except OSError:
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if (err := problem(final)) is not None:
+        raise DataFileError(f"{archive} has the official MD5 but its extraction does not: {err}")
+    return final
 
 
 def synthetic_vision(name: str, n: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:

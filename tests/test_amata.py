@@ -228,6 +228,35 @@ def test_amata_call_is_side_effect_free():
     assert reg.last["K"] == 1
 
 
+def test_amata_checks_the_batch_before_setting_any_knob():
+    model = TinyConvBN().train()
+    snap = snapshot(model)
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    nan = x.clone()
+    nan[0, 0, 0, 0] = math.nan
+    engines = [PGDAT(model, eps=0.1, steps=7, alpha=0.05), ATTA(model, 8, eps=0.1, steps=7, alpha=0.05, reset=5)]
+    for engine in engines:
+        reg = Amata(engine, k_min=1, k_max=3, tau=0.1, total=10)
+        reg.set_progress(0.5)  # knobs (2, 0.05) and ATTA's early reset period would differ from the engine's
+        knobs = {k: getattr(engine, k) for k in ("steps", "alpha", "reset") if hasattr(engine, k)}
+        args = (torch.arange(4),) if isinstance(engine, ATTA) else ()
+        for batch, exc, match in [
+            ((nan, y, *args), ValueError, "x contains NaN or inf"),
+            ((x, torch.full_like(y, 5), *args), ValueError, "y holds class 5"),
+            ((x.double().long(), y, *args), TypeError, "x must be a floating-point tensor"),
+            ((x, y, *args, torch.arange(4)), TypeError, "called with"),
+        ]:
+            with pytest.raises(exc, match=match):
+                reg(*batch)
+            assert {k: getattr(engine, k) for k in knobs} == knobs
+            assert engine.last is None and reg.last is None
+            assert_same(model, snap)
+        if isinstance(engine, ATTA):
+            with pytest.raises(ValueError, match="index holds values in"):
+                reg(x, y, torch.arange(4) + 6)
+            assert engine.memory is None and {k: getattr(engine, k) for k in knobs} == knobs
+
+
 # -- ATTA ------------------------------------------------------------------------------------
 
 

@@ -183,6 +183,15 @@ class ATTA(AdversarialLoss):
         self.last = record
         return loss
 
+    def check_inputs(self, *batch: Tensor) -> None:
+        """Run every check a call ``reg(x, y, index)`` makes, changing nothing."""
+        if len(batch) != 3:
+            raise TypeError(f"ATTA is called with (x, y, index), got {len(batch)} arguments")
+        x, _ = self._prepare(batch[0], batch[1])
+        self._check_index(batch[2], x.shape[0])
+        if self._memory is not None and self._memory.shape[1:] != x.shape[1:]:
+            self._allocate(x)  # raises: the stored perturbations have another sample shape
+
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
         raise TypeError("ATTA needs each sample's dataset index: call reg(x, y, index)")
 

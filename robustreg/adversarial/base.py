@@ -131,14 +131,24 @@ class AdversarialLoss:
         self.last = record
         return loss
 
+    def check_inputs(self, *batch: Tensor) -> None:
+        """Run every check a call makes on ``batch`` (and on the hyper-parameters) and change
+        nothing: raises ``TypeError``/``ValueError`` naming the argument where the call would.
+        Wrappers that set knobs before calling (:class:`robustreg.Amata`) check first."""
+        if len(batch) != 2:
+            raise TypeError(f"{type(self).__name__} is called with (x, y), got {len(batch)} arguments")
+        self._prepare(*batch)
+
     def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Check the configuration and the batch (nothing changes before this returns)."""
+        """Check the configuration and the batch (nothing changes before this returns): x a
+        finite floating batch inside ``bounds``, y integer labels ``(B,)`` of the model's classes,
+        the model's output ``(B, C)`` logits (probed on the first call, then cached)."""
         self._check_config()
         x = _checks.check_x(x, self.bounds)
         y = _checks.check_y(y, x.shape[0])
-        if self._num_classes is None:
-            self._num_classes = _checks.num_classes(self.net, x)
-        _checks.check_classes(y, self._num_classes)
+        classes = self._num_classes if self._num_classes is not None else _checks.num_classes(self.net, x)
+        _checks.check_classes(y, classes)
+        self._num_classes = classes  # cached once the whole batch has passed
         return x, y
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:

@@ -369,3 +369,30 @@ def test_atta_loss_is_ce_at_the_carried_adversary():
     torch.testing.assert_close(loss, F.cross_entropy(model(reg.last.x_adv), y))
     torch.testing.assert_close(reg.memory[index], reg.last.x_adv - x)
     assert float((reg.last.x_adv - x).abs().max()) <= 0.1 + 1e-6
+
+
+class NaNForSomeSamples(nn.Module):
+    """Finite logits for samples whose first feature is below 0.5, NaN (and a NaN gradient) above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc(x) + torch.sqrt(0.5 - x[:, :1])  # sqrt of a negative number is NaN
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_atta_never_stores_a_non_finite_perturbation(norm):
+    model = NaNForSomeSamples()
+    reg = ATTA(model, 6, eps=0.1, alpha=0.05, steps=1, norm=norm, random_start=False, bounds=None)
+    x = torch.rand(6, 5) * 0.3
+    x[1, 0] = x[4, 0] = 0.9  # these two produce a NaN gradient
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    loss = reg(x, y, torch.arange(6))
+    assert not bool(torch.isfinite(loss))  # not hidden: the loss shows it
+    assert bool(torch.isfinite(reg.memory).all())
+    assert bool((reg.memory[[0, 2, 3, 5]].abs().sum(1) > 0).all())
+    if norm == "l2":  # g/‖g‖ of a NaN gradient is NaN (sign(NaN) is 0 in torch: ℓ∞ does not move)
+        assert reg._seen.tolist() == [True, False, True, True, False, True]
+        torch.testing.assert_close(reg.memory[[1, 4]], torch.zeros(2, 5))  # the previous (initial) δ

@@ -182,8 +182,9 @@ class ATTA(AdversarialLoss):
     # -- calling -------------------------------------------------------------------------
     def __call__(self, x: Tensor, y: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
         """The ATTA loss on the batch ``(x, y)`` of dataset indices ``index`` ``(B,)``."""
-        x, y = self._prepare(x, y)
+        x, y, classes = self._checked(x, y)
         index = self._check_index(index, x.shape[0])
+        self._num_classes = classes  # cached once the whole batch has passed
         loss, record = self._indexed_loss(x, y, index)
         self.last = record
         return loss
@@ -192,7 +193,7 @@ class ATTA(AdversarialLoss):
         """Run every check a call ``reg(x, y, index)`` makes, changing nothing."""
         if len(batch) != 3:
             raise TypeError(f"ATTA is called with (x, y, index), got {len(batch)} arguments")
-        x, _ = self._prepare(batch[0], batch[1])
+        x, _, _ = self._checked(batch[0], batch[1])
         self._check_index(batch[2], x.shape[0])
         if self._memory is not None and self._memory.shape[1:] != x.shape[1:]:
             self._allocate(x)  # raises: the stored perturbations have another sample shape

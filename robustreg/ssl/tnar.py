@@ -166,11 +166,13 @@ class TNAR:
         (``(B, C)`` logits), ``logits`` when given, and the chart at x: ``z = encode(x)`` a finite
         ``(B, ...)`` tensor and ``decode(z)`` a finite tensor of x's shape."""
         self._check()
-        x = check_unlabelled(self, x, logits).detach()
+        x, classes = check_unlabelled(self.net, x, logits, self._num_classes)
+        x = x.detach()
         z, decode, linearize = chart_at(self.chart, x)
         _check_chart_output("chart.encode(x)", z, (x.shape[0],))
         ops = _Products(decode, z, self.cg_iters, linearize, shape=tuple(x.shape))
         x_chart = ops.point
+        self._num_classes = classes  # cached once the batch and the chart have passed
         with inner_mode(self.net, self.bn):
             if logits is None:
                 with torch.no_grad():
@@ -258,10 +260,15 @@ class _Products:
                 _check_chart_output("chart.decode(chart.encode(x))", point, shape)
             self.point, self._exact = point.detach(), (jvp_fn, vjp_fn)
             return
-        with torch.enable_grad():
-            point, self._pullback = vjp(decode, z)
+
+        def checked(z: Tensor) -> Tensor:  # the output is checked before vjp looks at it
+            out = decode(z)
             if shape is not None:
-                _check_chart_output("chart.decode(chart.encode(x))", point, shape)
+                _check_chart_output("chart.decode(chart.encode(x))", out, shape)
+            return out
+
+        with torch.enable_grad():
+            point, self._pullback = vjp(checked, z)
             self.point = point.detach()  # decode(z)
             try:
                 _, self._transpose = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self.point))

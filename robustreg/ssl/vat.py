@@ -70,17 +70,16 @@ def check_common(owner: object, positive: tuple[str, ...], integers: dict[str, i
         )
 
 
-def check_unlabelled(owner: object, x: object, logits: object) -> Tensor:
-    """The checks of a semi-supervised call ``reg(x, logits=None)``, before anything changes: x a
-    non-empty finite floating batch ``(B, ...)``; the model's output ``(B, C)`` logits (probed
-    once in eval mode without gradients, then cached as ``owner._num_classes``); ``logits``, when
-    given, a finite floating ``(B, C)`` tensor."""
+def check_unlabelled(net: nn.Module, x: object, logits: object, classes: int | None) -> tuple[Tensor, int]:
+    """The checks of a semi-supervised call ``reg(x, logits=None)``, changing nothing: x a
+    non-empty finite floating batch ``(B, ...)``; the model's output ``(B, C)`` logits (probed in
+    eval mode without gradients unless ``classes``, the cached count, is known); ``logits``, when
+    given, a finite floating ``(B, C)`` tensor. Returns x and C."""
     x = _checks.check_x(x, None)
-    classes = owner._num_classes if owner._num_classes is not None else _checks.num_classes(owner.net, x)
+    classes = classes if classes is not None else _checks.num_classes(net, x)
     if logits is not None:
         _checks.check_logits(logits, x.shape[0], classes)
-    owner._num_classes = classes
-    return x
+    return x, classes
 
 
 def kl_div(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -136,7 +135,8 @@ class VAT:
         failure: the hyper-parameters, x (a non-empty finite floating batch), the model's output
         (``(B, C)`` logits) and ``logits`` (``(B, C)``, finite) when given."""
         self._check()
-        x = check_unlabelled(self, x, logits).detach()
+        x, self._num_classes = check_unlabelled(self.net, x, logits, self._num_classes)
+        x = x.detach()
         with inner_mode(self.net, self.bn):
             if logits is None:
                 with torch.no_grad():

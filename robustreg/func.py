@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp
 
+from .perturb import unit_l2
+
 Operator = Callable[[Tensor], Tensor]
 HVP_MODES = ("forward", "reverse", "auto")
 
@@ -42,9 +44,17 @@ def per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
-def per_sample_normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
-    """``v_i / ‖v_i‖₂`` for every sample (a zero sample stays zero)."""
-    return v / per_sample(v.flatten(1).norm(dim=1).clamp_min(eps), v)
+def per_sample_normalize(v: Tensor, eps: float = 0.0) -> Tensor:
+    """``v_i / ‖v_i‖₂`` for every sample whose norm exceeds ``eps``; the others (a zero sample, by
+    default) are returned as they are. The unit vectors are exact however small or large ``v_i``
+    is (:func:`robustreg.perturb.unit_l2`: squaring v itself underflows or overflows, which gave
+    a vector shorter than 1, or 0)."""
+    unit = unit_l2(v)
+    if eps <= 0:
+        return unit  # a zero sample stays zero
+    peak = v.flatten(1).abs().amax(1)
+    norm = peak * per_sample_dot(unit, v / per_sample(peak.clamp_min(torch.finfo(v.dtype).tiny), v))
+    return torch.where(per_sample(norm > eps, v), unit, v)
 
 
 @contextmanager

@@ -1,5 +1,7 @@
 """robustreg.func against explicit matrices: torch.func.hessian, eigh, linalg.solve."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from robustreg.func import (
     missing_double_backward,
     missing_forward_rule,
     per_sample_dot,
+    per_sample_normalize,
     power_iteration,
     vjp_map,
 )
@@ -224,3 +227,15 @@ def test_detached_parameters_keeps_aliased_and_tied_parameters():
     with pytest.raises(ZeroDivisionError), detached_parameters(model):
         raise ZeroDivisionError  # restored when the body raises too
     assert all(p is before[k] for k, p in model.named_parameters(remove_duplicate=False))
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e25])
+def test_per_sample_normalize_gives_unit_vectors_where_squares_underflow_or_overflow(scale):
+    v = torch.randn(3, 4, 5) * scale  # float32: squares of 1e-25 underflow to 0, of 1e25 overflow to inf
+    v[1] = 0
+    out = per_sample_normalize(v)
+    torch.testing.assert_close(out.flatten(1).norm(dim=1), torch.tensor([1.0, 0.0, 1.0]))
+    expected = v.double() / v.double().flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, 1, 1)
+    torch.testing.assert_close(out, expected.float())
+    assert torch.equal(per_sample_normalize(v, eps=math.inf), v)  # norms at most eps: left as they are
+    torch.testing.assert_close(per_sample_normalize(v, eps=1e-300), out)

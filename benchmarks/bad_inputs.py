@@ -327,8 +327,8 @@ def amata_cases() -> list[Case]:
         def build(accept: bool) -> Setup:
             net = _prepared(ConvNet(), accept)
             eng = ENGINES[engine](net, bn="eval") if accept else ENGINES[engine](net)
-            reg = robustreg.Amata(eng, **({"k_min": 1, "k_max": 3, "tau": 0.1, "total": 4} | kw))
-            reg.set_progress(0.5)
+            reg = robustreg.Amata(eng, **({"k_min": 1, "k_max": 5, "tau": 0.3, "total": 4} | kw))
+            reg.set_progress(0.5)  # K = 3, alpha = 0.1, not the engine's 2 and 0.05: a knob set too early shows
             return Setup(lambda: act(reg, net), [net], [reg])
 
         return Case("Amata", what, build, expect, arg)

@@ -6,7 +6,9 @@ one input the documentation says is valid) and checks two things:
 
 1. **the outcome**: a ``TypeError``/``ValueError`` of the case's type whose message names the
    offending argument (as a word: ``x``, ``y``, ``logits``, ``model``, ``eps``, …), or, for an
-   ``accept`` case, no error at all (and a finite loss when the call returns a 0-dim tensor);
+   ``accept`` case, no error at all and a finite loss when the call returns a 0-dim tensor; for
+   a valid input from which the loss computes a non-finite value (a diverged model whose logits
+   are NaN, NaN in ``logits=``), no error and a non-finite loss: the value is shown, not hidden;
 2. **no side effect**: the model's parameters (the same ``nn.Parameter`` objects, bit for bit,
    aliases included), buffers (BatchNorm running statistics), ``.grad``, ``requires_grad``,
    every module's ``training`` flag and norm layers' ``track_running_stats`` are unchanged, and
@@ -41,7 +43,7 @@ import re
 import sys
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -59,7 +61,8 @@ CLASSES = 3
 
 
 class ConvNet(nn.Module):
-    """``(B, 1, 8, 8) -> (B, 3)`` with BatchNorm; ``out="flat"`` returns ``(B,)``, ``"tuple"`` a pair."""
+    """``(B, 1, 8, 8) -> (B, 3)`` with BatchNorm; ``out="flat"`` returns ``(B,)``, ``"tuple"`` a pair,
+    ``"nan"`` NaN logits (a NaN bias)."""
 
     def __init__(self, out: str = "logits") -> None:
         super().__init__()
@@ -67,6 +70,9 @@ class ConvNet(nn.Module):
         self.bn = nn.BatchNorm2d(4)
         self.fc = nn.Linear(4 * 8 * 8, 1 if out == "flat" else CLASSES)
         self.out = out
+        if out == "nan":  # a model that has diverged: NaN logits from finite inputs
+            with torch.no_grad():
+                self.fc.bias[1] = math.nan
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         h = torch.relu(self.bn(self.conv(x))).flatten(1)
@@ -85,6 +91,9 @@ class MLP(nn.Module):
         super().__init__()
         self.fc1, self.bn, self.fc2 = nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Linear(8, 1 if out == "flat" else CLASSES)
         self.out = out
+        if out == "nan":
+            with torch.no_grad():
+                self.fc2.bias[1] = math.nan
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         logits = self.fc2(torch.tanh(self.bn(self.fc1(x))))
@@ -139,14 +148,17 @@ class Case:
     """One bad (or documented-valid) input to one public object.
 
     ``expect`` is ``TypeError`` or ``ValueError`` with ``arg`` the word the message must contain,
-    or ``None`` for an input the documentation accepts. ``build(accept)`` makes a fresh
-    :class:`Setup` (models in eval mode when ``accept``)."""
+    or ``None`` for an input the documentation accepts; ``nonfinite`` marks a valid input from
+    which the loss computes a non-finite value (a diverged model), which must show in the returned
+    loss, not be hidden. ``build(accept)`` makes a fresh :class:`Setup` (models in eval mode when
+    ``accept``)."""
 
     target: str
     what: str
     build: Callable[[bool], Setup]
     expect: type[Exception] | None = ValueError
     arg: str = ""
+    nonfinite: bool = False  # accepted, and the returned loss must show the non-finite value
 
     @property
     def id(self) -> str:
@@ -171,6 +183,11 @@ ENGINES: dict[str, Callable[..., robustreg.AdversarialLoss]] = {
     "ATTA": lambda net, **kw: robustreg.ATTA(net, 16, **{"eps": 0.1, "alpha": 0.05, "steps": 2} | kw),
 }
 HAS_BN = ("PGDAT", "FastAT", "TRADES", "YOPO", "ATTA")  # engines with a bn= policy
+
+
+def shows(case: Case) -> Case:
+    """``case`` as a valid input whose non-finite result must show in the returned loss."""
+    return replace(case, nonfinite=True)
 
 
 def _engine_call(name: str, reg: object, x: object, y: object, index: object = None) -> object:
@@ -284,6 +301,7 @@ def engine_cases() -> list[Case]:
             engine_case(name, "uint8 labels", None, "", y=lambda: ys.to(torch.uint8)),
             engine_case(name, "eps = 0", None, "", kwargs={"eps": 0.0}),
             engine_case(name, "bounds=None, x outside [0, 1]", None, "", x=lambda: 3 * xs - 1, kwargs={"bounds": None}),
+            shows(engine_case(name, "a diverged model (NaN logits)", None, "", model="nan")),
         ]
     out += [
         engine_case("ATTA", "index out of range", ValueError, "index", index=lambda: torch.arange(4) + 14),
@@ -454,7 +472,8 @@ def ssl_cases() -> list[Case]:
         vat("logits with the wrong class count", ValueError, "logits", logits=lambda: torch.randn(4, 5)),
         vat("logits of the wrong batch", ValueError, "logits", logits=lambda: logits[:2]),
         vat("logits (B,)", ValueError, "logits", logits=lambda: logits[:, 0]),
-        vat("logits with a NaN", ValueError, "logits", logits=lambda: with_nan(logits)),
+        shows(vat("logits with a NaN", None, "", logits=lambda: with_nan(logits))),
+        shows(vat("a diverged model (NaN logits)", None, "", model="nan")),
         vat("logits of dtype int64", TypeError, "logits", logits=lambda: logits.long()),
         vat("model returns (B,)", ValueError, "model", model="flat"),
         vat("model returns a tuple", ValueError, "model", model="tuple"),
@@ -496,12 +515,14 @@ def ssl_cases() -> list[Case]:
             "chart",
         ),
         tnar("a valid call", None, ""),
+        shows(tnar("a diverged model (NaN logits)", None, "", model="nan")),
         tnar("TAR alone, exact products", None, "", kwargs={"weights": (1.0, 0.0), "method": "hvp"}),
         entmin("x with a NaN", ValueError, "x", lambda r: r(with_nan(xs))),
         entmin("x of dtype int64", TypeError, "x", lambda r: r(xs.long())),
         entmin("neither x nor logits", TypeError, "x", lambda r: r()),
         entmin("logits a list", TypeError, "logits", lambda r: r(logits=logits.tolist())),
-        entmin("logits with an inf", ValueError, "logits", lambda r: r(logits=with_nan(logits, math.inf))),
+        shows(entmin("logits with an inf", None, "", lambda r: r(logits=with_nan(logits, math.inf)))),
+        shows(entmin("a diverged model (NaN logits)", None, "", lambda r: r(xs), model="nan")),
         entmin("logits (B,)", ValueError, "logits", lambda r: r(logits=logits[:, 0])),
         entmin("logits of another batch than x", ValueError, "logits", lambda r: r(xs, logits=logits[:3])),
         entmin("model returns (B,)", ValueError, "model", lambda r: r(xs), model="flat"),
@@ -829,6 +850,9 @@ def run_case(case: Case) -> Outcome:
     if accept:
         if error is not None:
             ok, result, detail = False, "refused", f"{type(error).__name__}: {error}"
+        elif case.nonfinite:
+            shown = isinstance(value, Tensor) and value.dim() == 0 and not bool(torch.isfinite(value))
+            ok, result, detail = shown, "accepted" if shown else "hidden", f"returned {value!r}"
         elif isinstance(value, Tensor) and value.dim() == 0 and not bool(torch.isfinite(value)):
             ok, result, detail = False, "non-finite", f"accepted, but returned {float(value)}"
         else:
@@ -871,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.failures and o.ok:
             continue
         style = None if o.ok else "bold red"
-        expected = "accept" if o.case.expect is None else f"{o.case.expect.__name__} ({o.case.arg})"
+        expected = f"{o.case.expect.__name__} ({o.case.arg})" if o.case.expect else "accept"
+        expected += ", loss non-finite" if o.case.nonfinite else ""
         table.add_row(
             o.case.target,
             o.case.what,

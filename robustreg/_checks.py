@@ -152,8 +152,12 @@ def check_output(out: object, batch: int | None = None) -> Tensor:
 
 
 def check_logits(logits: object, batch: int | None, classes: int | None = None, *, name: str = "logits") -> Tensor:
-    """A ``logits=`` argument: a floating tensor ``(B, C)`` without NaN or inf, non-empty, with
-    ``B = batch`` (x's batch size) and ``C = classes`` (the model's class count) when given."""
+    """A ``logits=`` argument: a non-empty floating tensor ``(B, C)`` with ``B = batch`` (x's batch
+    size) and ``C = classes`` (the model's class count) when given.
+
+    Its values are not checked: logits= is the model's own output on x, and a non-finite value
+    in it, like one the loss computes itself, shows in the returned loss (where training loops
+    look for it) rather than being raised here."""
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, num_classes), got {type(logits).__name__}")
     if not logits.is_floating_point():
@@ -163,7 +167,7 @@ def check_logits(logits: object, batch: int | None, classes: int | None = None, 
     if logits.dim() != 2 or logits.numel() == 0 or tuple(logits.shape) != (b, c):
         want = f"({'B' if batch is None else batch}, {'num_classes' if classes is None else classes})"
         raise ValueError(f"{name} must have shape {want} (x's batch, the model's classes), got {tuple(logits.shape)}")
-    return finite(name, logits)
+    return logits
 
 
 def num_classes(model: nn.Module, x: Tensor) -> int:

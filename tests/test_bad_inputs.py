@@ -45,3 +45,10 @@ def test_a_side_effect_is_detected():
 
     outcome = bad_inputs.run_case(bad_inputs.Case("harness", "forward then raise", build, ValueError, "x"))
     assert not outcome.ok and "buffers" in outcome.side_effects
+
+
+def test_the_script_prints_the_table_and_the_totals_and_exits_zero(capsys):
+    assert bad_inputs.main([]) == 0
+    out = capsys.readouterr().out
+    n = len(CASES)
+    assert f"{n} cases" in out and f"{n} clear errors/accepted, 0 side effects, 0 failures" in out

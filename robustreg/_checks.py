@@ -144,9 +144,9 @@ def check_output(out: object, batch: int | None = None) -> Tensor:
     rows = out.dim() == 2 and (batch is None or out.shape[0] == batch)
     if not (rows and out.shape[1] > 0 and out.is_floating_point()):
         raise ValueError(
-            "model must return floating-point logits of shape (B, num_classes)"
+            "model must return logits of shape (B, num_classes)"
             + ("" if batch is None else f" with B = {batch}")
-            + f", got shape {tuple(out.shape)} and dtype {out.dtype}"
+            + f" and a floating dtype, got shape {tuple(out.shape)} and dtype {out.dtype}"
         )
     return out
 

@@ -129,8 +129,10 @@ class PGD:
             raise ValueError("restarts > 1 needs random_start=True (restarts from δ = 0 are all the same)")
         object.__setattr__(self, "bounds", check_bounds(self.bounds))
         check_bn(self.bn)
+        if isinstance(self.kappa, bool) or not isinstance(self.kappa, (int, float)):
+            raise TypeError(f"kappa must be a real number, got {type(self.kappa).__name__}")
         if not self.kappa > 0:
-            raise ValueError(f"kappa must be > 0, got {self.kappa}")
+            raise ValueError(f"kappa must be > 0 (inf: unclipped), got {self.kappa}")
 
     @property
     def step_size(self) -> float:
@@ -139,6 +141,10 @@ class PGD:
         return 2.5 * self.eps / max(self.steps, 1)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """``x + δ`` for the worst δ found. Checked first, changing nothing on failure: model a
+        module returning ``(B, C)`` logits, x a finite floating batch inside ``bounds``, y integer
+        labels ``(B,)`` in the model's classes."""
+        _checks.module("model", model)
         x = _checks.check_x(x, self.bounds).detach()
         y = _checks.check_y(y, x.shape[0])
         net = unwrap(model)

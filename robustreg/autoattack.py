@@ -33,8 +33,8 @@ What this wrapper adds, so that AutoAttack keeps robustreg's attack contract:
   (for two classes cross-entropy is a monotone function of the margin, so APGD-CE already
   maximises it) and FAB-T by untargeted FAB. :meth:`AutoAttack.attacks_for` says what runs.
 - **Side-effect free.** The model runs in eval mode (every module's mode restored afterwards, so
-  BatchNorm running statistics are untouched) through ``torch.func.functional_call`` with
-  detached parameters: FAB's ``.backward()`` calls can reach no parameter's ``.grad``. The
+  BatchNorm running statistics are untouched) with its parameters detached
+  (:func:`robustreg.func.detached_parameters`): FAB's ``.backward()`` calls can reach no parameter's ``.grad``. The
   package seeds the global RNG (``torch.manual_seed``); the call runs inside
   ``torch.random.fork_rng``, so the caller's random stream is the same afterwards. Inputs of
   any floating dtype: the package computes in float32 and the model sees the caller's dtype;
@@ -61,9 +61,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from . import _checks
+from .func import detached_parameters
 from .modes import inner_mode, unwrap
 from .perturb import Bounds, check_bounds, clamp_to_box, get_ball
 
@@ -103,13 +103,12 @@ class _Frozen(nn.Module):
     def __init__(self, net: nn.Module, lo: float, scale: float, dtype: torch.dtype, shape: torch.Size) -> None:
         super().__init__()
         self._net = (net,)  # a tuple, so the model is not registered as a submodule
-        self._state = {k: v.detach() for k, v in net.named_parameters()}
-        self._state |= {k: v for k, v in net.named_buffers()}
         self._lo, self._scale, self._dtype, self._shape = lo, scale, dtype, shape
 
     def forward(self, u: Tensor) -> Tensor:
         x = (self._lo + self._scale * u.to(self._dtype)).reshape(-1, *self._shape)
-        return functional_call(self._net[0], self._state, (x,))
+        with detached_parameters(self._net[0]):
+            return self._net[0](x)
 
 
 @contextmanager
@@ -215,6 +214,7 @@ class AutoAttack:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         package = load_package()
+        _checks.module("model", model)
         x = _checks.check_x(x, self.bounds).detach()
         y = _checks.check_y(y, x.shape[0])
         net = unwrap(model)

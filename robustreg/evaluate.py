@@ -56,7 +56,14 @@ def _batches(data: Data, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
         for i in range(0, x.shape[0], batch_size):
             yield x[i : i + batch_size], y[i : i + batch_size]
         return
-    for batch in data:
+    try:
+        batches = iter(data)
+    except TypeError:
+        kind = type(data).__name__
+        raise TypeError(f"data must be an iterable of (x, y, ...) batches or a pair of tensors, got {kind}") from None
+    for batch in batches:
+        if isinstance(batch, Tensor) or not isinstance(batch, Sequence) or len(batch) < 2:
+            raise TypeError(f"data must yield (x, y, ...) batches, got a {type(batch).__name__}")
         yield batch[0], batch[1]
 
 
@@ -84,11 +91,19 @@ def robust_accuracy(
     Returns:
         :class:`Accuracy` with ``clean``, ``robust``, ``n`` and ``per_attack`` (each attack's
         accuracy on its own; for a single attack the key is ``"attack"``).
+
+    Every batch is checked before it is attacked: x a non-empty finite floating batch, y integer
+    labels ``(B,)`` in the model's classes, the model's output ``(B, C)`` logits (on the clean
+    pass, in eval mode without gradients), each attack's output of x's shape. Bounds are the
+    attacks' own to check.
     """
+    _checks.module("model", model)
     attacks = dict(attack) if isinstance(attack, Mapping) else {"attack": attack}
     if not attacks or not all(callable(a) for a in attacks.values()):
         raise TypeError("attack must be a callable (model, x, y) -> x_adv or a non-empty mapping of them")
     _checks.count("batch_size", batch_size, minimum=1)
+    if on_batch is not None and not callable(on_batch):
+        raise TypeError(f"on_batch must be callable or None, got {type(on_batch).__name__}")
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else None
@@ -96,13 +111,20 @@ def robust_accuracy(
     per = dict.fromkeys(attacks, 0)
     with inner_mode(model, "eval"):
         for x, y in _batches(data, batch_size):
+            x = _checks.check_x(x, None)
+            y = _checks.check_y(y, x.shape[0])
             x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                ok = model(x).argmax(1) == y
+            with torch.no_grad():  # eval mode, no gradients: checking the output afterwards changes nothing
+                logits = _checks.check_output(model(x), x.shape[0])
+            _checks.check_classes(y, logits.shape[1])
+            ok = logits.argmax(1) == y
             clean += int(ok.sum())
             robust_ok = ok.clone()
             for name, atk in attacks.items():
                 x_adv = atk(model, x, y)
+                if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
+                    shape = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
+                    raise ValueError(f"attack {name!r} must return x_adv of x's shape {tuple(x.shape)}, got {shape}")
                 with torch.no_grad():
                     hit = model(x_adv).argmax(1) == y
                 per[name] += int(hit.sum())
@@ -216,9 +238,12 @@ def gradient_masking_report(
     ``alpha`` is the step of the PGD and CW attacks (default 2.5ε/k for k steps): set it to the
     step of an attack you rely on to see whether that attack converges.
     """
+    _checks.module("model", model)
     _checks.nonneg_float("eps", eps)
     get_ball(norm)
     bounds = check_bounds(bounds)
+    if not isinstance(steps, tuple) or len(steps) != 2:
+        raise TypeError(f"steps must be a pair (few, many) of ints, got {steps!r}")
     few, many = (_checks.count("steps", s, minimum=1) for s in steps)
     if not few < many:
         raise ValueError(f"steps must be (few, many) with few < many, got {steps}")

@@ -27,8 +27,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vjp
+from torch.func import vjp
 
+from .func import detached_parameters
 from .models import Normalize
 from .modes import inner_mode
 
@@ -88,9 +89,9 @@ class FirstLayer:
         p = p.to(z.dtype)  # under autocast the co-state can arrive in half precision
         with torch.no_grad():
             if self.ops is None:
-                params = {k: v.detach() for k, v in self.params.items()}
-                _, pullback = vjp(lambda t: functional_call(self.module, params, (t,)), z)
-                return pullback(p)[0]
+                with detached_parameters(self.module):
+                    _, pullback = vjp(self.module, z)
+                    return pullback(p)[0]
             return self._reverse(z, p, param_grads=None)
 
     def param_grad(self, z: Tensor, p: Tensor) -> dict[str, Tensor]:

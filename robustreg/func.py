@@ -15,15 +15,20 @@ Rayleigh quotients are per sample.
   Jacobian ``J`` of a map (a manifold chart's decoder) at a point.
 - :func:`conjugate_gradient`: a few CG iterations on ``A x = b`` for a symmetric positive
   definite operator, per sample; :func:`gram_solve` for ``A = JᵀJ``, which also returns ``J x``.
+- :func:`detached_parameters`: a module whose parameters are constants for the body, so that a
+  transform in the input does not reach (or record a graph to) the weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import grad, jvp, vjp
+
+from .perturb import unit_l2
 
 Operator = Callable[[Tensor], Tensor]
 HVP_MODES = ("forward", "reverse", "auto")
@@ -39,9 +44,39 @@ def per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
-def per_sample_normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
-    """``v_i / ‖v_i‖₂`` for every sample (a zero sample stays zero)."""
-    return v / per_sample(v.flatten(1).norm(dim=1).clamp_min(eps), v)
+def per_sample_normalize(v: Tensor, eps: float = 0.0) -> Tensor:
+    """``v_i / ‖v_i‖₂`` for every sample whose norm exceeds ``eps``; the others (a zero sample, by
+    default) are returned as they are. The unit vectors are exact however small or large ``v_i``
+    is (:func:`robustreg.perturb.unit_l2`: squaring v itself underflows or overflows, which gave
+    a vector shorter than 1, or 0)."""
+    unit = unit_l2(v)
+    if eps <= 0:
+        return unit  # a zero sample stays zero
+    peak = v.flatten(1).abs().amax(1)
+    norm = peak * per_sample_dot(unit, v / per_sample(peak.clamp_min(torch.finfo(v.dtype).tiny), v))
+    return torch.where(per_sample(norm > eps, v), unit, v)
+
+
+@contextmanager
+def detached_parameters(model: nn.Module) -> Iterator[None]:
+    """Run the body with every parameter of ``model`` replaced by its detached value (same
+    storage, no autograd history), and put the very same ``nn.Parameter`` objects back on exit,
+    also when the body raises.
+
+    Each module is visited once, and each of its parameter slots is swapped once, so aliases are
+    safe: a submodule registered under two names, or one parameter shared by two modules.
+    ``torch.func.functional_call`` with a name-keyed dict is not: it swaps an aliased submodule's
+    slot once per name, saves its own replacement as the "original" on the second swap, and
+    leaves a plain tensor in place of the parameter (which the optimizer then never updates).
+    """
+    slots = [(m, name, p) for m in model.modules() for name, p in m._parameters.items() if p is not None]
+    try:
+        for m, name, p in slots:
+            m._parameters[name] = p.detach()
+        yield
+    finally:
+        for m, name, p in slots:
+            m._parameters[name] = p
 
 
 def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, mode: str = "auto") -> Tensor:
@@ -50,7 +85,8 @@ def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, mode: str = "aut
     ``mode="forward"`` differentiates ``grad(f)`` forward along ``v`` (one forward-mode pass
     through a reverse pass: the cheapest); ``"reverse"`` differentiates it backward (``H`` is
     symmetric, so ``vjp`` gives ``Hv`` too), for operations forward mode lacks; ``"auto"`` tries
-    forward and falls back to reverse when an operation has no forward-mode rule.
+    forward and falls back to reverse only on torch's "no forward-mode rule" error
+    (:func:`missing_forward_rule`); any other error is raised.
     """
     if mode not in HVP_MODES:
         raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
@@ -60,11 +96,34 @@ def hvp(f: Callable[[Tensor], Tensor], x: Tensor, v: Tensor, *, mode: str = "aut
     if mode != "reverse":
         try:
             return jvp(g, (x,), (v,))[1]
-        except (NotImplementedError, RuntimeError):
-            if mode == "forward":
-                raise  # "auto": an operation without a forward-mode rule; a genuine error recurs below
+        except (NotImplementedError, RuntimeError) as err:
+            if mode == "forward" or not missing_forward_rule(err):
+                raise  # a genuine error (in the user's model, say) is never retried
     _, pullback = vjp(g, x)
     return pullback(v)[0]
+
+
+# What torch raises for an operation without a forward-mode derivative: NotImplementedError
+# (RuntimeError in older releases) "Trying to use forward AD with <op> that does not support it",
+# and for a custom autograd.Function without ``jvp``: "You must implement the jvp function for
+# custom autograd.Function to use it with forward mode AD."
+_NO_FORWARD_RULE = ("Trying to use forward AD with", "to use it with forward mode AD")
+
+
+def missing_forward_rule(err: BaseException) -> bool:
+    """Whether ``err`` is torch's error for an operation that has no forward-mode (``jvp``)
+    rule, the one case where :func:`hvp` falls back to reverse mode."""
+    return isinstance(err, (NotImplementedError, RuntimeError)) and any(m in str(err) for m in _NO_FORWARD_RULE)
+
+
+def missing_double_backward(err: BaseException) -> bool:
+    """Whether ``err`` is torch's error for a backward that cannot itself be differentiated:
+    "the derivative for '<op>' is not implemented", or "...differentiate twice a function that
+    was marked with @once_differentiable"."""
+    text = str(err)
+    return isinstance(err, (NotImplementedError, RuntimeError)) and (
+        "differentiate twice" in text or ("derivative for" in text and "not implemented" in text)
+    )
 
 
 def power_iteration(op: Operator, v0: Tensor, *, iters: int = 1) -> tuple[Tensor, Tensor]:

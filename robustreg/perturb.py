@@ -74,10 +74,23 @@ class LinfBall:
         return torch.empty_like(like).uniform_(-eps, eps)
 
 
+def unit_l2(g: Tensor) -> Tensor:
+    """``g/‖g‖₂`` per sample, 0 where ``g = 0``, without overflow or underflow: computed as
+    ``s/‖s‖₂`` with ``s = g/max|g|`` (entries in ``[−1, 1]``, so ``‖s‖₂ ∈ [1, √d]``). Squaring g
+    itself overflows for large gradients (float16: any entry above 256) and underflows for small
+    ones (float16: below 2⁻¹²), where the step would silently vanish. A sample with a NaN or
+    inf entry comes out non-finite."""
+    tiny = torch.finfo(g.dtype).tiny
+    peak = reduce(g.abs(), "b ... -> b", "max")  # (B,)
+    s = g / _per_sample(peak.clamp_min(tiny), g)
+    n = reduce(s.square(), "b ... -> b", "sum").sqrt()
+    return s * _per_sample(torch.where(n > 0, 1.0 / n.clamp_min(tiny), 0.0), s)
+
+
 class L2Ball:
     """The ℓ2 ball ``{δ : ‖δ‖₂ ≤ ε}``, the norm taken per sample over all non-batch dims.
 
-    Step: ``δ + α·g/‖g‖₂`` (no step where ``g = 0``). Projection: ``δ·min(1, ε/‖δ‖₂)``.
+    Step: ``δ + α·g/‖g‖₂`` (no step where ``g = 0``; :func:`unit_l2`). Projection: ``δ·min(1, ε/‖δ‖₂)``.
     Random start: uniform in the ball, ``ε·u^(1/d)·z/‖z‖₂`` with ``z ~ N(0, I_d)`` and
     ``u ~ U(0, 1)``, d the number of elements of one sample.
     """
@@ -94,9 +107,7 @@ class L2Ball:
         return delta * _per_sample(scale, delta)
 
     def step(self, delta: Tensor, grad: Tensor, alpha: float) -> Tensor:
-        n = self.norm(grad)
-        inv = torch.where(n > 0, 1.0 / n.clamp_min(torch.finfo(n.dtype).tiny), 0.0)
-        return delta + alpha * grad * _per_sample(inv, grad)
+        return delta + alpha * unit_l2(grad)
 
     def random(self, like: Tensor, eps: float) -> Tensor:
         z = torch.randn_like(like)

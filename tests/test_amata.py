@@ -228,6 +228,35 @@ def test_amata_call_is_side_effect_free():
     assert reg.last["K"] == 1
 
 
+def test_amata_checks_the_batch_before_setting_any_knob():
+    model = TinyConvBN().train()
+    snap = snapshot(model)
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    nan = x.clone()
+    nan[0, 0, 0, 0] = math.nan
+    engines = [PGDAT(model, eps=0.1, steps=7, alpha=0.05), ATTA(model, 8, eps=0.1, steps=7, alpha=0.05, reset=5)]
+    for engine in engines:
+        reg = Amata(engine, k_min=1, k_max=3, tau=0.1, total=10)
+        reg.set_progress(0.5)  # knobs (2, 0.05) and ATTA's early reset period would differ from the engine's
+        knobs = {k: getattr(engine, k) for k in ("steps", "alpha", "reset") if hasattr(engine, k)}
+        args = (torch.arange(4),) if isinstance(engine, ATTA) else ()
+        for batch, exc, match in [
+            ((nan, y, *args), ValueError, "x contains NaN or inf"),
+            ((x, torch.full_like(y, 5), *args), ValueError, "y holds class 5"),
+            ((x.double().long(), y, *args), TypeError, "x must be a floating-point tensor"),
+            ((x, y, *args, torch.arange(4)), TypeError, "called with"),
+        ]:
+            with pytest.raises(exc, match=match):
+                reg(*batch)
+            assert {k: getattr(engine, k) for k in knobs} == knobs
+            assert engine.last is None and reg.last is None
+            assert_same(model, snap)
+        if isinstance(engine, ATTA):
+            with pytest.raises(ValueError, match="index holds values in"):
+                reg(x, y, torch.arange(4) + 6)
+            assert engine.memory is None and {k: getattr(engine, k) for k in knobs} == knobs
+
+
 # -- ATTA ------------------------------------------------------------------------------------
 
 
@@ -340,3 +369,30 @@ def test_atta_loss_is_ce_at_the_carried_adversary():
     torch.testing.assert_close(loss, F.cross_entropy(model(reg.last.x_adv), y))
     torch.testing.assert_close(reg.memory[index], reg.last.x_adv - x)
     assert float((reg.last.x_adv - x).abs().max()) <= 0.1 + 1e-6
+
+
+class NaNForSomeSamples(nn.Module):
+    """Finite logits for samples whose first feature is below 0.5, NaN (and a NaN gradient) above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.fc(x) + torch.sqrt(0.5 - x[:, :1])  # sqrt of a negative number is NaN
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_atta_never_stores_a_non_finite_perturbation(norm):
+    model = NaNForSomeSamples()
+    reg = ATTA(model, 6, eps=0.1, alpha=0.05, steps=1, norm=norm, random_start=False, bounds=None)
+    x = torch.rand(6, 5) * 0.3
+    x[1, 0] = x[4, 0] = 0.9  # these two produce a NaN gradient
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    loss = reg(x, y, torch.arange(6))
+    assert not bool(torch.isfinite(loss))  # not hidden: the loss shows it
+    assert bool(torch.isfinite(reg.memory).all())
+    assert bool((reg.memory[[0, 2, 3, 5]].abs().sum(1) > 0).all())
+    if norm == "l2":  # g/‖g‖ of a NaN gradient is NaN (sign(NaN) is 0 in torch: ℓ∞ does not move)
+        assert reg._seen.tolist() == [True, False, True, True, False, True]
+        torch.testing.assert_close(reg.memory[[1, 4]], torch.zeros(2, 5))  # the previous (initial) δ

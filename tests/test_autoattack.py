@@ -200,3 +200,22 @@ def test_inputs_are_checked_before_anything_runs():
         AutoAttack(eps=0.1)(model, torch.rand(2, 1, 8, 8) + 1, torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="outside the model's classes"):
         AutoAttack(eps=0.1)(model, torch.rand(2, 1, 8, 8), torch.full((2,), 10))
+
+
+def test_aliased_submodules_keep_their_parameters():
+    class Aliased(nn.Module):  # one submodule registered under two names
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = small_cnn()
+            self.first = self.body[0]
+
+        def forward(self, x):
+            return self.body(x)
+
+    model = Aliased().eval()
+    before = dict(model.named_parameters(remove_duplicate=False))
+    x, y = images(model.body, 6)
+    AutoAttack(eps=0.05, version="custom", attacks=("apgd-ce",))(model, x, y)
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] and isinstance(after[k], nn.Parameter) for k in before)

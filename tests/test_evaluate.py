@@ -135,3 +135,27 @@ def test_on_batch_reports_running_accuracies():
     seen = []
     final = robust_accuracy(model, (x, y), attack=FGSM(0.05), batch_size=16, on_batch=seen.append)
     assert [a.n for a in seen] == [16, 32, 40] and seen[-1] == final
+
+
+def test_robust_accuracy_checks_each_batch_with_the_shared_errors():
+    model = TinyConvBN().train()
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    atk = PGD(eps=0.1, steps=1)
+    nan = x.clone()
+    nan[2, 0, 0, 0] = float("nan")
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 1), nn.Flatten(0))
+    for m, data, exc, match in [
+        (flat, (x, y), ValueError, r"model must return .*logits of shape \(B, num_classes\)"),
+        (model, (x, torch.full_like(y, 5)), ValueError, r"y holds class 5, outside the model's classes 0\.\.4"),
+        (model, (x, -1 - y), ValueError, "y holds negative class indices"),
+        (model, (x, y.float()), TypeError, "y must hold integer class indices"),
+        (model, (nan, y), ValueError, "x contains NaN or inf"),
+        (model, (x.long(), y), TypeError, "x must be a floating-point tensor"),
+        (model, [x, y, x], TypeError, "data must yield"),
+        (model, 3, TypeError, "data must be an iterable"),
+        (lambda t: t, (x, y), TypeError, r"model must be a torch\.nn\.Module"),
+    ]:
+        with pytest.raises(exc, match=match):
+            robust_accuracy(m, data, attack=atk)
+        assert model.training and all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -1,5 +1,7 @@
 """robustreg.func against explicit matrices: torch.func.hessian, eigh, linalg.solve."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -7,11 +9,15 @@ from torch.func import functional_call, hessian, jacrev
 
 from robustreg.func import (
     conjugate_gradient,
+    detached_parameters,
     gram_map,
     gram_solve,
     hvp,
     jvp_map,
+    missing_double_backward,
+    missing_forward_rule,
     per_sample_dot,
+    per_sample_normalize,
     power_iteration,
     vjp_map,
 )
@@ -150,3 +156,86 @@ def test_tnar_jacobian_products_of_a_conv_decoder_equal_forward_mode():
     assert ops._transpose is not None
     torch.testing.assert_close(per_sample_dot(ops.jvp(v), u), per_sample_dot(v, ops.vjp(u)))  # adjoint
     torch.testing.assert_close(ops.point, chart.decode(z))
+
+
+def test_hvp_auto_falls_back_on_torchs_own_missing_rule_error():
+    def f(x):  # cdist has no forward-mode rule in torch
+        return torch.cdist(x[None], torch.ones(3, 4, dtype=D)).pow(2).sum()
+
+    x, v = torch.randn(4, dtype=D), torch.randn(4, dtype=D)
+    with pytest.raises(NotImplementedError) as info:
+        hvp(f, x, v, mode="forward")
+    assert missing_forward_rule(info.value)
+    # f = 3‖x − 1‖² (three rows of ones): H = 6I
+    torch.testing.assert_close(hvp(f, x, v, mode="auto"), 6 * v)
+
+
+def test_hvp_auto_reraises_a_genuine_error_instead_of_retrying_in_reverse_mode():
+    calls = []
+
+    def f(x):  # fails once, as a bug in a user's model would; a retry would succeed
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("shape mismatch in the user's model")
+        return (x**3).sum()
+
+    x, v = torch.randn(4, dtype=D), torch.randn(4, dtype=D)
+    with pytest.raises(RuntimeError, match="user's model"):
+        hvp(f, x, v, mode="auto")
+    assert not missing_forward_rule(RuntimeError("shape mismatch"))
+    assert not missing_forward_rule(NotImplementedError("an abstract method"))
+    assert missing_double_backward(NotImplementedError("the derivative for 'foo' is not implemented."))
+    assert not missing_double_backward(RuntimeError("CUDA out of memory"))
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_one = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.layer_one(x)))
+
+
+class Aliased(nn.Module):
+    """One submodule registered under two names, and one parameter shared by two modules."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Inner()
+        self.layer_one = self.inner.layer_one  # the same module twice
+        self.tied = nn.Linear(2, 2)
+        self.other = nn.Linear(2, 2, bias=False)
+        self.other.weight = self.tied.weight  # the same parameter in two modules
+
+    def forward(self, x):
+        return self.other(self.tied(self.inner(x)))
+
+
+def test_detached_parameters_keeps_aliased_and_tied_parameters():
+    model = Aliased()
+    before = dict(model.named_parameters(remove_duplicate=False))
+    assert len(before) > len(dict(model.named_parameters()))  # the aliases are there
+    x = torch.randn(5, 3)
+    with detached_parameters(model):
+        out = model(x)
+        assert not any(isinstance(p, nn.Parameter) for p in model.parameters())
+    assert not out.requires_grad  # the weights were constants
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    with pytest.raises(ZeroDivisionError), detached_parameters(model):
+        raise ZeroDivisionError  # restored when the body raises too
+    assert all(p is before[k] for k, p in model.named_parameters(remove_duplicate=False))
+
+
+@pytest.mark.parametrize("scale", [1e-25, 1e25])
+def test_per_sample_normalize_gives_unit_vectors_where_squares_underflow_or_overflow(scale):
+    v = torch.randn(3, 4, 5) * scale  # float32: squares of 1e-25 underflow to 0, of 1e25 overflow to inf
+    v[1] = 0
+    out = per_sample_normalize(v)
+    torch.testing.assert_close(out.flatten(1).norm(dim=1), torch.tensor([1.0, 0.0, 1.0]))
+    expected = v.double() / v.double().flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, 1, 1)
+    torch.testing.assert_close(out, expected.float())
+    assert torch.equal(per_sample_normalize(v, eps=math.inf), v)  # norms at most eps: left as they are
+    torch.testing.assert_close(per_sample_normalize(v, eps=1e-300), out)

@@ -528,6 +528,39 @@ def test_bad_step_inputs_change_nothing():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("constrain", ["all", None])
+def test_non_finite_integer_and_out_of_range_inputs_change_nothing(constrain):
+    model = Net().to(D).train()
+    msa = MSA(model, beta=1.0, constrain=constrain)
+    x, y = data()
+    nan, inf = x.clone(), x.clone()
+    nan[3, 0, 1, 1], inf[0, 1, 0, 0] = float("nan"), -float("inf")
+    params = dict(model.named_parameters())
+    before = state(model)
+    for xb, yb, exc, match in [
+        (nan, y, ValueError, "x contains NaN or inf"),
+        (inf, y, ValueError, "x contains NaN or inf"),
+        (x.to(torch.int64), y, TypeError, "x must be a floating-point tensor"),
+        (x, torch.full_like(y, 4), ValueError, r"y holds class 4, outside the model's classes 0\.\.3"),
+        (x, -y - 1, ValueError, "y holds negative class indices"),
+    ]:
+        with pytest.raises(exc, match=match):
+            msa.step(xb, yb)
+        after = model.state_dict()  # weights and BatchNorm running statistics
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert model.training and all(p is params[n] for n, p in model.named_parameters())
+    msa.step(x, y)  # and a good batch still steps, with finite parameters
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def test_a_model_without_logits_is_named_before_the_step():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(50, 1), nn.Flatten(0)).to(D)
+    before = state(model)
+    with pytest.raises(ValueError, match=r"model must return .*logits of shape \(B, num_classes\)"):
+        MSA(model, beta=1.0).step(*data())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 # ---------------------------------------------------------------------------------------------
 # 9. plot_eigenvalues
 

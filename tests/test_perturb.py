@@ -116,3 +116,18 @@ def test_bad_norm_and_bounds():
     with pytest.raises(TypeError, match="pair"):
         check_bounds(1.0)
     assert check_bounds(None) is None
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e-5])
+def test_l2_step_is_a_unit_step_where_squaring_the_gradient_overflows_or_underflows(scale):
+    # float16: 1e3² = 1e6 overflows (max 65504) and (1e-5)² underflows to 0; the step must not vanish
+    g = (torch.randn(3, 2, 4, 4, dtype=torch.float64) * scale).half()
+    step = L2Ball().step(torch.zeros_like(g), g, 0.5)
+    expected = 0.5 * g.double() / g.double().flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(step.double(), expected, atol=2e-3, rtol=2e-3)
+    zero = L2Ball().step(torch.zeros(2, 5), torch.zeros(2, 5), 1.0)
+    assert torch.equal(zero, torch.zeros(2, 5))  # no step where g = 0
+    nan = torch.randn(2, 5)
+    nan[1, 3] = math.nan
+    out = L2Ball().step(torch.zeros(2, 5), nan, 1.0)
+    assert bool(torch.isfinite(out[0]).all()) and not bool(torch.isfinite(out[1]).any())  # shown, per sample

@@ -176,3 +176,116 @@ def test_normal_iteration_from_the_tangent_residual_or_from_a_random_start():
     reg(x)
     torch.testing.assert_close(reg.last.r_normal.norm(dim=1), torch.full((4,), 0.3, dtype=D))
     torch.testing.assert_close(reg.last.r_normal @ a, torch.zeros(4, 2, dtype=D), atol=1e-9, rtol=0)
+
+
+def test_hvp_keeps_aliased_submodules_trainable():
+    from .test_vat import AliasedModel
+
+    torch.manual_seed(0)
+    model = AliasedModel().to(D)
+    chart = LinearChart(torch.randn(4, 2, dtype=D), torch.randn(4, dtype=D))
+    before = dict(model.named_parameters(remove_duplicate=False))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = TNAR(model, chart, eps_tangent=0.2, eps_normal=0.2, method="hvp")(torch.randn(5, 4, dtype=D))
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] and isinstance(after[k], nn.Parameter) for k in before)
+    old = model.layer_one.weight.detach().clone()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert not torch.equal(model.layer_one.weight.detach(), old)
+
+
+class _Chart:
+    """A linear chart whose outputs can be made wrong."""
+
+    def __init__(self, encode=None, decode=None) -> None:
+        self.base = LinearChart(torch.randn(5, 2, dtype=D), torch.randn(5, dtype=D))
+        self._encode, self._decode = encode, decode
+
+    def encode(self, x):
+        z = self.base.encode(x)
+        return z if self._encode is None else self._encode(z)
+
+    def decode(self, z):
+        out = self.base.decode(z)
+        return out if self._decode is None else self._decode(out)
+
+
+def _nan_at_first(t):
+    t = t.clone()
+    t.view(-1)[0] = float("nan")
+    return t
+
+
+@pytest.mark.parametrize("method", ["finite_difference", "hvp"])
+def test_bad_inputs_and_charts_raise_the_shared_errors_before_anything_changes(method):
+    from .test_engines import assert_same, snapshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).to(D).train()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    snap = snapshot(model)
+    x = torch.randn(4, 5, dtype=D)
+    bn = "eval" if method == "hvp" else "train"
+    cases = [
+        (_Chart(), _nan_at_first(x), ValueError, "x contains NaN or inf"),
+        (_Chart(), x.to(torch.int64), TypeError, "x must be a floating-point tensor"),
+        (_Chart(), x[:0], ValueError, "empty batch"),
+        (_Chart(encode=_nan_at_first), x, ValueError, r"chart\.encode\(x\) contains NaN or inf"),
+        (_Chart(encode=lambda z: z[:2]), x, ValueError, r"chart\.encode\(x\) must have shape \(4, \.\.\.\)"),
+        (_Chart(encode=lambda z: (z,)), x, TypeError, r"chart\.encode\(x\) must return a floating-point tensor"),
+        (_Chart(decode=_nan_at_first), x, ValueError, r"chart\.decode\(chart\.encode\(x\)\) contains NaN or inf"),
+        (_Chart(decode=lambda o: o[:, :3]), x, ValueError, r"chart\.decode\(chart\.encode\(x\)\) must have shape"),
+        (_Chart(decode=lambda o: o * torch.inf), x, ValueError, "contains NaN or inf"),
+    ]
+    for chart, xb, exc, match in cases:
+        reg = TNAR(model, chart, eps_tangent=0.2, eps_normal=0.2, method=method, bn=bn)
+        with pytest.raises(exc, match=match):
+            reg(xb)
+        assert_same(model, snap)
+        assert reg.last is None
+    reg = TNAR(model, _Chart(), eps_tangent=0.2, eps_normal=0.2, method=method, bn=bn)
+    with pytest.raises(TypeError, match=r"logits must be a torch\.Tensor"):
+        reg(x, logits=[0.0] * 4)
+    with pytest.raises(ValueError, match=r"logits must have shape \(4, 3\)"):
+        reg(x, logits=torch.zeros(4, 2, dtype=D))
+    assert_same(model, snap)
+    flat = TNAR(nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)).to(D), _Chart(), eps_tangent=0.2, eps_normal=0.2)
+    with pytest.raises(ValueError, match=r"model must return .*logits of shape \(B, num_classes\)"):
+        flat(x)
+
+
+def test_a_genuine_error_in_the_decoders_backward_is_not_taken_for_a_missing_derivative():
+    class Flaky(torch.autograd.Function):  # ×2, with a backward that fails once (a bug, not a missing rule)
+        failed = False
+
+        @staticmethod
+        def forward(t):
+            return 2 * t
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, g):
+            if not Flaky.failed:
+                Flaky.failed = True
+                raise RuntimeError("bug in the decoder's backward")
+            return 2 * g
+
+        @staticmethod
+        def jvp(ctx, t):
+            return 2 * t
+
+    class Chart(_Chart):
+        def decode(self, z):
+            return Flaky.apply(self.base.decode(z))
+
+    model, _, x = setup()
+    reg = TNAR(model, Chart(), eps_tangent=0.2, eps_normal=0.2)
+    with pytest.raises(RuntimeError, match="bug in the decoder's backward"):
+        reg(x)

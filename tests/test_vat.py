@@ -130,7 +130,7 @@ def test_bad_arguments_name_themselves():
     reg = VAT(model, eps=1.0)
     with pytest.raises(ValueError, match="logits"):
         reg(x, logits=torch.zeros(3, 3, dtype=D))
-    with pytest.raises(ValueError, match="x must be"):
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
         reg(torch.zeros(2, 4, dtype=torch.long))
     reg.eps = -1.0  # hyper-parameters are checked again at every call
     with pytest.raises(ValueError, match="eps"):
@@ -150,3 +150,112 @@ def test_entmin_is_the_mean_prediction_entropy():
     with pytest.raises(ValueError, match="logits"):
         EntMin(model)(logits=torch.zeros(3, dtype=D))
     assert F.softmax is not None
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_one = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.layer_one(x)))
+
+
+class AliasedModel(nn.Module):
+    """A classifier that registers one submodule under two names."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Inner()
+        self.layer_one = self.inner.layer_one
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def test_hvp_keeps_aliased_submodules_trainable():
+    model = AliasedModel().to(D)
+    before = dict(model.named_parameters(remove_duplicate=False))
+    assert "layer_one.weight" in before and "inner.layer_one.weight" in before
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = VAT(model, eps=0.5, method="hvp")(torch.randn(5, 4, dtype=D))
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] and isinstance(after[k], nn.Parameter) for k in before)
+    old = model.layer_one.weight.detach().clone()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert model.layer_one.weight.grad is not None
+    assert not torch.equal(model.layer_one.weight.detach(), old)  # the optimizer still trains it
+
+
+def _bn_model():
+    return tiny(bn=True).train()
+
+
+@pytest.mark.parametrize("method", ["finite_difference", "hvp"])
+def test_bad_inputs_raise_the_shared_errors_before_anything_changes(method):
+    from .test_engines import assert_same, snapshot
+
+    model = _bn_model()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    reg = VAT(model, eps=0.5, method=method, bn="eval" if method == "hvp" else "train")
+    x = torch.randn(4, 4, dtype=D)
+    nan, inf = x.clone(), x.clone()
+    nan[1, 2], inf[0, 0] = float("nan"), float("inf")
+    snap = snapshot(model)
+    cases = [
+        ((nan,), {}, ValueError, "x contains NaN or inf"),
+        ((inf,), {}, ValueError, "x contains NaN or inf"),
+        ((x[:0],), {}, ValueError, "empty batch"),
+        ((x.long(),), {}, TypeError, "x must be a floating-point tensor"),
+        ((x,), {"logits": [[0.0, 1.0, 2.0]] * 4}, TypeError, "logits must be a torch.Tensor"),
+        ((x,), {"logits": torch.zeros(4, 5, dtype=D)}, ValueError, r"logits must have shape \(4, 3\)"),
+    ]
+    for args, kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            reg(*args, **kwargs)
+        assert_same(model, snap)
+        assert reg.last is None
+
+
+@pytest.mark.parametrize("where", ["logits", "model"])
+def test_a_non_finite_model_output_shows_in_the_loss(where):
+    model = tiny()
+    x = torch.randn(4, 4, dtype=D)
+    logits = None
+    if where == "model":
+        with torch.no_grad():
+            model[2].bias[1] = float("nan")  # the model overflowed in training, say
+    else:
+        logits = model(x).detach()
+        logits[2, 0] = float("inf")
+    loss = VAT(model, eps=0.5)(x, logits=logits)
+    assert not bool(torch.isfinite(loss))  # not hidden: the training loop sees it
+    assert not bool(torch.isfinite(EntMin(model)(x, logits=logits) if logits is not None else EntMin(model)(x)))
+
+
+def test_a_model_without_logits_is_named():
+    reg = VAT(nn.Sequential(nn.Linear(4, 1), nn.Flatten(0)).to(D), eps=0.5)
+    with pytest.raises(ValueError, match=r"model must return .*logits of shape \(B, num_classes\)"):
+        reg(torch.randn(3, 4, dtype=D))
+
+
+def test_hvp_reraises_a_genuine_error_in_the_model():
+    class Flaky(nn.Module):  # fails on its second forward (the first exact product), as a bug would
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.calls = nn.Linear(4, 3).to(D), 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("bug in the user's model")
+            return self.fc(x)
+
+    reg = VAT(Flaky(), eps=0.5, method="hvp")
+    with pytest.raises(RuntimeError, match="bug in the user's model"):
+        reg(torch.randn(3, 4, dtype=D))

@@ -36,7 +36,10 @@ Schedule = Callable[[float], tuple[int, float]]
 
 
 def _progress(progress: object) -> float:
-    if isinstance(progress, bool) or not isinstance(progress, numbers.Real) or not 0 <= float(progress) <= 1:
+    """A training progress t/T in [0, 1]."""
+    if isinstance(progress, bool) or not isinstance(progress, numbers.Real):
+        raise TypeError(f"progress must be a number in [0, 1] (t/T), got {type(progress).__name__}")
+    if not 0 <= float(progress) <= 1:
         raise ValueError(f"progress must be a number in [0, 1] (t/T), got {progress!r}")
     return float(progress)
 
@@ -219,7 +222,10 @@ class Amata:
         if self.schedule is None:
             return None
         p = self.progress if progress is None else _progress(progress)
-        k, alpha = self.schedule(p)
+        out = self.schedule(p)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise TypeError(f"schedule({p}) must return a pair (K, alpha), got {out!r}")
+        k, alpha = out
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise ValueError(f"schedule({p}) returned K={k!r}; K must be an int >= 1")
         _checks.nonneg_float("alpha returned by the schedule", alpha)
@@ -262,7 +268,12 @@ class Amata:
 
     # -- calling -------------------------------------------------------------------------
     def __call__(self, *batch: Tensor) -> Tensor:
-        """The engine's loss on ``batch`` (``x, y``; ATTA: ``x, y, index``) with the current knobs."""
+        """The engine's loss on ``batch`` (``x, y``; ATTA: ``x, y, index``) with the current knobs.
+
+        The schedule's knobs and the batch (the engine's own checks) are validated before any
+        knob is set: a bad batch leaves the engine exactly as it was."""
+        self.knobs()
+        self.engine.check_inputs(*batch)
         knobs = self.apply()
         loss = self.engine(*batch)
         record = self.engine.last

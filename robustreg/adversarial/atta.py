@@ -132,6 +132,8 @@ class ATTA(AdversarialLoss):
         memory, seen = state["memory"], state["seen"]
         if memory is not None and (not isinstance(memory, Tensor) or memory.shape[0] != self.dataset_size):
             raise ValueError(f"state['memory'] must hold dataset_size = {self.dataset_size} perturbations")
+        if memory is not None:
+            _checks.finite("state['memory']", memory)
         self._memory, self._seen = memory, seen
         self.epoch, self._reset_at = int(state["epoch"]), int(state["reset_at"])
 
@@ -139,7 +141,10 @@ class ATTA(AdversarialLoss):
         """Store ``delta`` ``(B, ...)`` as the perturbations of the samples ``index`` ``(B,)``, as a call
         would have. For several processes: each stores only the rows it attacked, so gather
         ``(index, reg.memory[index])`` from all of them and ``remember`` the lot everywhere."""
+        if not isinstance(delta, Tensor) or not delta.is_floating_point() or delta.dim() < 2:
+            raise TypeError("delta must be a floating-point tensor (B, ...) of perturbations")
         index = self._check_index(index, delta.shape[0])
+        _checks.finite("delta", delta)
         memory, seen = self._allocate(delta.detach())
         rows = index.to(memory.device)
         memory[rows] = delta.detach().to(memory)
@@ -177,11 +182,21 @@ class ATTA(AdversarialLoss):
     # -- calling -------------------------------------------------------------------------
     def __call__(self, x: Tensor, y: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
         """The ATTA loss on the batch ``(x, y)`` of dataset indices ``index`` ``(B,)``."""
-        x, y = self._prepare(x, y)
+        x, y, classes = self._checked(x, y)
         index = self._check_index(index, x.shape[0])
+        self._num_classes = classes  # cached once the whole batch has passed
         loss, record = self._indexed_loss(x, y, index)
         self.last = record
         return loss
+
+    def check_inputs(self, *batch: Tensor) -> None:
+        """Run every check a call ``reg(x, y, index)`` makes, changing nothing."""
+        if len(batch) != 3:
+            raise TypeError(f"ATTA is called with (x, y, index), got {len(batch)} arguments")
+        x, _, _ = self._checked(batch[0], batch[1])
+        self._check_index(batch[2], x.shape[0])
+        if self._memory is not None and self._memory.shape[1:] != x.shape[1:]:
+            self._allocate(x)  # raises: the stored perturbations have another sample shape
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
         raise TypeError("ATTA needs each sample's dataset index: call reg(x, y, index)")
@@ -208,8 +223,11 @@ class ATTA(AdversarialLoss):
         mask = carried.reshape(-1, *([1] * (x0.dim() - 1)))
         start = torch.where(mask, clamp_to_box(x0, self.ball.project(stored, self.eps), self.bounds), fresh)
         delta = self._attack(self._ce_sum(y), x0, start)
-        memory[rows] = delta.to(memory)
-        seen[rows] = True
+        # A non-finite δ (from a non-finite gradient: the model overflowed) is never stored: those
+        # samples keep their previous perturbation; the returned loss shows the problem.
+        finite = torch.isfinite(delta).flatten(1).all(1).to(memory.device)  # (B,), no device sync
+        memory[rows] = torch.where(finite.reshape(-1, *([1] * (x0.dim() - 1))), delta.to(memory), memory[rows])
+        seen[rows] = seen[rows] | finite
         x_adv = x + delta
         logits = self.model(x_adv)
         loss = F.cross_entropy(logits, y)

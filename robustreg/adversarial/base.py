@@ -131,15 +131,29 @@ class AdversarialLoss:
         self.last = record
         return loss
 
+    def check_inputs(self, *batch: Tensor) -> None:
+        """Run every check a call makes on ``batch`` (and on the hyper-parameters) and change
+        nothing: raises ``TypeError``/``ValueError`` naming the argument where the call would.
+        Wrappers that set knobs before calling (:class:`robustreg.Amata`) check first."""
+        if len(batch) != 2:
+            raise TypeError(f"{type(self).__name__} is called with (x, y), got {len(batch)} arguments")
+        self._checked(*batch)
+
     def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Check the configuration and the batch (nothing changes before this returns)."""
+        """:meth:`_checked`, then the class count cached (nothing changes before the checks pass)."""
+        x, y, self._num_classes = self._checked(x, y)
+        return x, y
+
+    def _checked(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+        """Check the configuration and the batch, changing nothing: x a finite floating batch
+        inside ``bounds``, y integer labels ``(B,)`` of the model's classes, the model's output
+        ``(B, C)`` logits (probed in eval mode on the first call). Returns x, y (int64) and C."""
         self._check_config()
         x = _checks.check_x(x, self.bounds)
         y = _checks.check_y(y, x.shape[0])
-        if self._num_classes is None:
-            self._num_classes = _checks.num_classes(self.net, x)
-        _checks.check_classes(y, self._num_classes)
-        return x, y
+        classes = self._num_classes if self._num_classes is not None else _checks.num_classes(self.net, x)
+        _checks.check_classes(y, classes)
+        return x, y, classes
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
         raise NotImplementedError

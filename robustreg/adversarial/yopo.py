@@ -140,6 +140,7 @@ class YOPO(AdversarialLoss):
         self.steps = value
 
     def _check_config(self) -> None:
+        _checks.count("n", self.steps)  # the base class's steps, under YOPO's name
         super()._check_config()
         _checks.nonneg_float("alpha", self.alpha)
         _checks.count("m", self.m, minimum=1)

@@ -46,7 +46,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_y
+from .. import _checks
 from .spectral import (
     as_matrix,
     conv_circular_norm,
@@ -147,8 +147,7 @@ class MSA:
         layers: Mapping[nn.Module | str, Mapping[str, object]] | None = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _checks.module("model", model)
         net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.model, self.net = model, net
         self.beta, self.alpha = _beta(beta), _alpha(alpha)
@@ -156,6 +155,8 @@ class MSA:
         if conv_norm not in CONV_NORMS:
             raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {conv_norm!r}")
         self.conv_norm = conv_norm
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(logits, y), got {type(loss_fn).__name__}")
         self.loss_fn = F.cross_entropy if loss_fn is None else loss_fn
         names = {m: n for n, m in net.named_modules()}
         by_name = {n: m for m, n in names.items()}
@@ -204,13 +205,21 @@ class MSA:
         self.rules, self.names = rules, names
         self._inputs: dict[nn.Module, tuple[int, ...]] = {}  # convolutions' input sizes, for "operator"
         self._vectors: dict[nn.Module, Tensor] = {}  # warm starts of the power iteration
+        self._num_classes: int | None = None
         self.last: dict[str, object] = {}
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One MSA iteration on the batch ``(x, y)``; returns the loss before the update (detached)."""
-        if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError("x must be a non-empty batch tensor (B, ...)")
-        y = check_y(y, x.shape[0])
+        """One MSA iteration on the batch ``(x, y)``; returns the loss before the update (detached).
+
+        Checked first, changing nothing (parameters, running statistics, modes) on failure: x a
+        non-empty finite floating batch, y integer labels ``(B,)`` in the model's classes, the
+        model's output ``(B, C)`` logits (probed once on one sample in eval mode without
+        gradients, then cached)."""
+        x = _checks.check_x(x, None)
+        y = _checks.check_y(y, x.shape[0])
+        classes = self._num_classes if self._num_classes is not None else _checks.num_classes(self.net, x)
+        _checks.check_classes(y, classes)
+        self._num_classes = classes
         params = [(m, n, p) for m in self.net.modules() for n, p in m.named_parameters(recurse=False)]
         params = [(m, n, p) for m, n, p in params if p.requires_grad]
         if not params:
@@ -287,8 +296,10 @@ def _all_reduce_mean(grads: list[Tensor]) -> list[Tensor]:
 
 
 def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise TypeError(f"{name} must be a finite real number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
 

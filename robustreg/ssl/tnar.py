@@ -21,8 +21,6 @@ statistics the products are those of the whole batch, as in VAT).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -30,9 +28,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import jvp, vjp
 
-from ..func import Operator, gram_solve, per_sample, per_sample_normalize
+from .. import _checks
+from ..func import Operator, gram_solve, missing_double_backward, per_sample, per_sample_normalize
 from ..modes import inner_mode, unwrap
-from .vat import SSLRecord, _renormalize, check_common, kl_div, kl_hessian_product
+from .vat import SSLRecord, _renormalize, check_common, check_unlabelled, kl_div, kl_hessian_product
 
 TANGENT_MODES = ("linear", "manifold")
 NORMALIZE_MODES = ("l2", "official")
@@ -75,7 +74,7 @@ def chart_at(chart: object, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tenso
     linearize = getattr(owner, "linearize", None)
     if not callable(linearize) or _defined_in(owner, "linearize") is not _defined_in(owner, decoder):
         linearize = None  # none, or a subclass changed the decoder and inherited a linearize of another one
-    return z.detach(), decode, linearize
+    return (z.detach() if isinstance(z, Tensor) else z), decode, linearize
 
 
 def _defined_in(obj: object, name: str) -> type | None:
@@ -137,8 +136,7 @@ class TNAR:
         normalize: str = "l2",
         bn: str = "frozen",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _checks.module("model", model)
         if not _is_chart(chart):
             raise TypeError("chart must have callable encode(x) -> z and decode(z) -> x (or at(x) -> (z, decode))")
         self.model, self.net, self.chart = model, unwrap(model), chart
@@ -146,30 +144,35 @@ class TNAR:
         self.n_power, self.cg_iters, self.weights = n_power, cg_iters, weights
         self.method, self.tangent, self.bn = method, tangent, bn
         self.normal, self.zeta, self.normalize = normal, zeta, normalize
+        self._num_classes: int | None = None
         self._check()
         self.last: SSLRecord | None = None
 
     def _check(self) -> None:
         check_common(self, ("eps_tangent", "eps_normal", "xi", "zeta"), {"n_power": 0, "cg_iters": 1})
         w = self.weights
-        if len(w) != 2 or not all(isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0 for v in w) or not any(w):
-            raise ValueError(f"weights must be two finite numbers >= 0, not both 0, got {w!r}")
+        if not isinstance(w, (tuple, list)) or len(w) != 2:
+            raise TypeError(f"weights must be a pair (tar, nar) of numbers, got {w!r}")
+        for name, v in zip(("weights[0]", "weights[1]"), w, strict=True):
+            _checks.nonneg_float(name, v)
+        if not any(w):
+            raise ValueError(f"weights must not both be 0, got {w!r}")
         for name, allowed in (("tangent", TANGENT_MODES), ("normal", NORMAL_MODES), ("normalize", NORMALIZE_MODES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            _checks.choice(name, getattr(self, name), allowed)
 
     def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
+        """``weights[0]·TAR + weights[1]·NAR`` on the batch. Checked first, changing nothing on
+        failure: the hyper-parameters, x (a non-empty finite floating batch), the model's output
+        (``(B, C)`` logits), ``logits`` when given, and the chart at x: ``z = encode(x)`` a finite
+        ``(B, ...)`` tensor and ``decode(z)`` a finite tensor of x's shape."""
         self._check()
-        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
-            raise ValueError("x must be a non-empty floating-point batch (B, ...)")
+        x, classes = check_unlabelled(self.net, x, logits, self._num_classes)
         x = x.detach()
         z, decode, linearize = chart_at(self.chart, x)
-        if z.shape[0] != x.shape[0]:
-            raise ValueError(f"chart.encode(x) must keep the batch dimension {x.shape[0]}, got {tuple(z.shape)}")
-        ops = _Products(decode, z, self.cg_iters, linearize)
+        _check_chart_output("chart.encode(x)", z, (x.shape[0],))
+        ops = _Products(decode, z, self.cg_iters, linearize, shape=tuple(x.shape))
         x_chart = ops.point
-        if x_chart.shape != x.shape:
-            raise ValueError(f"chart.decode(chart.encode(x)) has shape {tuple(x_chart.shape)}, x has {tuple(x.shape)}")
+        self._num_classes = classes  # cached once the batch and the chart have passed
         with inner_mode(self.net, self.bn):
             if logits is None:
                 with torch.no_grad():
@@ -209,6 +212,18 @@ class TNAR:
         return loss
 
 
+def _check_chart_output(name: str, value: object, shape: tuple[int, ...]) -> None:
+    """A chart's output: a floating tensor whose shape starts with ``shape`` (the whole shape for
+    ``decode``, the batch for ``encode``), without NaN or inf."""
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        what = f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+        raise TypeError(f"{name} must return a floating-point tensor, got {what}")
+    if tuple(value.shape[: len(shape)]) != shape or (len(shape) == 1 and value.dim() < 2):
+        want = f"({shape[0]}, ...)" if len(shape) == 1 else str(shape)
+        raise ValueError(f"{name} must have shape {want} (x's batch), got {tuple(value.shape)}")
+    _checks.finite(name, value)
+
+
 class _Residual(NamedTuple):
     """``P⊥u`` (``vector``) of the tangent iteration's ``u`` (``of``)."""
 
@@ -233,19 +248,33 @@ class _Products:
         z: Tensor,
         cg_iters: int,
         linearize: Linearize | None = None,
+        *,
+        shape: tuple[int, ...] | None = None,
     ) -> None:
+        """``shape``, when given, is checked to be ``decode(z)``'s (x's), before anything else runs."""
         self.z, self.cg_iters, self.decode = z, cg_iters, decode
         self._exact: tuple[Operator, Operator] | None = None
         if linearize is not None:  # the chart's own products
             point, jvp_fn, vjp_fn = linearize(z)
+            if shape is not None:
+                _check_chart_output("chart.decode(chart.encode(x))", point, shape)
             self.point, self._exact = point.detach(), (jvp_fn, vjp_fn)
             return
+
+        def checked(z: Tensor) -> Tensor:  # the output is checked before vjp looks at it
+            out = decode(z)
+            if shape is not None:
+                _check_chart_output("chart.decode(chart.encode(x))", out, shape)
+            return out
+
         with torch.enable_grad():
-            point, self._pullback = vjp(decode, z)
+            point, self._pullback = vjp(checked, z)
             self.point = point.detach()  # decode(z)
             try:
                 _, self._transpose = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self.point))
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError) as err:
+                if not missing_double_backward(err):
+                    raise
                 self._transpose = None
 
     def jvp(self, v: Tensor) -> Tensor:
@@ -255,7 +284,9 @@ class _Products:
             try:
                 with torch.enable_grad():
                     return self._transpose(v)[0].detach()
-            except (NotImplementedError, RuntimeError):
+            except (NotImplementedError, RuntimeError) as err:
+                if not missing_double_backward(err):
+                    raise  # a genuine error is never retried
                 self._transpose = None  # a backward without a derivative: use forward mode from now on
         return jvp(self.decode, (self.z,), (v,))[1].detach()
 

@@ -21,17 +21,15 @@ the product is that of the whole batch's Hessian, as in the official code.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from ..func import hvp, per_sample, per_sample_dot, per_sample_normalize
+from .. import _checks
+from ..func import detached_parameters, hvp, per_sample, per_sample_dot, per_sample_normalize
 from ..modes import check_bn, inner_mode, unwrap
 
 VAT_METHODS = ("finite_difference", "hvp")
@@ -58,23 +56,30 @@ class SSLRecord:
 
 def check_common(owner: object, positive: tuple[str, ...], integers: dict[str, int]) -> None:
     """Validate ``owner``'s hyper-parameters: the ``positive`` ones finite and > 0, each of
-    ``integers`` an int ≥ its minimum, ``method`` and ``bn`` known and compatible."""
+    ``integers`` an int ≥ its minimum, ``method`` and ``bn`` known and compatible
+    (``TypeError`` for a wrong type, ``ValueError`` for a value out of range)."""
     for name in positive:
-        value = getattr(owner, name)
-        real = not isinstance(value, bool) and isinstance(value, numbers.Real)
-        if not (real and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        _checks.positive_float(name, getattr(owner, name))
     for name, low in integers.items():
-        value = getattr(owner, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if owner.method not in VAT_METHODS:
-        raise ValueError(f"method must be one of {VAT_METHODS}, got {owner.method!r}")
+        _checks.count(name, getattr(owner, name), minimum=low)
+    _checks.choice("method", owner.method, VAT_METHODS)
     check_bn(owner.bn)
     if owner.method == "hvp" and owner.bn == "train":
         raise ValueError(
             'method="hvp" cannot update running statistics inside torch.func: bn must be "frozen" or "eval"'
         )
+
+
+def check_unlabelled(net: nn.Module, x: object, logits: object, classes: int | None) -> tuple[Tensor, int]:
+    """The checks of a semi-supervised call ``reg(x, logits=None)``, changing nothing: x a
+    non-empty finite floating batch ``(B, ...)``; the model's output ``(B, C)`` logits (probed in
+    eval mode without gradients unless ``classes``, the cached count, is known); ``logits``, when
+    given, a finite floating ``(B, C)`` tensor. Returns x and C."""
+    x = _checks.check_x(x, None)
+    classes = classes if classes is not None else _checks.num_classes(net, x)
+    if logits is not None:
+        _checks.check_logits(logits, x.shape[0], classes)
+    return x, classes
 
 
 def kl_div(p_logits: Tensor, q_logits: Tensor) -> Tensor:
@@ -115,10 +120,10 @@ class VAT:
         method: str = "finite_difference",
         bn: str = "frozen",
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _checks.module("model", model)
         self.model, self.net = model, unwrap(model)
         self.eps, self.xi, self.n_power, self.method, self.bn = eps, xi, n_power, method, bn
+        self._num_classes: int | None = None
         self._check()
         self.last: SSLRecord | None = None
 
@@ -126,11 +131,11 @@ class VAT:
         check_common(self, ("eps", "xi"), {"n_power": 0})
 
     def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
+        """The batch mean of ``KL(p(·|x) ‖ p(·|x + r_adv))``. Checked first, changing nothing on
+        failure: the hyper-parameters, x (a non-empty finite floating batch), the model's output
+        (``(B, C)`` logits) and ``logits`` (``(B, C)``, finite) when given."""
         self._check()
-        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0 or not x.is_floating_point():
-            raise ValueError("x must be a non-empty floating-point batch (B, ...)")
-        if logits is not None and (logits.dim() != 2 or logits.shape[0] != x.shape[0]):
-            raise ValueError(f"logits must be (B, C) with B = {x.shape[0]}, got shape {tuple(logits.shape)}")
+        x, self._num_classes = check_unlabelled(self.net, x, logits, self._num_classes)
         x = x.detach()
         with inner_mode(self.net, self.bn):
             if logits is None:
@@ -187,14 +192,17 @@ def kl_hessian_product(
             return g * per_sample(u.flatten(1).norm(dim=1) / xi, u)
 
         return fd
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    buffers = dict(net.named_buffers())
 
     def total_kl(r: Tensor) -> Tensor:
-        return kl_div(clean, functional_call(net, (params, buffers), (x + r,)).to(clean.dtype)).sum()
+        return kl_div(clean, net(x + r).to(clean.dtype)).sum()
 
     zero = torch.zeros_like(x)
-    return lambda u: hvp(total_kl, zero, u)
+
+    def exact(u: Tensor) -> Tensor:
+        with detached_parameters(net):  # H u in the input only; the weights are constants
+            return hvp(total_kl, zero, u)
+
+    return exact
 
 
 def _renormalize(g: Tensor, d: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,3 +141,107 @@ def test_free_at_state_dict_carries_the_perturbation():
     # the next call starts from the carried δ: the same adversarial input
     model.zero_grad()
     torch.testing.assert_close(F.cross_entropy(model(x + delta), y), other(x, y), rtol=0, atol=0)
+
+
+# -- training state without pickle: save_tree / load_tree, manifests --------------------------------
+
+
+def test_a_tree_of_optimizer_scheduler_and_rng_states_round_trips(tmp_path):
+    import random
+    from collections import Counter
+
+    import numpy as np
+
+    from robustreg.checkpoint import load_tree, save_tree
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [3, 5], 0.1)  # milestones: a Counter with int keys
+    tree = {
+        "opt": opt.state_dict(), "sched": sched.state_dict(), "numpy": np.random.get_state(),
+        "python": random.getstate(), "torch": torch.get_rng_state(), "nan": float("nan"), "ninf": float("-inf"),
+        "view": torch.arange(6.0)[::2], "tagged": {"__tensor__": "not a tag", 3: "int key"}, "none": None,
+    }  # fmt: skip
+    save_tree(tree, tmp_path, "state")
+    back = load_tree(tmp_path, "state")
+    assert isinstance(back["sched"]["milestones"], Counter) and back["sched"]["milestones"] == Counter({3: 1, 5: 1})
+    assert back["opt"]["param_groups"] == opt.state_dict()["param_groups"]  # tuples (betas) stay tuples
+    for k, v in opt.state_dict()["state"][0].items():
+        torch.testing.assert_close(back["opt"]["state"][0][k], v, rtol=0, atol=0)
+    assert back["python"] == random.getstate()
+    want = np.random.get_state()
+    assert (
+        back["numpy"][0] == want[0] and (back["numpy"][1] == want[1]).all() and back["numpy"][1].dtype == want[1].dtype
+    )
+    assert back["numpy"][2:] == want[2:]
+    assert torch.equal(back["torch"], torch.get_rng_state()) and torch.equal(back["view"], torch.tensor([0.0, 2, 4]))
+    assert back["tagged"] == {"__tensor__": "not a tag", 3: "int key"} and back["none"] is None
+    assert np.isnan(back["nan"]) and back["ninf"] == float("-inf")
+    opt2 = torch.optim.Adam(model.parameters(), lr=1.0)
+    opt2.load_state_dict(back["opt"])  # the optimizer takes it back
+    assert opt2.param_groups[0]["lr"] == 1e-2
+
+
+def test_save_tree_refuses_objects_it_cannot_store_without_pickle(tmp_path):
+    from robustreg.checkpoint import save_tree
+
+    with pytest.raises(TypeError, match=r"tree\['f'\]: cannot save a function"):
+        save_tree({"f": lambda: 0}, tmp_path, "state")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_load_tree_never_unpickles(tmp_path):
+    import pickle
+
+    from robustreg.checkpoint import load_tree, save_tree
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "executed",))
+
+    save_tree({"a": torch.ones(2)}, tmp_path, "state")
+    (tmp_path / "state.safetensors").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(Exception):  # noqa: B017 - whatever safetensors says about a non-safetensors file
+        load_tree(tmp_path, "state")
+    (tmp_path / "state.json").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError):
+        load_tree(tmp_path, "state")
+    assert not (tmp_path / "executed").exists()
+
+
+def test_a_manifest_catches_a_missing_truncated_or_edited_file(tmp_path):
+    from robustreg.checkpoint import verify_manifest, write_manifest
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "a.bin").write_bytes(b"0123456789")
+    (d / "b.json").write_text("{}")
+    assert verify_manifest(d) == (None, "no manifest.json (the write did not finish)")
+    write_manifest(d, step=7)
+    manifest, reason = verify_manifest(d)
+    assert reason == "" and manifest["step"] == 7 and set(manifest["files"]) == {"a.bin", "b.json"}
+    (d / "a.bin").write_bytes(b"012345678")
+    assert "a.bin has 9 bytes" in verify_manifest(d)[1]
+    (d / "a.bin").write_bytes(b"0123456780")  # same size, other bytes
+    assert "a.bin does not match its SHA-256" in verify_manifest(d)[1]
+    (d / "a.bin").write_bytes(b"0123456789")
+    (d / "b.json").unlink()
+    assert verify_manifest(d)[1] == "b.json is missing"
+    (d / "b.json").write_text("{}")
+    (d / "evaluation.json").write_text("{}")  # written later by recipes/evaluate.py: not state, ignored
+    assert verify_manifest(d)[1] == ""
+    (d / "manifest.json").write_text('{"files": ')
+    assert "manifest.json is unreadable" in verify_manifest(d)[1]
+
+
+def test_a_model_with_a_nonfinite_weight_is_never_saved(tmp_path):
+    model = MLP(in_features=3, num_classes=2, hidden=[4])
+    save_model(model, tmp_path / "good", arch="mlp", kwargs={"in_features": 3, "num_classes": 2, "hidden": [4]})
+    before = (tmp_path / "good" / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite values in"):
+        save_model(model, tmp_path / "good", arch="mlp", kwargs={"in_features": 3, "num_classes": 2, "hidden": [4]})
+    assert (tmp_path / "good" / "model.safetensors").read_bytes() == before  # the good one is kept

@@ -122,11 +122,15 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     # the chart is not wrapped in DDP (the LGAN steps G and D separately): gradients are averaged here
     run.resume({"chart": chart, **opts})
 
+    guard: skeleton.StepGuard | None = None
+
     def sync(params: list[Tensor]) -> None:
         if acc.num_processes > 1:
             for p in params:
                 if p.grad is not None:
                     p.grad = acc.reduce(p.grad, "mean")
+        if guard is not None:  # a non-finite update of D or of G is dropped (its gradients set to None)
+            guard.ok(None, params)
 
     per_epoch = max(1, len(images) // min(cfg.batch_size, len(images)))
     steps = cfg.epochs * per_epoch
@@ -135,19 +139,22 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     with run.progress(steps, f"{cfg.kind} chart on {cfg.dataset}"):
         for step in range(run.start, steps):
             (x,) = next(stream)
-            if cfg.kind == "lgan":
-                z = cfg.sigma * torch.randn(len(x), chart.latent, device=x.device, dtype=x.dtype)  # (B, latent)
-                values = lgan_step(
-                    chart, x, z, opts["opt_g"], opts["opt_d"], cfg.locality, cfg.orthonormality,
-                    cfg.jacobian_batch or None, sync=sync,
-                )  # fmt: skip
-            else:
-                loss = chart.loss(x)
-                opts["opt"].zero_grad(set_to_none=True)
-                loss.backward()
-                sync(list(chart.parameters()))
-                opts["opt"].step()
-                values = {"loss": loss.detach()}
+            with run.step_guard(step, chart) as guard:
+                if cfg.kind == "lgan":
+                    z = cfg.sigma * torch.randn(len(x), chart.latent, device=x.device, dtype=x.dtype)  # (B, latent)
+                    values = lgan_step(
+                        chart, x, z, opts["opt_g"], opts["opt_d"], cfg.locality, cfg.orthonormality,
+                        cfg.jacobian_batch or None, sync=sync,
+                    )  # fmt: skip
+                else:
+                    loss = chart.loss(x)
+                    opts["opt"].zero_grad(set_to_none=True)
+                    loss.backward()
+                    sync(list(chart.parameters()))
+                    if guard.ok(loss, chart.parameters()):
+                        opts["opt"].step()
+                    values = {"loss": loss.detach()}
+            guard = None
             done = step + 1
             if done % 20 == 0 or done == steps:
                 run.log(done, done / per_epoch, **{k: acc.reduce(v, "mean") for k, v in values.items()})

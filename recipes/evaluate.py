@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     skeleton._setup_logging(True)
     path = Path(args.model)
-    # a checkpoint of accelerator.save_state (<out>/checkpoints/step_N): the architecture is in <out>/run.json
+    # a recipe's checkpoint (<out>/checkpoints/step_N): the architecture is in <out>/run.json
     meta_file = (
         path.parents[1] / "run.json" if (path / "model.safetensors").is_file() and len(path.parents) > 1 else None
     )

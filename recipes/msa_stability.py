@@ -87,6 +87,7 @@ class Config:
     autoattack: str = opt("apgd", "AutoAttack version of the evaluation", choices=("apgd", "standard"))
     seed: int = opt(0, "seeds the model and the data order")
     threads: int = opt(0, "torch threads (0: torch's default)")
+    max_nonfinite: int = opt(5, "stop after this many non-finite steps in a row (each is skipped)")
     progress: bool = opt(True, "rich progress bar (--no-progress for logs)")
     out: str = opt("", "output directory (default runs/msa_<dataset>)")
 
@@ -130,6 +131,7 @@ def train_one(
     x_all, y_all = train
     gen = torch.Generator().manual_seed(cfg.seed)
     losses = []
+    in_row = step = 0
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(x_all), generator=gen)
@@ -137,16 +139,34 @@ def train_one(
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
-            if method == "msa":
+            step += 1
+            # a non-finite step is skipped: nothing of it applied, running statistics included
+            if method == "msa":  # MSA.step updates the weights itself: they are put back if it went wrong
+                saved = {k: v.clone() for k, v in model.state_dict().items()}
                 loss = msa.step(x, y)
+                fine = _finite([loss, *model.parameters()])
             else:
+                saved = {k: v.clone() for k, v in model.named_buffers()}
                 opt.zero_grad(set_to_none=True)
                 loss = objective(x, y)
                 loss.backward()
-                opt.step()
+                fine = _finite([loss.detach(), *(p.grad for p in model.parameters() if p.grad is not None)])
+                if fine:
+                    opt.step()
+            if not fine:
+                model.load_state_dict(saved, strict=False)
+                in_row += 1
+                log.warning("%s step %d: non-finite loss or update, skipped (%d in a row)", method, step, in_row)
+                if in_row >= cfg.max_nonfinite:
+                    raise SystemExit(
+                        f"error: {method}: {in_row} non-finite steps in a row (the last at step {step}); nothing of "
+                        "them was applied. Lower the learning rate (--lr, or --beta for MSA) or check the data."
+                    )
+                continue
+            in_row = 0
             total += float(loss.detach()) * len(idx)
             count += len(idx)
-        losses.append(total / count)
+        losses.append(total / max(1, count))
         if progress is not None:
             bar, task = progress
             bar.update(task, advance=1, loss=f"loss {losses[-1]:.4f}")
@@ -154,6 +174,10 @@ def train_one(
             "%s epoch %d/%d: loss %.4f (%.0f s)", method, epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - start
         )
     return model.eval(), time.perf_counter() - start, losses
+
+
+def _finite(tensors: list[Tensor]) -> bool:
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], eps_list: list[float], autoattack: str, seed: int) -> dict:

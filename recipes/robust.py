@@ -278,14 +278,15 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
             if engine == "free":
                 replays = reg.replays if isinstance(reg, robustreg.Amata) else cfg.replays
             for _ in range(replays):
-                with acc.accumulate(model):
+                with acc.accumulate(model), run.step_guard(step, model) as guard:
                     if reg is None:
                         loss = F.cross_entropy(model(x), y)
                     else:
                         loss = reg(x, y, idx) if engine == "atta" else reg(x, y)
                     opt.zero_grad(set_to_none=True)
                     acc.backward(loss)
-                    opt.step()
+                    if guard.ok(loss, model.parameters()):  # a non-finite step is skipped, not applied
+                        opt.step()
             sched.step()
             if engine == "atta" and acc.num_processes > 1:  # every process keeps every sample's δ
                 rows = idx.to(inner.memory.device)

@@ -212,7 +212,7 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
     with run.progress(cfg.steps, f"{method} on {cfg.dataset}"):
         for step in range(run.start, cfg.steps):
             (x_l, y_l), (x_u,) = next(labeled), next(unlabeled)
-            with acc.accumulate(model):
+            with acc.accumulate(model), run.step_guard(step, model) as guard:
                 logits = model(torch.cat([x_l, x_u]))  # one pass: BN sees both, DDP one forward
                 logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
                 ce = F.cross_entropy(logits_l, y_l)
@@ -227,7 +227,8 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
                     parts["entropy"] = ent.detach()
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
-                opt.step()
+                if guard.ok(loss, model.parameters()):  # a non-finite step is skipped, not applied
+                    opt.step()
                 sched.step()
             done = step + 1
             if done % 50 == 0 or done == cfg.steps:

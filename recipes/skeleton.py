@@ -1,13 +1,19 @@
 """The skeleton every recipe shares: typed options from the command line, Accelerate, step-indexed
-data streams, rich progress, JSON-lines metrics, checkpoints that resume exactly, the final
-safetensors model and the plots.
+data streams, rich progress, JSON-lines metrics, non-finite steps skipped, atomic checkpoints
+without pickle that resume exactly, the final safetensors model and the plots.
 
 A recipe is ``main(argv)``: parse its dataclass with :func:`parse`, open a :class:`Run`, build the
 model, optimizer and loss object, ``run.prepare(...)`` them, ``run.resume(stateful)``, then loop over
 ``range(run.start, steps)`` drawing from :meth:`Run.batches` (every step's batch is a function of
-(seed, step) alone, so a resumed run draws exactly the batches the uninterrupted one would),
+(seed, step) alone, so a resumed run draws exactly the batches the uninterrupted one would), each
+step inside :meth:`Run.step_guard` (which skips a step whose loss or gradients are not finite),
 calling :meth:`Run.log` and, when :meth:`Run.due`, evaluating (inside :meth:`Run.paused`) and
 :meth:`Run.checkpoint`; :meth:`Run.finish` writes the model, the summary and the plots.
+
+Checkpoints (:meth:`Run.checkpoint`) are safetensors + JSON (:func:`robustreg.checkpoint.save_tree`),
+renamed into place after a manifest of SHA-256 hashes is written; ``--resume`` loads the newest one
+that verifies, and refuses options that would change the run (:data:`FREE_ON_RESUME` lists those
+that may differ) unless ``--allow-changed-options``.
 
 Multiple processes: ``accelerate launch`` starts them; each global batch is split between the
 processes by Accelerate (``split_batches=True``), so a run of N processes with ``--batch-size B``
@@ -25,6 +31,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 import types
@@ -43,7 +50,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import robustreg
-from robustreg.checkpoint import save_model, write_meta
+from robustreg.checkpoint import (
+    check_finite,
+    load_tree,
+    save_model,
+    save_tree,
+    verify_manifest,
+    write_manifest,
+    write_meta,
+)
 from robustreg.data import load_vision, synthetic_vision
 
 log = logging.getLogger("robustreg.recipes")
@@ -65,9 +80,13 @@ class RunConfig:
     data_dir: str = opt("../shared/data", "root of the torchvision data sets (nothing is downloaded)")
     synthetic: bool = opt(False, "random tensors of the data set's shape instead of files (smoke tests)")
     eval_every: int = opt(0, "evaluate every N steps (0: only at the end)")
-    checkpoint_every: int = opt(0, "accelerator.save_state every N steps (0: only at the end)")
+    checkpoint_every: int = opt(0, "write a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = opt(2, "checkpoints kept on disk (the newest)")
-    resume: bool = opt(False, "continue from the newest checkpoint in --out (exactly: same final metrics)")
+    resume: bool = opt(False, "continue from the newest intact checkpoint in --out (exactly: same weights and metrics)")
+    allow_changed_options: bool = opt(
+        False, "with --resume: continue although options that change the run differ from the checkpoint's"
+    )
+    max_nonfinite: int = opt(5, "stop after this many non-finite steps in a row (each is skipped)")
     mixed_precision: str = opt("no", "Accelerate's mixed precision", choices=("no", "fp16", "bf16"))
     grad_accum: int = opt(1, "gradient accumulation steps (Accelerate)")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
@@ -107,6 +126,8 @@ def parse(config_cls: type, argv: Sequence[str] | None, description: str, **defa
             parser.error(f"--{f.name.replace('_', '-')} must be >= 0, got {value}")
     if getattr(cfg, "grad_accum", 1) < 1:
         parser.error(f"--grad-accum must be >= 1, got {cfg.grad_accum}")
+    if getattr(cfg, "max_nonfinite", 1) < 1:
+        parser.error(f"--max-nonfinite must be >= 1, got {cfg.max_nonfinite}")
     return cfg
 
 
@@ -125,7 +146,7 @@ def load_images(cfg: Any, dataset: str, n_train: int = 0, n_test: int = 0) -> tu
     try:
         train = load_vision(dataset, cfg.data_dir, train=True)
         test = load_vision(dataset, cfg.data_dir, train=False)
-    except FileNotFoundError as err:
+    except OSError as err:  # missing (FileNotFoundError) or damaged (DataFileError) files
         raise SystemExit(f"error: {err}. Pass --data-dir, or --synthetic for a smoke test.") from None
     if n_train:
         train = (train[0][:n_train], train[1][:n_train])
@@ -167,21 +188,79 @@ class StepBatches(Sampler[list[int]]):
 # -- the run -------------------------------------------------------------------------------------
 
 
-class _State:
-    """What a checkpoint needs besides model, optimizer, scheduler and RNGs: the step, the training
-    wall time so far, and the loss objects' own state (Amata's clock, ATTA's perturbations, …)."""
+#: options a resumed run may change: they do not change what the run computes
+FREE_ON_RESUME = frozenset(
+    {"out", "resume", "allow_changed_options", "progress", "threads", "tensorboard", "keep_checkpoints",
+     "checkpoint_every", "eval_every", "data_dir", "max_nonfinite"}
+)  # fmt: skip
 
-    def __init__(self, stateful: dict[str, Any]) -> None:
-        self.step, self.wall = 0, 0.0
-        self.stateful = stateful
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "wall": self.wall, **{k: v.state_dict() for k, v in self.stateful.items()}}
+def rng_state() -> dict[str, Any]:
+    """This process's random number generators: Python's, numpy's, torch's CPU and CUDA ones."""
+    import numpy as np
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.wall = int(state["step"]), float(state["wall"])
-        for k, v in self.stateful.items():
-            v.load_state_dict(state[k])
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to("cpu", torch.uint8) for s in state["cuda"]])
+
+
+class StepGuard:
+    """One step's non-finite check (see :meth:`Run.step_guard`)."""
+
+    def __init__(self, run: Run, step: int, modules: list[nn.Module]) -> None:
+        self.run, self.step, self.bad = run, step, False
+        self.buffers = [
+            (b, b.detach().clone()) for m in modules for b in m.buffers() if b.is_floating_point()
+        ]  # BatchNorm's running statistics: small
+
+    def ok(self, loss: Tensor | None, params: Iterator[Tensor] | Sequence[Tensor]) -> bool:
+        """Whether ``loss`` (if given) and every gradient of ``params`` are finite on every process;
+        if not, the gradients are set to None (an optimizer step then changes nothing)."""
+        params = list(params)
+        grads = [p.grad for p in params if p.grad is not None]
+        checks = [torch.isfinite(g).all() for g in grads]
+        if loss is not None:
+            checks.append(torch.isfinite(loss.detach()).all())
+        fine = torch.stack(checks).all().float() if checks else torch.ones(())
+        acc = self.run.accelerator
+        if acc.num_processes > 1:
+            fine = acc.reduce(fine.to(acc.device), "sum") / acc.num_processes
+        if float(fine) == 1.0:
+            return True
+        self.bad = True
+        for p in params:
+            p.grad = None
+        return False
+
+    def close(self) -> None:
+        run = self.run
+        if not self.bad:
+            run.nonfinite_in_row = 0
+            return
+        with torch.no_grad():
+            for b, saved in self.buffers:
+                b.copy_(saved)
+        run.nonfinite_total += 1
+        run.nonfinite_in_row += 1
+        log.warning(
+            "step %d: non-finite loss or gradients, step skipped (%d in a row, %d in all)",
+            self.step + 1, run.nonfinite_in_row, run.nonfinite_total,
+        )  # fmt: skip
+        if run.nonfinite_in_row >= run.cfg.max_nonfinite:
+            raise SystemExit(
+                f"error: {run.nonfinite_in_row} non-finite steps in a row (the last at step {self.step + 1}): the "
+                "loss or its gradients are NaN or inf. Nothing of them was applied and the last checkpoint is "
+                "intact; lower the learning rate or check the data, then --resume."
+            )
 
 
 class Run:
@@ -219,7 +298,12 @@ class Run:
         self.metrics_path = self.out / "metrics.jsonl"
         self.ckpt_dir = self.out / "checkpoints"
         self.start = 0
-        self.state = _State({})
+        self.stateful: dict[str, Any] = {}  # what resume() registered: loss objects, unprepared modules
+        self._prepared: list[Any] = []  # what prepare() returned: models, optimizers, schedulers
+        self._first_module: int | None = None
+        self.wall_s = 0.0  # training wall time of the completed pauses (see wall())
+        self.nonfinite_total = 0  # non-finite steps skipped so far (checkpointed)
+        self.nonfinite_in_row = 0
         self._tick = time.perf_counter()
         self._bar: Any = None
         self._paused = False
@@ -232,26 +316,35 @@ class Run:
         ``recipes/evaluate.py <out>/checkpoints/step_N`` can evaluate a checkpoint before the run
         ends, and to ``model/model.json`` by :meth:`finish`."""
         self.arch, self.kwargs = arch, kwargs
+        run_json = self.out / "run.json"
+        if self.cfg.resume and run_json.is_file() and self.latest_checkpoint() is not None:
+            try:  # refused before run.json is rewritten (the checkpoint's own record is checked again)
+                saved = json.loads(run_json.read_text()).get("config", {})
+            except ValueError:
+                saved = None
+            if isinstance(saved, dict):
+                self._check_options(saved, run_json)
         if self.main:
             write_meta(self.out / "run.json", arch=arch, kwargs=kwargs, config=jsonable(dataclasses.asdict(self.cfg)))
 
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
-        """``accelerator.prepare`` the model(s), optimizer(s) and scheduler(s)."""
+        """``accelerator.prepare`` the model(s), optimizer(s) and scheduler(s); checkpoints hold them."""
         prepared = self.accelerator.prepare(*objects)
-        return prepared if isinstance(prepared, tuple) else (prepared,)
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self._prepared.extend(prepared)
+        modules = [i for i, obj in enumerate(self._prepared) if isinstance(obj, nn.Module)]
+        self._first_module = modules[0] if modules else None
+        return prepared
 
     def resume(self, stateful: dict[str, Any] | None = None) -> int:
-        """Register what a checkpoint holds besides the prepared objects and the RNGs: the step, the
-        wall time and ``stateful`` (objects with ``state_dict``/``load_state_dict``: loss objects
-        with state, unprepared modules and optimizers). With ``--resume``, load the newest
-        checkpoint. Returns :attr:`start`, the first step to run. Call it once, after building
-        everything a checkpoint restores."""
-        self.state = _State(stateful or {})
-        self.accelerator.register_for_checkpointing(self.state)
-        if self.cfg.resume and self.latest_checkpoint() is not None:
+        """Register what a checkpoint holds besides the prepared objects and the RNGs: ``stateful``
+        (objects with ``state_dict``/``load_state_dict``: loss objects with state, unprepared
+        modules and optimizers). With ``--resume``, load the newest checkpoint that verifies.
+        Returns :attr:`start`, the first step to run. Call it once, after building everything a
+        checkpoint restores."""
+        self.stateful = dict(stateful or {})
+        if self.cfg.resume:
             self._resume()
-        elif self.cfg.resume:
-            log.info("--resume: no checkpoint in %s, starting from step 0", self.ckpt_dir)
         if self.start == 0 and self.main and (self.metrics_path.exists() or self.ckpt_dir.exists()):
             log.info("starting afresh: the previous run's metrics and checkpoints in %s are replaced", self.out)
             self.metrics_path.unlink(missing_ok=True)
@@ -260,17 +353,76 @@ class Run:
         return self.start
 
     def _resume(self) -> None:
-        latest = self.latest_checkpoint()
-        self.accelerator.load_state(str(latest))
-        self.start = self.state.step
-        if self.main and self.metrics_path.exists():  # drop what the interrupted run logged past the checkpoint
-            lines = [ln for ln in self.metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= self.start]
-            self.metrics_path.write_text("".join(ln + "\n" for ln in lines))
-        log.info("resumed from %s at step %d", latest, self.start)
+        """Load the newest checkpoint whose manifest verifies (saying which were skipped and why),
+        refuse it when the options that change the run differ, and cut ``metrics.jsonl`` back to it."""
+        found = sorted(self.ckpt_dir.glob("step_*"), key=_step_of, reverse=True)
+        for path in found:
+            manifest, reason = verify_manifest(path)
+            if manifest is not None and manifest.get("processes") != self.accelerator.num_processes:
+                reason = (
+                    f"written by {manifest.get('processes')} processes, this run has {self.accelerator.num_processes}"
+                )
+            if not reason:
+                try:
+                    state = load_tree(path, "state")
+                    self._check_options(state["config"], path)
+                    self._load(path, state)
+                except Exception as err:  # whatever a damaged file raises, the candidate is out
+                    reason = f"it does not load ({type(err).__name__}: {err})"
+            if reason:
+                log.warning("--resume: skipping checkpoint %s: %s", path, reason)
+                continue
+            if self.main and self.metrics_path.exists():  # drop what the interrupted run logged past it
+                rows = read_metrics(self.metrics_path)
+                atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.start))
+            log.info("resumed from %s at step %d", path, self.start)
+            return
+        if found:  # never wiped: they may be fixable (the same number of processes, say)
+            raise SystemExit(
+                f"error: --resume: none of the {len(found)} checkpoints in {self.ckpt_dir} can be used (the reasons "
+                "are above). Fix or remove them, or run without --resume to start afresh."
+            )
+        log.info("--resume: no checkpoint in %s, starting from step 0", self.ckpt_dir)
+
+    def _check_options(self, saved: dict[str, Any], where: Path) -> None:
+        """Refuse to resume when an option that changes the run differs from ``saved`` (unless
+        ``--allow-changed-options``)."""
+        now = jsonable(dataclasses.asdict(self.cfg))
+        changed = {k: (saved.get(k), v) for k, v in now.items() if k not in FREE_ON_RESUME and saved.get(k) != v}
+        if not changed:
+            return
+        text = ", ".join(f"--{k.replace('_', '-')} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        if not self.cfg.allow_changed_options:
+            raise SystemExit(
+                f"error: --resume from {where}: these options differ from the run's: {text}. Resume with the "
+                "original options, or pass --allow-changed-options to continue with the new ones."
+            )
+        log.warning("--resume with changed options (--allow-changed-options): %s", text)
+
+    def _load(self, path: Path, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        for i, obj in enumerate(self._prepared):
+            if isinstance(obj, nn.Module):
+                name = "model" if i == self._first_module else f"module_{i}"
+                acc.unwrap_model(obj).load_state_dict(load_file(str(path / f"{name}.safetensors"), device="cpu"))
+            elif hasattr(obj, "load_state_dict"):
+                obj.load_state_dict(load_tree(path, f"prepared_{i}"))
+        for k, v in self.stateful.items():
+            v.load_state_dict(_to_device(state["stateful"][k], acc.device))
+        if acc.scaler is not None and "scaler" in state:
+            acc.scaler.load_state_dict(state["scaler"])
+        set_rng_state(load_tree(path, f"rng_{acc.process_index}"))
+        self.start, self.wall_s = int(state["step"]), float(state["wall"])
+        self.nonfinite_total = int(state.get("nonfinite", 0))
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.ckpt_dir.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        return found[-1] if found else None
+        """The newest checkpoint directory that verifies against its manifest (None if there is none)."""
+        for path in sorted(self.ckpt_dir.glob("step_*"), key=_step_of, reverse=True):
+            if verify_manifest(path)[0] is not None:
+                return path
+        return None
 
     def batches(
         self, tensors: Sequence[Tensor], batch_size: int, *, stop: int, stream: int = 0
@@ -328,13 +480,15 @@ class Run:
 
     def wall(self) -> float:
         """Training wall time so far, across resumes (evaluation and checkpoints excluded)."""
-        return self.state.wall if self._paused else self.state.wall + time.perf_counter() - self._tick
+        return self.wall_s if self._paused else self.wall_s + time.perf_counter() - self._tick
 
     def log(self, step: int, epoch: float, kind: str = "train", **metrics: Any) -> None:
         """Append ``{"step", "epoch", "wall", "kind", **metrics}`` to ``metrics.jsonl`` (main
         process) and show the metrics on the progress bar. ``step`` counts completed steps."""
         values = {k: float(v) if isinstance(v, Tensor) else v for k, v in metrics.items()}
         row = {"step": step, "epoch": round(epoch, 4), "wall": round(self.wall(), 3), "kind": kind, **values}
+        if kind == "train" and self.nonfinite_total:
+            row["nonfinite_steps"] = self.nonfinite_total
         if self.main:
             with self.metrics_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -353,11 +507,15 @@ class Run:
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Evaluation and checkpointing: not counted as training wall time."""
-        self.state.wall += time.perf_counter() - self._tick
+        """Evaluation and checkpointing: not counted as training wall time, and drawing from a fork
+        of the random number generators (an evaluation's random starts never shift the training's
+        random numbers, so ``--eval-every`` does not change the run)."""
+        self.wall_s += time.perf_counter() - self._tick
         self._paused = True
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         try:
-            yield
+            with torch.random.fork_rng(devices=cuda):
+                yield
         finally:
             self._paused = False
             self._tick = time.perf_counter()
@@ -366,17 +524,78 @@ class Run:
         return step == stop or (every > 0 and step % every == 0)
 
     def checkpoint(self, step: int) -> None:
-        """``accelerator.save_state`` to ``checkpoints/step_<step>`` (all processes), keeping the
-        newest ``--keep-checkpoints``."""
+        """Write ``checkpoints/step_<step>`` (all processes) and keep the newest ``--keep-checkpoints``.
+
+        Everything is written into ``checkpoints/.step_<step>.partial`` first: the prepared models
+        (``model.safetensors``), optimizers and schedulers, the registered state, the step, the wall
+        time and the options (``state``), and every process's RNG states (``rng_<rank>``), all as
+        safetensors + JSON (nothing pickled); then ``manifest.json`` with every file's size and
+        SHA-256; then the folder is renamed. A kill at any moment leaves either no ``step_N`` or a
+        whole one. A model with NaN or inf weights is never checkpointed: the run stops instead."""
+        acc = self.accelerator
         with self.paused():
-            self.state.step = step
-            path = self.ckpt_dir / f"step_{step}"
-            self.accelerator.save_state(str(path))
-            self.accelerator.wait_for_everyone()
+            for obj in [*self._prepared, *self.stateful.values()]:
+                if isinstance(obj, nn.Module):
+                    self._refuse_nonfinite(acc.unwrap_model(obj), f"checkpoint at step {step}")
+            final = self.ckpt_dir / f"step_{step}"
+            tmp = self.ckpt_dir / f".step_{step}.partial"
             if self.main:
-                found = sorted(self.ckpt_dir.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            save_tree(rng_state(), tmp, f"rng_{acc.process_index}")
+            if self.main:
+                self._write_state(tmp, step)
+            acc.wait_for_everyone()
+            if self.main:
+                write_manifest(tmp, step=step, processes=acc.num_processes)
+                if final.exists():  # the same step written again (a resumed run's last step)
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                found = sorted(self.ckpt_dir.glob("step_*"), key=_step_of)
                 for old in found[: max(0, len(found) - max(1, self.cfg.keep_checkpoints))]:
                     shutil.rmtree(old)
+                for stale in self.ckpt_dir.glob(".step_*.partial"):  # left by a killed run
+                    shutil.rmtree(stale, ignore_errors=True)
+            acc.wait_for_everyone()
+
+    def _write_state(self, directory: Path, step: int) -> None:
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        for i, obj in enumerate(self._prepared):
+            if isinstance(obj, nn.Module):
+                name = "model" if i == self._first_module else f"module_{i}"
+                weights = {k: v.detach().contiguous() for k, v in acc.unwrap_model(obj).state_dict().items()}
+                save_file(weights, str(directory / f"{name}.safetensors"), metadata={"format": "robustreg-model"})
+            elif hasattr(obj, "state_dict"):
+                save_tree(obj.state_dict(), directory, f"prepared_{i}")
+        state = {
+            "step": step, "wall": self.wall_s, "nonfinite": self.nonfinite_total,
+            "config": jsonable(dataclasses.asdict(self.cfg)),
+            "stateful": {k: v.state_dict() for k, v in self.stateful.items()},
+        }  # fmt: skip
+        if acc.scaler is not None:
+            state["scaler"] = acc.scaler.state_dict()
+        save_tree(state, directory, "state")
+
+    def _refuse_nonfinite(self, model: nn.Module, what: str) -> None:
+        try:
+            check_finite(model)
+        except ValueError as err:
+            raise SystemExit(f"error: {what}: {err}; nothing was saved (the previous files are kept)") from None
+
+    @contextmanager
+    def step_guard(self, step: int, *modules: nn.Module) -> Iterator[StepGuard]:
+        """Skip a non-finite step: ``guard.ok(loss, params)`` says whether the loss and every
+        gradient are finite (on every process); when not, the gradients are dropped, so the caller
+        skips ``optimizer.step()``, and on leaving the block the floating buffers of ``modules``
+        (BatchNorm's running statistics) are put back as they were when it was entered. Each skipped
+        step is counted (``nonfinite_steps`` in the summary) and logged; ``--max-nonfinite`` in a
+        row stop the run with an error."""
+        guard = StepGuard(self, step, [self.accelerator.unwrap_model(m) for m in modules])
+        yield guard
+        guard.close()
 
     # -- the end -------------------------------------------------------------------------------
     def finish(self, model: nn.Module, *, summary: dict[str, Any], title: str) -> dict[str, Any]:
@@ -384,10 +603,12 @@ class Run:
         :meth:`describe`), write ``summary.json``, plot the curves, print the summary table; returns
         the summary (with the output paths)."""
         self.accelerator.wait_for_everyone()
-        summary = {**summary, "wall_seconds": round(self.state.wall, 2), "processes": self.accelerator.num_processes}
+        summary = {**summary, "wall_seconds": round(self.wall_s, 2), "processes": self.accelerator.num_processes}
+        summary["nonfinite_steps"] = self.nonfinite_total
         summary["out"] = str(self.out)
         if self.main:
             bare = self.accelerator.unwrap_model(model)
+            self._refuse_nonfinite(bare, "the final model")
             cfg = jsonable(dataclasses.asdict(self.cfg))
             save_model(
                 bare, self.out / "model", arch=self.arch, kwargs=self.kwargs, config=cfg, metrics=jsonable(summary)
@@ -397,7 +618,7 @@ class Run:
             plot = plot_curves(self.metrics_path, self.out / "curves.png", title)
             if plot:
                 summary["curves_plot"] = str(plot)
-            (self.out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2))
+            atomic_write(self.out / "summary.json", json.dumps(jsonable(summary), indent=2))
             print_summary(summary, title)
         self.accelerator.end_training()
         return summary
@@ -469,6 +690,53 @@ def jsonable(value: Any) -> Any:
         return value.tolist()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    return value
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
+    file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``. A cut last line (a run killed while writing it) is dropped
+    with a warning; any other unreadable line is an error naming it."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError:
+            if i == len(lines) - 1:
+                log.warning("%s: its last line is cut (%r): dropped", path, line[:60])
+                break
+            raise SystemExit(f"error: {path}, line {i + 1}, is not a metrics row: {line[:80]!r}") from None
+        rows.append(row)
+    return rows
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.split("_", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """``value`` (a loaded state tree) with its tensors on ``device``."""
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):  # Counter and OrderedDict stay what they are
+        return type(value)({k: _to_device(v, device) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
     return value
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -37,3 +40,17 @@ def conv_batch() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     x = torch.rand(6, 1, 8, 8)
     y = torch.randint(0, 5, (6,))
     return model, x, y
+
+
+@pytest.fixture
+def recipe_module(monkeypatch):
+    """Import a recipe module in-process (its directory on sys.path); Accelerate's state is reset after."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "recipes"))
+
+    def load(name: str):
+        return importlib.import_module(name)
+
+    yield load
+    AcceleratorState._reset_state(True)

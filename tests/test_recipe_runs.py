@@ -3,7 +3,6 @@ launch`` with two processes), on generated or synthetic data: smoke runs of ever
 method, exact resume, one vs two processes, the saved model, and the errors for missing data."""
 
 import dataclasses
-import importlib
 import json
 import shutil
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 
 from robustreg.checkpoint import load_model
 
@@ -34,18 +32,6 @@ def ok(proc: subprocess.CompletedProcess) -> None:
 def rows(path: Path, kind: str | None = None) -> list[dict]:
     out = [json.loads(line) for line in path.read_text().splitlines()]
     return [{k: v for k, v in r.items() if k != "wall"} for r in out if kind is None or r["kind"] == kind]
-
-
-@pytest.fixture
-def recipe_module(monkeypatch):
-    """Import a recipe module in-process (its directory on sys.path); Accelerate's state is reset after."""
-    monkeypatch.syspath_prepend(str(RECIPES))
-
-    def load(name: str):
-        return importlib.import_module(name)
-
-    yield load
-    AcceleratorState._reset_state(True)
 
 
 # -- semi-supervised --------------------------------------------------------------------------

@@ -49,7 +49,7 @@ stable Adam at 1e-3 for every method.
 
 Data: ``--data-dir`` holds ``MNIST/raw/*.gz`` (torchvision's layout); by default
 ``$ROBUSTREG_DATA`` or ``../shared/data`` next to this repository, read by
-:func:`robustreg.data.load_vision` (which works on a copy when the directory is read-only).
+:func:`robustreg.data.load_vision` (which checks every file's MD5 and never downloads).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def load_mnist(data_dir: Path) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Ten
     """MNIST as float tensors in [0, 1], through torchvision (:func:`robustreg.data.load_vision`)."""
     try:
         return load_vision("mnist", data_dir, train=True), load_vision("mnist", data_dir, train=False)
-    except FileNotFoundError as err:
+    except OSError as err:  # missing or damaged files
         raise SystemExit(str(err)) from None
 
 
@@ -304,10 +304,11 @@ def score_model(model: nn.Module, data: tuple[Tensor, Tensor], attack: Any, fosc
     return {"clean": float(clean.float().mean()), "robust": float(robust.float().mean()), "fosc": float(c.mean())}
 
 
-def _score_file(args: argparse.Namespace, snapshot: str) -> Path:
+def _score_file(args: argparse.Namespace, snapshot: str, attack: str | None = None) -> Path:
     """Where a snapshot's score goes: one small JSON per model, so that several scoring processes
     (``--methods``, ``--what``) can share one run directory and an interrupted one resumes."""
-    return args.out / "scores" / args.curve_attack / Path(snapshot).with_suffix(".json").relative_to("snapshots")
+    relative = Path(snapshot).with_suffix(".json").relative_to("snapshots")
+    return args.out / "scores" / (attack or args.curve_attack) / relative
 
 
 def stage_score(args: argparse.Namespace) -> None:
@@ -387,6 +388,65 @@ def time_to_reach_interpolated(curve: list[dict], target: float) -> float | None
 RATIOS = [("yopo5-10", "pgd40"), ("amata", "pgd40"), ("amata-yopo", "pgd40"), ("amata-yopo", "yopo5-10")]
 
 
+def bounded_crossing(bound: list[dict], exact: dict[int, dict], target: float) -> dict:
+    """The first snapshot whose ``exact`` robust accuracy reaches ``target``, found with few exact
+    scores: ``bound`` is the curve of an attack that is an upper bound of the exact one at every
+    snapshot (APGD-CE, the first attack of AutoAttack's ``"apgd"`` version, run with the same
+    seed: every image APGD-T then breaks only lowers the exact accuracy), so a snapshot whose
+    bound is below the target is below it exactly too. ``exact`` maps snapshot indices to the
+    exact scores known so far.
+
+    Returns ``{"index", "train_s", "interpolated_s", "need"}``: the crossing (``index`` None when
+    the target is never reached, or not known yet), and ``need``, the snapshot indices whose exact
+    score would settle it (the first candidate, and the one before it for the interpolation)."""
+    for i, point in enumerate(bound):
+        if point["robust"] < target:
+            continue  # exact ≤ bound < target
+        if i not in exact:
+            return {"index": None, "need": [j for j in (i - 1, i) if j >= 0 and j not in exact]}
+        if exact[i]["robust"] < target:
+            continue
+        if i == 0:
+            return {"index": 0, "train_s": point["train_s"], "interpolated_s": point["train_s"], "need": []}
+        if i - 1 not in exact:
+            return {"index": None, "need": [i - 1]}
+        before, after = exact[i - 1]["robust"], exact[i]["robust"]
+        t0, t1 = bound[i - 1]["train_s"], point["train_s"]
+        w = (target - before) / (after - before)
+        return {"index": i, "train_s": t1, "interpolated_s": t0 + w * (t1 - t0), "need": []}
+    return {"index": None, "need": []}
+
+
+def summarize_exact(report: dict, exact: dict[str, dict[int, dict]], attack: str) -> dict:
+    """The target and the crossings under the ``exact`` attack (scored at a few snapshots), the
+    curves being its upper bound (:func:`bounded_crossing`); what still needs scoring goes into
+    ``report["exact"]["need"]`` as snapshot numbers per method."""
+    curves = report["curves"]
+    out: dict[str, Any] = {"attack": attack, "need": {}, "bound_violations": []}
+    for name, points in exact.items():  # the bound must hold wherever both are known
+        for i, e in points.items():
+            if e["robust"] > curves[name][i]["robust"] + 1e-9:
+                out["bound_violations"].append({"method": name, "snapshot": i, "exact": e["robust"]})
+    last = len(curves["pgd40"]) - 1
+    if last not in exact.get("pgd40", {}):
+        out["need"]["pgd40"] = [last]
+        report["exact"] = out
+        return report
+    target = exact["pgd40"][last]["robust"]
+    out["target_robust"] = target
+    crossings = {name: bounded_crossing(c, exact.get(name, {}), target) for name, c in curves.items()}
+    out["crossings"] = crossings
+    out["need"] = {name: c["need"] for name, c in crossings.items() if c["need"]}
+    for key in ("train_s", "interpolated_s"):
+        reach = {name: c.get(key) for name, c in crossings.items()}
+        out[f"time_to_target_{key}"] = reach
+        out[f"ratios_{key}"] = {
+            f"{a} / {b}": reach[a] / reach[b] for a, b in RATIOS if reach.get(a) is not None and reach.get(b)
+        }
+    report["exact"] = out
+    return report
+
+
 def summarize(report: dict) -> dict:
     """Target (PGD-40's final robust accuracy), each method's time to reach it, and the ratios."""
     curves = report["curves"]
@@ -418,16 +478,26 @@ def plot(report: dict, path: Path) -> None:
     config = report["config"]
     threads = config.get("threads", "?")
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    exact = report.get("exact")
     for name, curve in report["curves"].items():
         xs, ys = [p["train_s"] / 60 for p in curve], [100 * p["robust"] for p in curve]
-        ax.plot(xs, ys, marker="o", label=LABELS.get(name, name))
-    if "target_robust" in report:
-        ax.axhline(100 * report["target_robust"], color="grey", ls="--", lw=1, label="target: PGD-40's final")
+        label = LABELS.get(name, name) + (f" ({report['curve_attack']}, upper bound)" if exact else "")
+        (line,) = ax.plot(xs, ys, marker="o", ms=3, label=label)
+        if exact:
+            pts = sorted(exact["scores"].get(name, {}).items())
+            xs, ys = [curve[i]["train_s"] / 60 for i, _ in pts], [100 * e["robust"] for _, e in pts]
+            label = f"{LABELS.get(name, name)} ({exact['attack']})"
+            ax.plot(xs, ys, ls="none", marker="D", ms=6, color=line.get_color(), label=label)
+    target = exact.get("target_robust") if exact else report.get("target_robust")
+    if target is not None:
+        ax.axhline(100 * target, color="grey", ls="--", lw=1, label="target: PGD-40's final")
     ax.set_xlabel(f"training time per method (min; CPU, {threads} thread{'s' if threads != 1 else ''})")
-    ax.set_ylabel(f"robust accuracy (%), {report['curve_attack']}, ε = {EPS}")
+    ax.set_ylabel(
+        f"robust accuracy (%), ε = {EPS}" if exact else f"robust accuracy (%), {report['curve_attack']}, ε = {EPS}"
+    )
     ax.set_title(f"MNIST SmallCNN, first {config.get('n_test', '?')} test images")
     ax.grid(alpha=0.3)
-    ax.legend(title="method")
+    ax.legend(title="method", fontsize=7 if exact else None)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -448,6 +518,23 @@ def stage_summary(args: argparse.Namespace) -> dict:
     finals = {name: args.out / "final" / f"{name}.json" for name in report["curves"]}
     report["final"] = {name: json.loads(f.read_text()) for name, f in finals.items() if f.is_file()}
     summarize(report)
+    if args.exact_attack:
+        exact = {
+            name: {
+                i: score
+                for i, p in enumerate(curve)
+                if (score := read_json(_score_file(args, p["snapshot"], args.exact_attack)))
+            }
+            for name, curve in report["curves"].items()
+        }
+        summarize_exact(report, exact, args.exact_attack)
+        report["exact"]["scores"] = {name: {i: e for i, e in pts.items()} for name, pts in exact.items()}
+        if report["exact"]["need"]:
+            need = {
+                name: [Path(report["curves"][name][i]["snapshot"]).stem for i in idx]
+                for name, idx in report["exact"]["need"].items()
+            }
+            log.warning("to settle the crossings, score with %s: %s", args.exact_attack, need)
     write_json(args.out / "curves.json", report)
     report["config"]["n_test"] = args.n_test  # the scoring's subset (train.json holds the training's options)
     plot(report, args.out / "robust_vs_time.png")
@@ -473,6 +560,12 @@ def main(argv: list[str] | None = None) -> dict:
         "run in this order (the curve attack runs too)",
     )  # fmt: skip
     p.add_argument("--follow", action="store_true", help="score snapshots as a running training writes them")
+    p.add_argument(
+        "--exact-attack", choices=CURVE_ATTACKS, default=None,
+        help="with --stage summary: the crossings under this attack, scored at a few snapshots (--points), "
+        "the --curve-attack curves being its upper bound (apgd-ce for apgd); the summary names the snapshots "
+        "still to score",
+    )  # fmt: skip
     p.add_argument(
         "--points", type=lambda v: [int(i) for i in v.split(",")], default=None,
         help="with --what curves: score only these snapshot numbers (comma list; default all)",

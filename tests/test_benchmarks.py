@@ -55,6 +55,38 @@ def test_time_to_robust_summary():
     assert abs(report["ratios_interpolated"]["yopo5-10 / pgd40"] - 250 / 600) < 1e-9
 
 
+def test_time_to_robust_exact_crossings_from_an_upper_bound_and_a_few_exact_scores():
+    ttr = _time_to_robust()
+    t = [0, 100, 200, 300, 400]
+    bound = {  # e.g. APGD-CE: at every snapshot at least the exact (apgd) accuracy
+        "pgd40": [0.1, 0.3, 0.5, 0.6, 0.7],
+        "yopo5-10": [0.2, 0.55, 0.7, 0.8, 0.9],
+        "amata": [0.1, 0.2, 0.3, 0.4, 0.45],  # never reaches the target even as a bound
+    }
+    curves = {n: [{"train_s": ti, "robust": r} for ti, r in zip(t, rs, strict=True)] for n, rs in bound.items()}
+    report = ttr.summarize_exact({"curves": curves}, {}, "apgd")
+    assert report["exact"]["need"] == {"pgd40": [4]}  # the target first
+    exact = {"pgd40": {4: {"robust": 0.5}}, "yopo5-10": {}}
+    report = ttr.summarize_exact({"curves": curves}, exact, "apgd")
+    # bound < 0.5 rules out snapshots 0 (pgd40: 0-1); the first candidates and their predecessors are asked for
+    assert report["exact"]["need"] == {"pgd40": [1, 2], "yopo5-10": [0, 1]}
+    exact["pgd40"] |= {1: {"robust": 0.25}, 2: {"robust": 0.45}, 3: {"robust": 0.5}}
+    exact["yopo5-10"] |= {0: {"robust": 0.15}, 1: {"robust": 0.4}, 2: {"robust": 0.6}}
+    report = ttr.summarize_exact({"curves": curves}, exact, "apgd")
+    ex = report["exact"]
+    assert ex["need"] == {} and ex["target_robust"] == 0.5 and ex["bound_violations"] == []
+    assert ex["crossings"]["pgd40"]["index"] == 3 and ex["crossings"]["yopo5-10"]["index"] == 2
+    assert ex["crossings"]["amata"] == {"index": None, "need": []}  # never: no exact score was needed
+    assert ex["time_to_target_train_s"] == {"pgd40": 300, "yopo5-10": 200, "amata": None}
+    # YOPO: 0.4 at t = 100, 0.6 at t = 200 -> 0.5 at t = 150; PGD-40: 0.45 -> 0.5 from 200 to 300 -> 300
+    assert ex["time_to_target_interpolated_s"]["yopo5-10"] == pytest.approx(150)
+    assert ex["ratios_interpolated_s"]["yopo5-10 / pgd40"] == pytest.approx(0.5)
+    exact["amata"] = {4: {"robust": 0.5}}  # above its bound (0.45): flagged
+    assert ttr.summarize_exact({"curves": curves}, exact, "apgd")["exact"]["bound_violations"] == [
+        {"method": "amata", "snapshot": 4, "exact": 0.5}
+    ]
+
+
 def test_time_to_robust_runs_every_method_interleaved(monkeypatch, tmp_path):
     ttr = _time_to_robust()
     order = []
@@ -107,6 +139,14 @@ def test_time_to_robust_stages_score_with_autoattack_and_summarize(monkeypatch, 
     for row in report["final"].values():
         assert row["n"] == 6 and row["standard"]["robust"] <= row["standard"]["clean"]
     assert (tmp_path / "robust_vs_time.png").stat().st_size > 1000
+    # the crossings under apgd, from the APGD-CE curves and the apgd scores the summary asks for
+    exact = [*common, "--stage", "summary", "--curve-attack", "apgd-ce", "--exact-attack", "apgd"]
+    last = len(report["curves"]["pgd40"]) - 1
+    assert ttr.main(exact)["exact"]["need"] == {"pgd40": [last]}
+    ttr.main([*score, "--curve-attack", "apgd", "--what", "curves", "--methods", "pgd40", "--points", str(last)])
+    report = ttr.main(exact)
+    assert report["exact"]["target_robust"] <= report["curves"]["pgd40"][last]["robust"]
+    assert report["exact"]["bound_violations"] == [] and "crossings" in report["exact"]
 
 
 def test_two_rings_ssl_smoke(tmp_path):

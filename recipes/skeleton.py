@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import robustreg
 from robustreg.checkpoint import (
+    atomic_write_text,
     check_finite,
     load_tree,
     save_model,
@@ -374,7 +375,8 @@ class Run:
                 continue
             if self.main and self.metrics_path.exists():  # drop what the interrupted run logged past it
                 rows = read_metrics(self.metrics_path)
-                atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.start))
+                kept = "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= self.start)
+                atomic_write_text(self.metrics_path, kept)
             log.info("resumed from %s at step %d", path, self.start)
             return
         if found:  # never wiped: they may be fixable (the same number of processes, say)
@@ -618,7 +620,7 @@ class Run:
             plot = plot_curves(self.metrics_path, self.out / "curves.png", title)
             if plot:
                 summary["curves_plot"] = str(plot)
-            atomic_write(self.out / "summary.json", json.dumps(jsonable(summary), indent=2))
+            atomic_write_text(self.out / "summary.json", json.dumps(jsonable(summary), indent=2))
             print_summary(summary, title)
         self.accelerator.end_training()
         return summary
@@ -691,14 +693,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
-    file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

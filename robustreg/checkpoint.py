@@ -84,7 +84,7 @@ def save_model(
     tmp = directory / ".model.safetensors.tmp"  # each file replaced whole, never left half-written
     save_file(state, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, directory / "model.safetensors")
-    _atomic_write_text(directory / "model.json", text)
+    atomic_write_text(directory / "model.json", text)
     return directory
 
 
@@ -101,11 +101,13 @@ def write_meta(
     text = _meta_text(arch, kwargs, config, metrics)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, text)
+    atomic_write_text(path, text)
     return path
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a kill leaves the old
+    file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -54,3 +54,48 @@ def recipe_module(monkeypatch):
 
     yield load
     AcceleratorState._reset_state(True)
+
+
+class _Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_one = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 4) -> (B, 3)
+        return self.head(torch.tanh(self.layer_one(x)))
+
+
+class AliasedModel(nn.Module):
+    """A 3-class classifier of (B, 4) inputs with aliases: one submodule registered under two names
+    (``layer_one`` and ``inner.layer_one``), and one parameter shared by two modules
+    (``tied.weight`` is ``other.weight``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _Inner()
+        self.layer_one = self.inner.layer_one  # the same module twice
+        self.tied = nn.Linear(3, 3)
+        self.other = nn.Linear(3, 3, bias=False)
+        self.other.weight = self.tied.weight  # the same parameter in two modules
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.other(self.tied(self.inner(x)))
+
+
+def assert_aliases_stay_trainable(model: AliasedModel, loss_of: object) -> None:
+    """``loss_of(model)`` leaves every name of every parameter on the same ``nn.Parameter``, and an
+    optimizer step on its loss still moves the aliased layer."""
+    before = dict(model.named_parameters(remove_duplicate=False))
+    assert "layer_one.weight" in before and "inner.layer_one.weight" in before
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = loss_of(model)
+    after = dict(model.named_parameters(remove_duplicate=False))
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] and isinstance(after[k], nn.Parameter) for k in before)
+    old = model.layer_one.weight.detach().clone()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert model.layer_one.weight.grad is not None
+    assert not torch.equal(model.layer_one.weight.detach(), old)  # the optimizer still trains it

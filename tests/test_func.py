@@ -22,6 +22,8 @@ from robustreg.func import (
     vjp_map,
 )
 
+from .conftest import AliasedModel
+
 D = torch.float64
 
 
@@ -188,36 +190,11 @@ def test_hvp_auto_reraises_a_genuine_error_instead_of_retrying_in_reverse_mode()
     assert not missing_double_backward(RuntimeError("CUDA out of memory"))
 
 
-class _Inner(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer_one = nn.Linear(3, 4)
-        self.head = nn.Linear(4, 2)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.layer_one(x)))
-
-
-class Aliased(nn.Module):
-    """One submodule registered under two names, and one parameter shared by two modules."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = _Inner()
-        self.layer_one = self.inner.layer_one  # the same module twice
-        self.tied = nn.Linear(2, 2)
-        self.other = nn.Linear(2, 2, bias=False)
-        self.other.weight = self.tied.weight  # the same parameter in two modules
-
-    def forward(self, x):
-        return self.other(self.tied(self.inner(x)))
-
-
 def test_detached_parameters_keeps_aliased_and_tied_parameters():
-    model = Aliased()
+    model = AliasedModel()
     before = dict(model.named_parameters(remove_duplicate=False))
     assert len(before) > len(dict(model.named_parameters()))  # the aliases are there
-    x = torch.randn(5, 3)
+    x = torch.randn(5, 4)
     with detached_parameters(model):
         out = model(x)
         assert not any(isinstance(p, nn.Parameter) for p in model.parameters())

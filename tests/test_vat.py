@@ -9,6 +9,7 @@ from robustreg import VAT, EntMin
 from robustreg.func import per_sample_dot
 
 from ._reference import kl, kl_hessians
+from .conftest import AliasedModel, assert_aliases_stay_trainable
 
 D = torch.float64
 
@@ -152,43 +153,10 @@ def test_entmin_is_the_mean_prediction_entropy():
     assert F.softmax is not None
 
 
-class _Inner(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer_one = nn.Linear(4, 6)
-        self.head = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.head(torch.tanh(self.layer_one(x)))
-
-
-class AliasedModel(nn.Module):
-    """A classifier that registers one submodule under two names."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = _Inner()
-        self.layer_one = self.inner.layer_one
-
-    def forward(self, x):
-        return self.inner(x)
-
-
 def test_hvp_keeps_aliased_submodules_trainable():
-    model = AliasedModel().to(D)
-    before = dict(model.named_parameters(remove_duplicate=False))
-    assert "layer_one.weight" in before and "inner.layer_one.weight" in before
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss = VAT(model, eps=0.5, method="hvp")(torch.randn(5, 4, dtype=D))
-    after = dict(model.named_parameters(remove_duplicate=False))
-    assert after.keys() == before.keys()
-    assert all(after[k] is before[k] and isinstance(after[k], nn.Parameter) for k in before)
-    old = model.layer_one.weight.detach().clone()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    assert model.layer_one.weight.grad is not None
-    assert not torch.equal(model.layer_one.weight.detach(), old)  # the optimizer still trains it
+    assert_aliases_stay_trainable(
+        AliasedModel().to(D), lambda model: VAT(model, eps=0.5, method="hvp")(torch.randn(5, 4, dtype=D))
+    )
 
 
 def _bn_model():

@@ -50,6 +50,13 @@ from robustreg.charts import (
 from robustreg.data import rings_ssl
 
 KINDS = ("vae", "ae", "lgan", "mlp-ae")
+#: what a chart of each kind gets when --latent, --width or --lr is not given (``--help`` lists it)
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vae": {"latent": 20, "width": 16, "lr": 1e-3},
+    "ae": {"latent": 20, "width": 16, "lr": 1e-3},
+    "lgan": {"latent": 10, "width": 32, "lr": 2e-4},
+    "mlp-ae": {"latent": 1, "width": 128, "lr": 1e-3},
+}
 DATASETS = ("fashionmnist", "mnist", "svhn", "cifar10", "two-rings")
 LGAN_DEFAULTS = {"lr": 2e-4, "sigma": 1.0, "locality": 10.0, "orthonormality": 10.0, "jacobian_batch": 16}
 
@@ -58,13 +65,11 @@ LGAN_DEFAULTS = {"lr": 2e-4, "sigma": 1.0, "locality": 10.0, "orthonormality": 1
 class ChartConfig(skeleton.RunConfig):
     dataset: str = skeleton.opt("fashionmnist", "data set (training split, labels unused)", choices=DATASETS)
     kind: str = skeleton.opt("vae", "chart", choices=KINDS)
-    latent: int | None = skeleton.opt(None, "latent dimension (vae/ae 20, lgan 10, mlp-ae 1)")
-    width: int | None = skeleton.opt(
-        None, "channels of the first conv (vae/ae 16, lgan 32) or hidden units (mlp-ae 128)"
-    )
+    latent: int | None = skeleton.opt(None, "latent dimension")
+    width: int | None = skeleton.opt(None, "channels of the first conv (vae, ae, lgan) or hidden units (mlp-ae)")
     epochs: int = skeleton.opt(10, "passes over the training set")
     batch_size: int = skeleton.opt(64, "global batch")
-    lr: float | None = skeleton.opt(None, "Adam's learning rate (1e-3; lgan 2e-4)")
+    lr: float | None = skeleton.opt(None, "Adam's learning rate")
     circular: bool = skeleton.opt(True, "mlp-ae: angle latents (a closed curve without a seam)")
     sigma: float = skeleton.opt(1.0, "lgan: σ of z ~ N(0, σ²I)")
     locality: float = skeleton.opt(10.0, "lgan: λ_loc of ‖G(x, 0) − x‖²")
@@ -77,13 +82,14 @@ def build(
     kind: str, shape: tuple[int, ...], latent: int | None = None, width: int | None = None, **kw: Any
 ) -> nn.Module:
     """A fresh chart of ``kind`` for samples of ``shape``, with our defaults."""
+    latent, width = latent or KIND_DEFAULTS[kind]["latent"], width or KIND_DEFAULTS[kind]["width"]
     if kind == "vae":
-        return VAE(shape, latent=latent or 20, width=width or 16)
+        return VAE(shape, latent=latent, width=width)
     if kind == "ae":
-        return AutoEncoder(shape, latent=latent or 20, width=width or 16)
+        return AutoEncoder(shape, latent=latent, width=width)
     if kind == "lgan":
-        return LocalizedGAN(shape, latent=latent or 10, width=width or 32)
-    return MLPAutoEncoder(shape, latent or 1, hidden=width or 128, circular=kw.get("circular", True))
+        return LocalizedGAN(shape, latent=latent, width=width)
+    return MLPAutoEncoder(shape, latent, hidden=width, circular=kw.get("circular", True))
 
 
 def fit(kind: str, data: Tensor, *, epochs: int, seed: int) -> nn.Module:
@@ -99,7 +105,7 @@ def fit(kind: str, data: Tensor, *, epochs: int, seed: int) -> nn.Module:
 
 
 def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
-    cfg = skeleton.parse(ChartConfig, argv, __doc__.splitlines()[0], **defaults)
+    cfg = skeleton.parse(ChartConfig, argv, __doc__, by_dataset=KIND_DEFAULTS, by_label="--kind", **defaults)
     if cfg.dataset == "two-rings":
         if cfg.kind != "mlp-ae":
             raise SystemExit("error: two-rings points are vectors: use --kind mlp-ae")
@@ -109,12 +115,12 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
         (images, _), (held, _) = skeleton.load_images(cfg, cfg.dataset, n_train=cfg.train_size, n_test=256)
     if cfg.mixed_precision != "no" or cfg.grad_accum != 1:
         raise SystemExit("error: charts train in float32, one Adam step a batch: no --mixed-precision or --grad-accum")
-    run = skeleton.Run(cfg, f"chart_{cfg.dataset}_{cfg.kind}")
+    run = skeleton.Run(cfg, f"chart_{cfg.dataset}_{cfg.kind}", small_model=cfg.dataset == "two-rings")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
     chart = build(cfg.kind, tuple(images.shape[1:]), cfg.latent, cfg.width, circular=cfg.circular).to(acc.device)
     run.describe(cfg.kind, chart.config)
-    lr = cfg.lr or (2e-4 if cfg.kind == "lgan" else 1e-3)
+    lr = cfg.lr or KIND_DEFAULTS[cfg.kind]["lr"]
     if cfg.kind == "lgan":
         opts = dict(zip(("opt_g", "opt_d"), lgan_optimizers(chart, lr), strict=True))
     else:
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
             guard.ok(None, params)
 
     per_epoch = max(1, len(images) // min(cfg.batch_size, len(images)))
-    steps = cfg.epochs * per_epoch
+    steps = run.stop(cfg.epochs * per_epoch)  # no schedule here: a capped run is the run
     stream = run.batches([images], cfg.batch_size, stop=steps)
     chart.train()
     with run.progress(steps, f"{cfg.kind} chart on {cfg.dataset}"):

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import skeleton
 
 import robustreg
-from robustreg.checkpoint import save_model
+from robustreg.checkpoint import atomic_write_text, save_model
 from robustreg.control import MSA, plot_eigenvalues
 from robustreg.data import VISION
 from robustreg.models import SmallCNN
@@ -86,14 +86,15 @@ class Config:
     eps_eval: list[float] = opt([0.1, 0.2, 0.3], "ℓ∞ radii of the evaluation")  # noqa: RUF009
     autoattack: str = opt("apgd", "AutoAttack version of the evaluation", choices=("apgd", "standard"))
     seed: int = opt(0, "seeds the model and the data order")
-    threads: int = opt(0, "torch threads (0: torch's default)")
+    threads: int = opt(0, "torch threads (0: auto, the cores this process may use; docs/recipes.md)")
+    max_steps: int = opt(0, "stop each method's training after this many steps (0: --epochs of them)")
     max_nonfinite: int = opt(5, "stop after this many non-finite steps in a row (each is skipped)")
     progress: bool = opt(True, "rich progress bar (--no-progress for logs)")
     out: str = opt("", "output directory (default runs/msa_<dataset>)")
 
 
 def parse(argv: list[str] | None = None) -> Config:
-    cfg = skeleton.parse(Config, argv, __doc__.splitlines()[0])
+    cfg = skeleton.parse(Config, argv, __doc__)
     unknown = set(cfg.methods.split(",")) - set(METHODS)
     if unknown:
         raise SystemExit(f"error: --methods: unknown {sorted(unknown)}; choose from {METHODS}")
@@ -137,6 +138,8 @@ def train_one(
         order = torch.randperm(len(x_all), generator=gen)
         total, count = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
+            if cfg.max_steps and step == cfg.max_steps:
+                break
             idx = order[i : i + cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             step += 1
@@ -166,14 +169,22 @@ def train_one(
             in_row = 0
             total += float(loss.detach()) * len(idx)
             count += len(idx)
-        losses.append(total / max(1, count))
-        if progress is not None:
-            bar, task = progress
-            bar.update(task, advance=1, loss=f"loss {losses[-1]:.4f}")
+            if progress is not None:
+                bar, task = progress
+                bar.update(task, completed=step, loss=f"loss {total / count:.4f}")
+        if not count:  # --max-steps reached
+            break
+        losses.append(total / count)
         log.info(
             "%s epoch %d/%d: loss %.4f (%.0f s)", method, epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - start
         )
     return model.eval(), time.perf_counter() - start, losses
+
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    """Training steps of one method: ``--epochs`` passes of ``ceil(n / batch)`` steps, or ``--max-steps``."""
+    full = cfg.epochs * -(-n_train // cfg.batch_size)
+    return min(full, cfg.max_steps) if cfg.max_steps else full
 
 
 def _finite(tensors: list[Tensor]) -> bool:
@@ -211,8 +222,7 @@ def summary(result: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse(argv)
     skeleton._setup_logging(True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or skeleton.auto_threads(small_model=False))
     out = Path(cfg.out or f"runs/msa_{cfg.dataset}")
     out.mkdir(parents=True, exist_ok=True)
     train, test = load(cfg)
@@ -220,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"config": dataclasses.asdict(cfg), "torch": torch.__version__, "methods": {}}
     models = {}
     for method in cfg.methods.split(","):
-        with _bar(cfg, method) as progress:
+        with _bar(cfg, method, len(train[0])) as progress:
             model, seconds, losses = train_one(method, cfg, train, progress)
         models[method] = model
         results["methods"][method] = {
@@ -235,6 +245,8 @@ def main(argv: list[str] | None = None) -> dict:
         kwargs = {"num_classes": 10, "in_channels": VISION[cfg.dataset][1][0], "image_size": VISION[cfg.dataset][1][1]}
         run_cfg = {**dataclasses.asdict(cfg), "method": method, "eps": cfg.eps_train}
         save_model(model, out / method / "model", arch="smallcnn", kwargs=kwargs, config=run_cfg)
+        results["complete"] = False  # written after every method: a stopped run keeps what it measured
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     timing = {m: r["train_seconds"] for m, r in results["methods"].items()}
     if "msa" in timing:
         results["time_ratios"] = {f"msa / {m}": timing["msa"] / timing[m] for m in timing if m != "msa"}
@@ -242,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     if square:
         plot_eigenvalues(square, out / "eigenvalues.png", title=f"classifier.4 (200×200), {cfg.dataset}")
         results["eigenvalues_plot"] = str(out / "eigenvalues.png")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    results["complete"] = True
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     log.info("wrote %s", out / "results.json")
     table = {m: summary(r) for m, r in results["methods"].items()}
     print(json.dumps({**table, "time_ratios": results.get("time_ratios")}, indent=1))
@@ -250,16 +263,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 @contextmanager
-def _bar(cfg: Config, method: str) -> Iterator[tuple | None]:
-    """A rich bar over the epochs of one method (none with --no-progress)."""
+def _bar(cfg: Config, method: str, n_train: int) -> Iterator[tuple | None]:
+    """A rich bar over the training steps of one method (none with --no-progress)."""
     if not cfg.progress:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn(f"[bold]{method}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn(f"[bold]{method}: steps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(),
+    )  # fmt: skip
     with Progress(*columns, TextColumn("{task.fields[loss]}")) as bar:
-        yield bar, bar.add_task(method, total=cfg.epochs, loss="")
+        yield bar, bar.add_task(method, total=total_steps(cfg, n_train), loss="")
 
 
 if __name__ == "__main__":

@@ -82,36 +82,41 @@ DEFAULTS["fashionmnist"], DEFAULTS["svhn"] = DEFAULTS["mnist"], {**DEFAULTS["cif
 class RobustConfig(skeleton.RunConfig):
     dataset: str = skeleton.opt("mnist", "data set", choices=DATASETS)
     method: str = skeleton.opt("pgd", "training method", choices=METHODS)
-    arch: str | None = skeleton.opt(None, f"network: {', '.join(ARCHITECTURES)} (smallcnn / preact_resnet18 / mlp)")
-    epochs: int | None = skeleton.opt(None, "epochs: 100 (TRADES), 30 rings")
-    batch_size: int | None = skeleton.opt(None, "global batch (128)")
-    optimizer: str | None = skeleton.opt(None, "sgd (images, with momentum) or adam (rings)", choices=("sgd", "adam"))
-    lr: float | None = skeleton.opt(
-        None, "learning rate: 0.01 MNISTs, 0.1 CIFAR-10, 0.01 SVHN (SGD), 3e-3 rings (Adam)"
-    )
+    arch: str | None = skeleton.opt(None, f"network: {', '.join(ARCHITECTURES)}")
+    epochs: int | None = skeleton.opt(None, "epochs (TRADES' 100 on images)")
+    batch_size: int | None = skeleton.opt(None, "global batch")
+    optimizer: str | None = skeleton.opt(None, "sgd (with --momentum) or adam", choices=("sgd", "adam"))
+    lr: float | None = skeleton.opt(None, "learning rate (YOPO's is multiplied by m: see above)")
     momentum: float = skeleton.opt(0.9, "SGD momentum")
-    weight_decay: float | None = skeleton.opt(None, "weight decay: 0 MNISTs, 5e-4 CIFAR-10/SVHN")
-    eps: float | None = skeleton.opt(None, "ℓ∞ radius: 0.3 MNISTs, 8/255 CIFAR-10/SVHN, 0.1 rings")
-    alpha: float | None = skeleton.opt(None, "attack step inside training: 0.01 MNISTs, 2/255 CIFAR-10")
-    steps: int | None = skeleton.opt(None, "attack steps inside training: 40 MNISTs, 10 CIFAR-10, 1 for atta")
+    weight_decay: float | None = skeleton.opt(None, "weight decay")
+    eps: float | None = skeleton.opt(None, "ℓ∞ radius of training and evaluation")
+    alpha: float | None = skeleton.opt(None, "attack step size inside training")
+    steps: int | None = skeleton.opt(None, "attack steps inside training (atta: 1)")
     eps_warmup: int | None = skeleton.opt(
-        None, "epochs over which the training ε grows linearly to --eps: 0 images, 5 rings"
+        None, "epochs over which the training ε grows linearly to --eps", fallback="0"
     )
     random_start: bool = skeleton.opt(True, "training attacks start at random (PGD, TRADES, YOPO, Fast, Free, ATTA)")
     beta: float = skeleton.opt(6.0, "TRADES' β (TRADES paper: 6 on CIFAR-10, 1 on MNIST)")
     replays: int = skeleton.opt(8, "Free-AT: replays per batch, m (Free-AT paper: 8)")
     yopo_m: int = skeleton.opt(5, "YOPO: full passes per batch, m")
-    yopo_n: int | None = skeleton.opt(None, "YOPO: first-layer steps per pass, n (YOPO paper: 10 MNIST, 3 CIFAR-10)")
+    yopo_n: int | None = skeleton.opt(
+        None, "YOPO: first-layer steps per pass, n (YOPO paper: 10 MNIST, 3 CIFAR-10)", fallback="3"
+    )
     atta_reset: int = skeleton.opt(0, "ATTA: forget the stored perturbations every N epochs (0: never)")
-    k_min: int | None = skeleton.opt(None, "Amata: K at the start (10 MNIST, 2 CIFAR-10)")
-    k_max: int | None = skeleton.opt(None, "Amata: K at the end (40 MNIST, 10 CIFAR-10)")
-    tau: float | None = skeleton.opt(None, "Amata: τ = K·α, the total step length (0.4 MNIST)")
+    k_min: int | None = skeleton.opt(None, "Amata: K at the start")
+    k_max: int | None = skeleton.opt(None, "Amata: K at the end")
+    tau: float | None = skeleton.opt(None, "Amata: τ = K·α, the total step length")
     eval_size: int = skeleton.opt(1000, "test examples of the periodic and final evaluation (0: all)")
     eval_pgd: list[int] = skeleton.opt([40], "PGD steps beside AutoAttack at the end (α = max(ε/4, 2.5ε/k))")  # noqa: RUF009
     final_autoattack: str = skeleton.opt(
         "apgd", "AutoAttack version of the final evaluation (apgd: APGD-CE + APGD-T)", choices=("apgd", "standard")
     )
     train_size: int = skeleton.opt(0, "first N training examples (0: all)")
+
+
+def dataset_defaults() -> dict[str, dict[str, Any]]:
+    """What ``resolve`` fills in per data set (``--help`` lists it)."""
+    return {name: {k: v for k, v in DEFAULTS[name].items() if k != "bounds"} for name in DATASETS}
 
 
 def load_data(cfg: RobustConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -230,9 +235,9 @@ def resolve(cfg: RobustConfig) -> RobustConfig:
 
 
 def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
-    cfg = resolve(skeleton.parse(RobustConfig, argv, __doc__.splitlines()[0], **defaults))
+    cfg = resolve(skeleton.parse(RobustConfig, argv, __doc__, by_dataset=dataset_defaults(), **defaults))
     train, test = load_data(cfg)
-    run = skeleton.Run(cfg, f"robust_{cfg.dataset}_{cfg.method}")
+    run = skeleton.Run(cfg, f"robust_{cfg.dataset}_{cfg.method}", small_model=cfg.dataset == "two-rings")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
     kwargs = model_kwargs(cfg, train[0])
@@ -262,12 +267,13 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
                 inner.alpha = full["alpha"] * f
 
     index = torch.arange(len(train[0]))
-    stream = run.batches([*train, index], cfg.batch_size, stop=total)
+    stop = run.stop(total)
+    stream = run.batches([*train, index], cfg.batch_size, stop=stop)
     test_dev = tuple(t.to(acc.device) for t in test)
     periodic = periodic_attacks(cfg)
     model.train()
-    with run.progress(total, f"{cfg.method} on {cfg.dataset}"):
-        for step in range(run.start, total):
+    with run.progress(stop, f"{cfg.method} on {cfg.dataset}"):
+        for step in range(run.start, stop):
             epoch = step // per_epoch
             if step % per_epoch == 0 or step == run.start:
                 warm_up(epoch)
@@ -292,24 +298,26 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
                 rows = idx.to(inner.memory.device)
                 inner.remember(acc.gather(idx), acc.gather(inner.memory[rows].to(x.device)))
             done = step + 1
-            if done % 20 == 0 or done == total:
+            if done % 20 == 0 or done == stop:
                 metrics = {"loss": acc.reduce(loss.detach(), "mean")}
-                if reg is not None and reg.last is not None:
-                    metrics |= {k: acc.reduce(v, "mean") for k, v in reg.last.metrics.items() if k == "adv_acc"}
+                if reg is not None and reg.last is not None:  # the loss's parts and the adversaries' accuracy
+                    parts = {k: v for k, v in reg.last.metrics.items() if k.endswith(("_loss", "_acc"))}
+                    metrics |= {k: acc.reduce(v, "mean") for k, v in parts.items() if isinstance(v, Tensor)}
                     metrics |= {k: reg.last.metrics[k] for k in ("K", "alpha") if k in reg.last.metrics}
                 run.log(done, done / per_epoch, lr=sched.get_last_lr()[0], **metrics)
             else:
                 run.advance(done)
-            if run.due(done, cfg.eval_every, total):
+            if run.due(done, cfg.eval_every, stop):
                 with run.paused():
                     if run.main:
                         run.log(
                             done, done / per_epoch, kind="eval", **evaluate(acc.unwrap_model(model), test_dev, periodic)
                         )
                     acc.wait_for_everyone()
-            if run.due(done, cfg.checkpoint_every, total):
+            if run.due(done, cfg.checkpoint_every, stop):
                 run.checkpoint(done)
     summary: dict[str, Any] = {"method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs, "eps": cfg.eps}
+    summary |= {"steps": stop, "planned_steps": total}
     if run.main:
         summary |= evaluate(acc.unwrap_model(model), test_dev, final_attacks(cfg))
     title = f"{cfg.method}, {cfg.dataset}, ε = {cfg.eps:.4g}"

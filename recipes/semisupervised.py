@@ -83,21 +83,21 @@ TNAR_WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0)}
 class SSLConfig(skeleton.RunConfig):
     dataset: str = skeleton.opt("two-rings", "data set", choices=DATASETS)
     methods: str = skeleton.opt("supervised,vat,tnar", f"comma-separated, each trained in turn: {', '.join(METHODS)}")
-    labels: int | None = skeleton.opt(None, "labeled examples (equal per class): 6 / 100 / 100 / 1000 / 4000")
-    steps: int | None = skeleton.opt(None, "training steps: 3000 (rings, MNISTs) / 48000 (SVHN) / 200000 (CIFAR-10)")
-    batch_labeled: int | None = skeleton.opt(None, "labeled batch (global): 6 rings, 32 images (VAT paper)")
-    batch_unlabeled: int | None = skeleton.opt(None, "unlabeled batch (global): 128 (VAT paper), 64 MNISTs")
+    labels: int | None = skeleton.opt(None, "labeled examples (equal per class)")
+    steps: int | None = skeleton.opt(None, "training steps (the learning-rate schedule's length)")
+    batch_labeled: int | None = skeleton.opt(None, "labeled batch (global)")
+    batch_unlabeled: int | None = skeleton.opt(None, "unlabeled batch (global)")
     lr: float = skeleton.opt(1e-3, "Adam's learning rate (VAT paper: 1e-3)")
     decay_start: float | None = skeleton.opt(None, "fraction of --steps after which lr decays linearly to 0")
-    arch: str | None = skeleton.opt(None, f"classifier: {', '.join(ARCHITECTURES)} (mlp / smallcnn / conv_large)")
+    arch: str | None = skeleton.opt(None, f"classifier: {', '.join(ARCHITECTURES)}")
     drop: float = skeleton.opt(0.0, "dropout of smallcnn / conv_large (0: deterministic passes inside VAT/TNAR)")
-    eps: float | None = skeleton.opt(None, "VAT's ε (ℓ2): 0.3 rings, 2.0 MNISTs/CIFAR-10, 2.5 SVHN (VAT paper)")
+    eps: float | None = skeleton.opt(None, "VAT's ε (ℓ2; SVHN's and rings' from the VAT and TNAR papers)")
     xi: float = skeleton.opt(1e-6, "VAT's / TNAR's finite-difference ξ (VAT paper: 1e-6)")
     n_power: int = skeleton.opt(1, "power-iteration steps (VAT, TNAR papers: 1)")
     vat_method: str = skeleton.opt("finite_difference", "Hessian products", choices=("finite_difference", "hvp"))
     entmin: float = skeleton.opt(1.0, "weight of the entropy term of vat-entmin (VAT paper: 1)")
-    eps_tangent: float | None = skeleton.opt(None, "TNAR's ε_t (default ε; rings 1.0)")
-    eps_normal: float | None = skeleton.opt(None, "TNAR's ε_n (default ε; rings 0.05)")
+    eps_tangent: float | None = skeleton.opt(None, "TNAR's ε_t", fallback="= --eps")
+    eps_normal: float | None = skeleton.opt(None, "TNAR's ε_n", fallback="= --eps")
     cg_iters: int = skeleton.opt(4, "CG iterations for (JᵀJ)⁻¹ (TNAR)")
     tangent: str = skeleton.opt("manifold", "tangent perturbation", choices=("manifold", "linear"))
     chart: str | None = skeleton.opt(None, "manifold chart of TAR/NAR/TNAR", choices=CHARTS)
@@ -189,7 +189,10 @@ def make_reg(method: str, model: nn.Module, chart: Any, cfg: SSLConfig) -> Any:
 
 
 def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tuple[nn.Module, dict[str, Any]]:
-    run = skeleton.Run(dataclasses.replace(cfg, out=str(out / method)), f"ssl_{cfg.dataset}_{method}")
+    small = data.rings is not None  # the two-rings MLP: one thread
+    run = skeleton.Run(
+        dataclasses.replace(cfg, out=str(out / method)), f"ssl_{cfg.dataset}_{method}", small_model=small
+    )
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
     kwargs = model_kwargs(cfg, data)
@@ -204,13 +207,14 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
     run.resume()
     reg = make_reg(method, model, chart.to(acc.device) if hasattr(chart, "to") else chart, cfg)
     entmin = robustreg.EntMin(model) if method == "vat-entmin" else None
-    labeled = run.batches(list(data.labeled), cfg.batch_labeled, stop=cfg.steps, stream=0)
-    unlabeled = run.batches([data.unlabeled], cfg.batch_unlabeled, stop=cfg.steps, stream=1)
+    stop = run.stop(cfg.steps)
+    labeled = run.batches(list(data.labeled), cfg.batch_labeled, stop=stop, stream=0)
+    unlabeled = run.batches([data.unlabeled], cfg.batch_unlabeled, stop=stop, stream=1)
     epoch_len = max(1, len(data.unlabeled) // min(cfg.batch_unlabeled, len(data.unlabeled)))
     test = tuple(t.to(acc.device) for t in data.test)
     model.train()
-    with run.progress(cfg.steps, f"{method} on {cfg.dataset}"):
-        for step in range(run.start, cfg.steps):
+    with run.progress(stop, f"{method} on {cfg.dataset}"):
+        for step in range(run.start, stop):
             (x_l, y_l), (x_u,) = next(labeled), next(unlabeled)
             with acc.accumulate(model), run.step_guard(step, model) as guard:
                 logits = model(torch.cat([x_l, x_u]))  # one pass: BN sees both, DDP one forward
@@ -231,19 +235,19 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
                     opt.step()
                 sched.step()
             done = step + 1
-            if done % 50 == 0 or done == cfg.steps:
+            if done % 50 == 0 or done == stop:
                 metrics = {k: acc.reduce(v, "mean") for k, v in {"loss": loss.detach(), **parts}.items()}
                 run.log(done, done / epoch_len, lr=sched.get_last_lr()[0], **metrics)
             else:
                 run.advance(done)
-            if run.due(done, cfg.eval_every, cfg.steps):
+            if run.due(done, cfg.eval_every, stop):
                 with run.paused():
                     if run.main:
                         run.log(
                             done, done / epoch_len, kind="eval", acc=skeleton.accuracy(acc.unwrap_model(model), test)
                         )
                     acc.wait_for_everyone()
-            if run.due(done, cfg.checkpoint_every, cfg.steps):
+            if run.due(done, cfg.checkpoint_every, stop):
                 run.checkpoint(done)
     bare = acc.unwrap_model(model)
     final = skeleton.accuracy(bare, test)
@@ -259,7 +263,8 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
                 f"TNAR perturbations, {cfg.chart} chart (ε_t = {cfg.eps_tangent}, ε_n = {cfg.eps_normal})",
             )
         )  # fmt: skip
-    summary = {"method": method, "dataset": cfg.dataset, "labels": cfg.labels, "steps": cfg.steps, "acc": final}
+    summary = {"method": method, "dataset": cfg.dataset, "labels": cfg.labels, "steps": stop, "acc": final}
+    summary["planned_steps"] = cfg.steps
     summary = run.finish(model, summary={**summary, **extra}, title=f"{method}, {cfg.dataset}")
     return bare, summary
 
@@ -290,7 +295,7 @@ def resolve(cfg: SSLConfig) -> SSLConfig:
 
 
 def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
-    cfg = resolve(skeleton.parse(SSLConfig, argv, __doc__.splitlines()[0], **defaults))
+    cfg = resolve(skeleton.parse(SSLConfig, argv, __doc__, by_dataset=DEFAULTS, **defaults))
     out = Path(cfg.out or f"runs/ssl_{cfg.dataset}")
     data = load_data(cfg)
     methods = cfg.methods.split(",")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import robustreg
+from robustreg import cli
 from robustreg.checkpoint import (
     atomic_write_text,
     check_finite,
@@ -65,11 +67,13 @@ from robustreg.data import load_vision, synthetic_vision
 log = logging.getLogger("robustreg.recipes")
 
 
-def opt(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:
-    """A dataclass field with its ``--help`` text (and allowed values)."""
+def opt(default: Any, help: str, *, choices: Sequence[str] | None = None, fallback: str = "") -> Any:
+    """A dataclass field with its ``--help`` text (and allowed values). ``fallback``: what a field
+    left at None takes on data sets whose defaults table lacks it (e.g. ``"= --eps"``)."""
+    meta = {"help": help, "choices": choices, "fallback": fallback}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, "choices": choices})
-    return field(default=default, metadata={"help": help, "choices": choices})
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -91,22 +95,38 @@ class RunConfig:
     mixed_precision: str = opt("no", "Accelerate's mixed precision", choices=("no", "fp16", "bf16"))
     grad_accum: int = opt(1, "gradient accumulation steps (Accelerate)")
     cpu: bool = opt(False, "run on the CPU even when a GPU is present")
-    threads: int = opt(0, "torch CPU threads per process (0: torch's default)")
+    threads: int = opt(
+        0, "torch CPU threads per process (0: auto, 1 for the two-rings MLPs, else the cores shared by the processes)"
+    )
+    max_steps: int = opt(0, "stop after this many training steps, a prefix of the full run (0: no cap)")
     progress: bool = opt(True, "rich progress bars (--no-progress for logs)")
     tensorboard: bool = opt(False, "also log the metrics to TensorBoard (Accelerate tracker; needs tensorboard)")
 
 
-def parse(config_cls: type, argv: Sequence[str] | None, description: str, **defaults: Any) -> Any:
-    """Fill ``config_cls`` (a dataclass) from the command line; ``--help`` lists every field with
-    its help text and default. ``defaults`` override the dataclass's defaults (thin recipes such
-    as ``cifar_tnar.py`` are a set of defaults)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse(
+    config_cls: type,
+    argv: Sequence[str] | None,
+    doc: str | None,
+    *,
+    by_dataset: dict[str, dict[str, Any]] | None = None,
+    by_label: str = "data set",
+    **defaults: Any,
+) -> Any:
+    """Fill ``config_cls`` (a dataclass) from the command line. ``--help`` gives the first paragraph
+    of ``doc`` and every field with its help text and real default; a field left at None whose
+    value comes from ``by_dataset[dataset]`` (the table the recipe resolves it from) lists those
+    values (``by_label``: what the table is keyed by, e.g. ``"--kind"``). ``defaults`` override
+    the dataclass's defaults (thin recipes such as ``cifar_tnar.py`` are a set of defaults)."""
+    parser = argparse.ArgumentParser(description=cli.summary(doc), formatter_class=cli.HelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         default = defaults.get(f.name, default)
         flag = "--" + f.name.replace("_", "-")
         help_text, choices = f.metadata.get("help", f.name), f.metadata.get("choices")
+        if default is None and by_dataset and any(f.name in d for d in by_dataset.values()):
+            fallback = f.metadata.get("fallback", "")
+            help_text = f"{help_text} ({cli.by_dataset(f.name, by_dataset, fallback, label=by_label)})"
         kind = hints[f.name]
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
@@ -192,7 +212,7 @@ class StepBatches(Sampler[list[int]]):
 #: options a resumed run may change: they do not change what the run computes
 FREE_ON_RESUME = frozenset(
     {"out", "resume", "allow_changed_options", "progress", "threads", "tensorboard", "keep_checkpoints",
-     "checkpoint_every", "eval_every", "data_dir", "max_nonfinite"}
+     "checkpoint_every", "eval_every", "data_dir", "max_nonfinite", "max_steps"}
 )  # fmt: skip
 
 
@@ -270,10 +290,11 @@ class Run:
     ``Run(cfg, name)`` sets the seed, makes ``cfg.out`` (default ``runs/<name>``) and starts
     Accelerate (``split_batches=True``: ``--batch-size`` is the global batch)."""
 
-    def __init__(self, cfg: Any, name: str) -> None:
+    def __init__(self, cfg: Any, name: str, *, small_model: bool = False) -> None:
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self._threads_before = torch.get_num_threads()
+        self.threads = cfg.threads or auto_threads(small_model=small_model)
+        torch.set_num_threads(self.threads)
         self.out = Path(cfg.out or f"runs/{name}")
         if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
             raise SystemExit("error: --tensorboard needs the tensorboard package: pip install -e '.[tensorboard]'")
@@ -288,6 +309,14 @@ class Run:
         )
         self.main = self.accelerator.is_main_process
         _setup_logging(self.main)
+        requested = requested_processes()
+        if self.main and requested != self.accelerator.num_processes and requested is not None:
+            log.warning(
+                "accelerate launch was asked for %s processes but started %d: its simple launcher (no "
+                "--multi_gpu, or --cpu) runs one. On CPU, start them with: accelerate launch --multi_gpu "
+                "--num_processes N recipes/<recipe>.py (without a GPU the recipes form a CPU process group)",
+                requested or "several", self.accelerator.num_processes,
+            )  # fmt: skip
         set_seed(cfg.seed)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -522,6 +551,12 @@ class Run:
             self._paused = False
             self._tick = time.perf_counter()
 
+    def stop(self, total: int) -> int:
+        """Where the loop over steps ``start … total`` ends: ``total``, or ``--max-steps`` when it is
+        smaller (the schedules still use ``total``, so the capped run is a prefix of the full one
+        and ``--resume`` without the cap continues it)."""
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
     def due(self, step: int, every: int, stop: int) -> bool:
         return step == stop or (every > 0 and step % every == 0)
 
@@ -623,6 +658,7 @@ class Run:
             atomic_write_text(self.out / "summary.json", json.dumps(jsonable(summary), indent=2))
             print_summary(summary, title)
         self.accelerator.end_training()
+        torch.set_num_threads(self._threads_before)
         return summary
 
 
@@ -674,6 +710,42 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def auto_threads(*, small_model: bool) -> int:
+    """``--threads 0``: one thread for the two-rings MLPs, where a second thread gains nothing on a
+    quiet machine and costs 3-76x beside any other busy process; otherwise the cores this process
+    may use, divided among the processes of ``accelerate launch`` on this machine, or torch's
+    default when ``OMP_NUM_THREADS`` is set (``benchmarks/threads.py``; docs/recipes.md, "Running
+    on CPU")."""
+    if small_model:
+        return 1
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local = 1
+    return max(1, cores // max(1, local))
+
+
+def requested_processes() -> int | None:
+    """The process count ``accelerate launch`` was asked for when its simple launcher started this
+    single process anyway (``--num_processes N`` without ``--multi_gpu``, or with ``--cpu``): N, 0
+    when N cannot be read from the launcher's command line; None when not launched that way."""
+    env = os.environ
+    if "ACCELERATE_USE_CPU" not in env or "MASTER_ADDR" not in env or "WORLD_SIZE" in env:
+        return None  # not the simple launcher, or it was asked for one process, or torchrun's group
+    try:
+        args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return 0
+    for flag, value in itertools.pairwise([*args, ""]):
+        flag, _, inline = flag.partition("=")
+        if flag in ("--num_processes", "--num-processes") and (inline or value).isdigit():
+            return int(inline or value)
+    return 0
 
 
 def is_main() -> bool:

@@ -31,6 +31,9 @@ Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYT
 
     python benchmarks/bad_inputs.py            # the table and the totals; exit status 1 on any failure
     python benchmarks/bad_inputs.py --failures # only the failing cases
+    python benchmarks/bad_inputs.py --out bad_inputs.json  # also every outcome as JSON, written as it goes
+
+A progress bar over the cases (with an ETA) shows on stderr while they run.
 
 ``tests/test_bad_inputs.py`` runs every case as its own test.
 """
@@ -45,6 +48,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -745,10 +749,10 @@ def evaluation_cases() -> list[Case]:
         ),
         evaluate(
             "robust_accuracy",
-            "on_batch not callable",
+            "progress not callable",
             TypeError,
-            "on_batch",
-            lambda m: ra(m, (xs, ys), attack=atk, on_batch=1),
+            "progress",
+            lambda m: ra(m, (xs, ys), attack=atk, progress=1),
         ),
         evaluate(
             "robust_accuracy",
@@ -883,11 +887,22 @@ def run_case(case: Case) -> Outcome:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--failures", action="store_true", help="list only the failing cases")
+    parser.add_argument("--out", type=Path, default=None, help="also write every outcome to this JSON file")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
 
-    outcomes = [run_case(c) for c in all_cases()]
+    from reporting import progress_bar, write_json
+
+    cases, outcomes = all_cases(), []
+    with progress_bar() as bar:
+        task = bar.add_task("bad inputs", total=len(cases))
+        for case in cases:
+            outcomes.append(run_case(case))
+            bar.advance(task)
+            if args.out is not None and (len(outcomes) % 20 == 0 or len(outcomes) == len(cases)):
+                rows = [outcome_row(o) for o in outcomes]
+                write_json(args.out, {"partial": len(outcomes) < len(cases), "cases": len(cases), "outcomes": rows})
     table = Table(title="robustreg: bad inputs", show_lines=False)
     for col in ("object", "input", "expected", "outcome", "side effects", "message"):
         table.add_column(col, overflow="fold")
@@ -918,6 +933,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{effects} side effects, {failed} failures"
     )
     return 1 if failed else 0
+
+
+def outcome_row(o: Outcome) -> dict[str, object]:
+    """An outcome as a JSON object."""
+    expected = o.case.expect.__name__ if o.case.expect else "accept"
+    return {"id": o.case.id, "object": o.case.target, "input": o.case.what, "expected": expected,
+            "arg": o.case.arg, "ok": o.ok, "outcome": o.result, "side_effects": list(o.side_effects),
+            "message": o.detail}  # fmt: skip
 
 
 if __name__ == "__main__":

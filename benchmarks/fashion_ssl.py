@@ -20,7 +20,10 @@ training images for ``--chart-epochs`` epochs, or the Localized GAN
 ``--lgan-epochs`` epochs with :data:`LGAN_TRAIN` (its locality and orthonormality errors on test
 images, before and after, go to ``charts/lgan.json``).
 
-Each ``--stage train`` run writes ``<out>/<method>.json``; ``--stage summary`` gathers them into
+Each stage shows a progress bar with an ETA on stderr (``--stage train``: one per method, over its
+iterations). Each ``--stage train`` run writes ``<out>/<method>.json`` at every evaluation, with
+``"partial": true`` until its last iteration (atomically: a killed run leaves its curve so far);
+``--stage summary`` gathers the finished ones into
 ``summary.json`` and draws ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent
 and normal perturbations, as the paper's Fig. 4) from the TNAR runs' classifiers.
 ``--synthetic`` replaces the data by random tensors of the same shape (a smoke run of the code
@@ -45,6 +48,8 @@ from robustreg.charts import VAE, LocalizedGAN, load_chart, train_chart, train_l
 from robustreg.data import cycle_batches, label_split, load_vision, synthetic_vision
 from robustreg.models import SmallCNN
 from robustreg.plots import perturbation_grid
+
+from reporting import progress_bar, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "vat", "tar", "nar", "tnar", "tnar-lgan")
@@ -87,25 +92,34 @@ def stage_chart(args: argparse.Namespace) -> None:
     """Train the charts of ``--charts``: the VAE (``--chart-epochs`` epochs) and the LGAN
     (``--lgan-epochs`` epochs, :data:`LGAN_TRAIN`)."""
     x, _, xt, _ = load(args)
-    for kind in args.charts:
-        torch.manual_seed(args.seed)
-        start = time.perf_counter()
-        if kind == "vae":
-            chart = VAE((1, 28, 28), latent=args.latent, width=args.width)
-            history = train_chart(chart, x, epochs=args.chart_epochs, seed=args.seed)
-            info = {"kind": kind, "config": chart.config, "epochs": args.chart_epochs, "loss_per_epoch": history}
-        else:
-            chart = LocalizedGAN((1, 28, 28), latent=args.lgan_latent, width=32)
-            before = held_out(chart, xt)
-            history = train_lgan(chart, x, epochs=args.lgan_epochs, seed=args.seed, **LGAN_TRAIN)
-            info = {"kind": kind, "config": chart.config, "train": {"epochs": args.lgan_epochs, **LGAN_TRAIN}}
-            info |= {"history": history, "held_out_before": before, "held_out_after": held_out(chart, xt)}
-        info |= {"images": len(x), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
-        path = chart_path(args, kind)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        chart.save(path)
-        (path.parent / f"{kind}.json").write_text(json.dumps(info, indent=2))
-        print(kind, json.dumps(info), flush=True)
+    with progress_bar() as bar:
+        task = bar.add_task(f"charts ({', '.join(args.charts)})", total=len(args.charts))
+        for kind in args.charts:
+            train_one_chart(kind, x, xt, args)
+            bar.advance(task)
+
+
+def train_one_chart(kind: str, x: Tensor, xt: Tensor, args: argparse.Namespace) -> None:
+    """Train, save and describe (``charts/<kind>.json``) the chart ``kind`` (its epochs run in the
+    library's loop: the bar advances per chart)."""
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    if kind == "vae":
+        chart = VAE((1, 28, 28), latent=args.latent, width=args.width)
+        history = train_chart(chart, x, epochs=args.chart_epochs, seed=args.seed)
+        info = {"kind": kind, "config": chart.config, "epochs": args.chart_epochs, "loss_per_epoch": history}
+    else:
+        chart = LocalizedGAN((1, 28, 28), latent=args.lgan_latent, width=32)
+        before = held_out(chart, xt)
+        history = train_lgan(chart, x, epochs=args.lgan_epochs, seed=args.seed, **LGAN_TRAIN)
+        info = {"kind": kind, "config": chart.config, "train": {"epochs": args.lgan_epochs, **LGAN_TRAIN}}
+        info |= {"history": history, "held_out_before": before, "held_out_after": held_out(chart, xt)}
+    info |= {"images": len(x), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
+    path = chart_path(args, kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chart.save(path)
+    write_json(path.parent / f"{kind}.json", info)
+    print(kind, json.dumps(info), flush=True)
 
 
 def make_reg(method: str, model: nn.Module, args: argparse.Namespace):
@@ -150,43 +164,55 @@ def stage_train(method: str, args: argparse.Namespace) -> dict:
         seed=args.seed,
     )
     curve, train_seconds = [], 0.0
-    for it, (x_l, y_l, x_u) in enumerate(itertools.islice(stream, args.iters), start=1):
-        start = time.perf_counter()
-        loss = F.cross_entropy(model(x_l), y_l)
-        if reg is not None:
-            loss = loss + reg(x_u, logits=model(x_u))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        train_seconds += time.perf_counter() - start
-        if it % args.eval_every == 0 or it == args.iters:
-            curve.append({"iter": it, "train_seconds": train_seconds, "test_error": test_error(model, xt, yt)})
-            print(method, json.dumps(curve[-1]), flush=True)
-    result = {
-        "method": method,
-        "test_error": curve[-1]["test_error"],
-        "train_seconds": train_seconds,
-        "seconds_per_iter": train_seconds / args.iters,
-        "curve": curve,
-        "labeled_indices": labeled.tolist(),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{method}.json").write_text(json.dumps(result, indent=2))
-    torch.save(model.state_dict(), args.out / f"{method}.classifier.pt")
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    with progress_bar() as bar:
+        task = bar.add_task(f"{method} ({args.iters} iterations)", total=args.iters)
+        for it, (x_l, y_l, x_u) in enumerate(itertools.islice(stream, args.iters), start=1):
+            start = time.perf_counter()
+            loss = F.cross_entropy(model(x_l), y_l)
+            if reg is not None:
+                loss = loss + reg(x_u, logits=model(x_u))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            train_seconds += time.perf_counter() - start
+            bar.advance(task)
+            if it % args.eval_every == 0 or it == args.iters:
+                curve.append({"iter": it, "train_seconds": train_seconds, "test_error": test_error(model, xt, yt)})
+                print(method, json.dumps(curve[-1]), flush=True)
+                result = {
+                    "method": method,
+                    "partial": it < args.iters,
+                    "iters_done": it,
+                    "test_error": curve[-1]["test_error"],
+                    "train_seconds": train_seconds,
+                    "seconds_per_iter": train_seconds / it,
+                    "curve": curve,
+                    "labeled_indices": labeled.tolist(),
+                    "config": config,
+                }
+                if it == args.iters:  # the classifier first: a finished JSON always has its weights
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    torch.save(model.state_dict(), args.out / f"{method}.classifier.pt")
+                write_json(args.out / f"{method}.json", result)
     return result
 
 
 def stage_summary(args: argparse.Namespace) -> dict:
-    rows = {}
+    rows, unfinished = {}, {}
     for method in METHODS:
         path = args.out / f"{method}.json"
         if path.exists():
             r = json.loads(path.read_text())
+            if r.get("partial"):
+                unfinished[method] = r["iters_done"]
+                done, iters = r["iters_done"], r["config"]["iters"]
+                print(f"{method:10s} unfinished: {done} of {iters} iterations (not in the table)")
+                continue
             rows[method] = {k: r[k] for k in ("test_error", "train_seconds", "seconds_per_iter")}
-    summary = {"paper_test_error": PAPER, "measured": rows}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    summary = {"paper_test_error": PAPER, "measured": rows, "unfinished_iters": unfinished}
+    write_json(args.out / "summary.json", summary)
     for method, row in rows.items():
         print(f"{method:10s} test error {row['test_error']:6.2f}%  ({row['seconds_per_iter']:.3f} s/iter)")
     for method in ("tnar", "tnar-lgan"):

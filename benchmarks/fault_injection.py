@@ -32,7 +32,9 @@ a checkpoint after every step and an evaluation every 8 steps. Five parts:
 ``repeats``
     The run again with the same seed, ``--repeats`` times: bit-identical weights, equal metrics.
 
-Results go to ``<out>/fault_injection.json``.
+Results go to ``<out>/fault_injection.json``, rewritten (atomically) after every trial with
+``"partial": true`` until the last part has ended. A progress bar per part (with an ETA) shows how
+far the run is.
 """
 
 from __future__ import annotations
@@ -47,10 +49,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+#: called after every trial of a part with the trials so far and the part's number of trials
+Report = Callable[[list[dict[str, Any]], int], None]
 RECIPE = ROOT / "recipes" / "robust.py"
 RUN_ARGS = [
     "--dataset", "two-rings", "--method", "amata-atta", "--epochs", "2", "--train-size", "512", "--batch-size", "32",
@@ -171,7 +176,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
-def payload_trials(ref: Path, out: Path) -> list[dict[str, Any]]:
+def payload_trials(ref: Path, out: Path, *, report: Report | None = None) -> list[dict[str, Any]]:
     from robustreg.checkpoint import MANIFEST, write_manifest
 
     planted_names = ["custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin",
@@ -197,10 +202,12 @@ def payload_trials(ref: Path, out: Path) -> list[dict[str, Any]]:
             "file": str(rel), "executed": marker.exists(), "exit": proc.returncode,
             "said": next((ln for ln in proc.stderr.splitlines() if "skipping" in ln or "error" in ln), "")[:200],
         })  # fmt: skip
+        if report is not None:
+            report(trials, len(targets))
     return trials
 
 
-def repeat_trials(ref: Path, out: Path, repeats: int) -> list[dict[str, Any]]:
+def repeat_trials(ref: Path, out: Path, repeats: int, *, report: Report | None = None) -> list[dict[str, Any]]:
     """The run again with the same seed, ``repeats`` times: each must equal the reference."""
     trials = []
     for i in range(repeats):
@@ -210,15 +217,18 @@ def repeat_trials(ref: Path, out: Path, repeats: int) -> list[dict[str, Any]]:
         why = same_run(ref, run) if proc.returncode == 0 else "failed: " + proc.stderr[-300:]
         trials.append({"passed": not why, "why": why})
         shutil.rmtree(run, ignore_errors=True)
+        if report is not None:
+            report(trials, repeats)
     return trials
 
 
-def nan_trials(out: Path, max_nonfinite: int) -> list[dict[str, Any]]:
+def nan_trials(out: Path, max_nonfinite: int, *, report: Report | None = None) -> list[dict[str, Any]]:
     trials = []
-    for name, steps, should_finish in (
+    cases = (
         ("one NaN step", "5", True),
         (f"{max_nonfinite} NaN steps in a row", ",".join(str(9 + i) for i in range(max_nonfinite)), False),
-    ):
+    )
+    for name, steps, should_finish in cases:
         run = out / f"nan_{steps.count(',') + 1}"
         shutil.rmtree(run, ignore_errors=True)
         proc = subprocess.run(command(run, "--max-nonfinite", str(max_nonfinite), nan_steps=steps),
@@ -232,6 +242,8 @@ def nan_trials(out: Path, max_nonfinite: int) -> list[dict[str, Any]]:
         )
         trials.append({"case": name, "steps": steps, "finished": finished, "nonfinite_steps": skipped,
                        "error": error.strip()[:200], "nonfinite_files": bad, "passed": passed})  # fmt: skip
+        if report is not None:
+            report(trials, len(cases))
     return trials
 
 
@@ -286,37 +298,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/fault_injection"))
     args = parser.parse_args(argv)
     from rich.console import Console
-    from rich.progress import Progress
     from rich.table import Table
+
+    from reporting import progress_bar, write_json
 
     console = Console()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
-    ref, span = reference(args.out)
-    results: dict[str, Any] = {"run": RUN_ARGS, "span_s": round(span, 2)}
-    write = lambda: (args.out / "fault_injection.json").write_text(json.dumps(results, indent=1))  # noqa: E731
-    if "kills" in parts:
-        rng = random.Random(args.seed)
-        results["kills"] = []
-        with Progress(console=console) as bar:
+    results: dict[str, Any] = {"partial": True, "run": RUN_ARGS}
+    path = args.out / "fault_injection.json"
+    with progress_bar() as bar:
+
+        def part(name: str, description: str) -> Report:
+            """The report hook of part ``name``: its bar, and the results rewritten after each trial."""
+            task = bar.add_task(description, total=None)
+            results[name] = []
+
+            def report(trials: list[dict[str, Any]], total: int) -> None:
+                results[name] = trials
+                bar.update(task, completed=len(trials), total=total)
+                write_json(path, results)
+
+            return report
+
+        task = bar.add_task("reference run", total=1)
+        ref, span = reference(args.out)
+        bar.advance(task)
+        results["span_s"] = round(span, 2)
+        write_json(path, results)
+        if "kills" in parts:
+            rng = random.Random(args.seed)
+            results["kills"] = []
             task = bar.add_task("SIGKILL trials", total=args.kills)
             for i in range(3 * args.kills):  # a trial whose run ended before its kill moment does not count
                 trial = kill_trial(ref, args.out / f"kill_{i}", span, rng)
                 results["kills"].append(trial)
-                write()
+                write_json(path, results)
                 shutil.rmtree(args.out / f"kill_{i}", ignore_errors=True)
                 bar.update(task, completed=sum(t["killed"] for t in results["kills"]))
                 if sum(t["killed"] for t in results["kills"]) == args.kills:
                     break
-    if "payloads" in parts:
-        results["payloads"] = payload_trials(ref, args.out)
-        write()
-    if "nan" in parts:
-        results["nan"] = nan_trials(args.out, args.max_nonfinite)
-        write()
-    if "repeats" in parts:
-        results["repeats"] = repeat_trials(ref, args.out, args.repeats)
-        write()
+        if "payloads" in parts:
+            payload_trials(ref, args.out, report=part("payloads", "planted pickle payloads"))
+        if "nan" in parts:
+            nan_trials(args.out, args.max_nonfinite, report=part("nan", "NaN steps"))
+        if "repeats" in parts:
+            repeat_trials(ref, args.out, args.repeats, report=part("repeats", "same seed again"))
+    results["partial"] = False
+    write_json(path, results)
 
     table = Table(title="fault injection (recipes/robust.py, two rings, amata-atta, a checkpoint every step)")
     for col in ("part", "trials", "passed", "detail"):

@@ -15,6 +15,9 @@ The children run with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc): tensors above 1
 and unmapped on their own, so the resident set follows the tensors alive at each moment instead
 of what glibc's heap happens to keep cached (without it the same step's peak varies by ±15 MiB
 from process to process). ``--glibc-cache`` measures with glibc's defaults instead.
+
+A progress bar (with an ETA) goes to stderr and the report to stdout; with ``--out``, the report is
+also written there after every child process, with ``"partial": true`` until the last one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import resource
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -66,36 +70,53 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--glibc-cache", action="store_true", help="measure with glibc's default heap caching")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this path")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(one(args.child, args.batch_size))
         return {}
+    from reporting import progress_bar, write_json  # not in the children: they import what they measure, no more
+
     env = dict(os.environ)
     if not args.glibc_cache:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
     peaks: dict[str, list[float]] = {m: [] for m in METHODS}
-    for _ in range(args.repeats):
-        for method in METHODS:
-            cmd = [sys.executable, __file__, "--child", method, "--batch-size", str(args.batch_size)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-            peaks[method].append(float(out.stdout.strip()))
-    med = {m: statistics.median(v) for m, v in peaks.items()}
-    report = {
+    with progress_bar() as bar:
+        task = bar.add_task(f"{len(METHODS)} methods × {args.repeats} processes", total=args.repeats * len(METHODS))
+        for _ in range(args.repeats):
+            for method in METHODS:
+                cmd = [sys.executable, __file__, "--child", method, "--batch-size", str(args.batch_size)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+                peaks[method].append(float(out.stdout.strip()))
+                bar.advance(task)
+                if args.out is not None:
+                    write_json(args.out, make_report(args, peaks, env, partial=True))
+    report = make_report(args, peaks, env, partial=False)
+    if args.out is not None:
+        write_json(args.out, report)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def make_report(args: argparse.Namespace, peaks: dict[str, list[float]], env: dict[str, str], *, partial: bool) -> dict:
+    """The JSON report of the peaks measured so far; ``partial`` while children are still to run."""
+    med = {m: statistics.median(v) for m, v in peaks.items() if v}
+
+    def ratio(a: str, b: str) -> float | None:
+        return med[a] / med[b] if a in med and b in med else None
+
+    return {
+        "partial": partial,
         "config": {
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "malloc_mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_"),
             "torch": torch.__version__,
         },
-        "peak_growth_mib": {m: {"median": med[m], "all": peaks[m]} for m in METHODS},
-        "ratios": {
-            "yopo5-3 / pgd10": med["yopo5-3"] / med["pgd10"],
-            "yopo5-10 / pgd10": med["yopo5-10"] / med["pgd10"],
-        },
+        "peak_growth_mib": {m: {"median": med[m], "all": peaks[m]} for m in METHODS if m in med},
+        "ratios": {"yopo5-3 / pgd10": ratio("yopo5-3", "pgd10"), "yopo5-10 / pgd10": ratio("yopo5-10", "pgd10")},
     }
-    print(json.dumps(report, indent=2))
-    return report
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYT
     python benchmarks/step_cost.py --repeats 11 --threads 1 --out step_cost.json
     python benchmarks/step_cost.py --methods natural,fast,free
 
-The JSON report is the only output on stdout; progress goes to stderr.
+The JSON report is the only output on stdout; a progress bar (with an ETA) and a line per round go
+to stderr. With ``--out``, the report is also written there after every timed round, with
+``"partial": true`` until the last one.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from torch import Tensor, nn
 import robustreg
 from robustreg.charts import VAE
 from robustreg.models import SmallCNN
+
+from reporting import progress_bar, setup_logging, write_json
 
 log = logging.getLogger("step_cost")
 
@@ -181,17 +185,36 @@ def rotated(items: list[Trainer], k: int) -> list[Trainer]:
     return items[k:] + items[:k]
 
 
-def measure(trainers: list[Trainer], x: Tensor, y: Tensor, warmup: int, repeats: int) -> dict[str, list[float]]:
-    """Per method, the times of ``repeats`` steps, interleaved round-robin after ``warmup`` untimed rounds."""
-    for r in range(warmup):
-        for t in rotated(trainers, r):
-            t.step(x, y)
-        log.info("warm-up round %d/%d done", r + 1, warmup)
+def measure(
+    trainers: list[Trainer],
+    x: Tensor,
+    y: Tensor,
+    warmup: int,
+    repeats: int,
+    *,
+    on_round: Callable[[dict[str, list[float]]], None] | None = None,
+) -> dict[str, list[float]]:
+    """Per method, the times of ``repeats`` steps, interleaved round-robin after ``warmup`` untimed
+    rounds. A bar counts the steps (drawn between steps, never during one); ``on_round`` gets the
+    timings so far after every timed round."""
     times: dict[str, list[float]] = {t.name: [] for t in trainers}
-    for r in range(repeats):
-        for t in rotated(trainers, r):
-            times[t.name].append(t.step(x, y))
-        log.info("round %d/%d: %s", r + 1, repeats, {k: round(v[-1], 4) for k, v in times.items()})
+    with progress_bar(timed=True) as bar:
+        task = bar.add_task(
+            f"{len(trainers)} methods × {warmup} + {repeats} rounds", total=(warmup + repeats) * len(trainers)
+        )
+        for r in range(warmup + repeats):
+            for t in rotated(trainers, r if r < warmup else r - warmup):  # each phase starts unrotated
+                if r < warmup:
+                    t.step(x, y)
+                else:
+                    times[t.name].append(t.step(x, y))
+                bar.update(task, advance=1, refresh=True)
+            if r < warmup:
+                log.info("warm-up round %d/%d done", r + 1, warmup)
+                continue
+            log.info("round %d/%d: %s", r + 1 - warmup, repeats, {k: round(v[-1], 4) for k, v in times.items()})
+            if on_round is not None:
+                on_round(times)
     return times
 
 
@@ -250,7 +273,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # stderr
+    setup_logging()  # stderr
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -259,9 +282,29 @@ def main(argv: list[str] | None = None) -> None:
     trainers = [build(name, args.seed) for name in args.methods]
     x, y = make_batch(args.batch_size, args.seed)
     load_start = os.getloadavg()
-    times = measure(trainers, x, y, args.warmup, args.repeats)
-    load_end = os.getloadavg()
-    report = {
+
+    def partial(times: dict[str, list[float]]) -> None:
+        if args.out is not None:
+            write_json(args.out, make_report(args, times, load_start, os.getloadavg(), partial=True))
+
+    times = measure(trainers, x, y, args.warmup, args.repeats, on_round=partial)
+    report = make_report(args, times, load_start, os.getloadavg(), partial=False)
+    if args.out is not None:
+        write_json(args.out, report)
+    print(json.dumps(report, indent=2))
+
+
+def make_report(
+    args: argparse.Namespace,
+    times: dict[str, list[float]],
+    load_start: tuple[float, float, float],
+    load_end: tuple[float, float, float],
+    *,
+    partial: bool,
+) -> dict[str, Any]:
+    """The JSON report of ``times``; ``partial`` while rounds are still to run."""
+    return {
+        "partial": partial,
         "config": {
             "torch": torch.__version__,
             "robustreg": robustreg.__version__,
@@ -289,10 +332,6 @@ def main(argv: list[str] | None = None) -> None:
         "results": summarise(times),
         "ratios": ratios(times),
     }
-    text = json.dumps(report, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
 
 
 if __name__ == "__main__":

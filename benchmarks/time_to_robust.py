@@ -72,6 +72,8 @@ import robustreg
 from robustreg.data import load_vision
 from robustreg.models import SmallCNN
 
+from reporting import progress_bar, setup_logging, write_json
+
 log = logging.getLogger("time_to_robust")
 ROOT = Path(__file__).resolve().parents[1]
 EPS, ALPHA = 0.3, 0.01
@@ -105,13 +107,6 @@ def make_method(name: str, model: SmallCNN):
     if name == "natural":
         return lambda x, y: F.cross_entropy(model(x), y)
     raise SystemExit(f"unknown method {name!r}")
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write ``data`` to ``path`` atomically (a kill mid-write leaves the previous file whole)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict | None:
@@ -248,13 +243,6 @@ def run_all(
     return curves, table
 
 
-def _progress():
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    cols = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"))
-    return Progress(*cols, TimeElapsedColumn(), TimeRemainingColumn())
-
-
 def _loadavg() -> str:
     try:
         return Path("/proc/loadavg").read_text().strip()
@@ -271,7 +259,7 @@ def stage_train(args: argparse.Namespace) -> dict:
     config["loadavg_start"] = _loadavg()
     report: dict = {"config": config, "curves": {}, "criterion_c": []}
     args.out.mkdir(parents=True, exist_ok=True)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("training (seconds, all clocks)", total=args.budget_s * len(names))
         run_all(
             names, train, args, curves=report["curves"], table=report["criterion_c"],
@@ -320,7 +308,7 @@ def stage_score(args: argparse.Namespace) -> None:
     names = args.methods.split(",")
     attack = curve_attack(args.curve_attack)
     test, final_data = (xt[: args.n_test], yt[: args.n_test]), (xt[: args.n_final], yt[: args.n_final])
-    with _progress() as bar:
+    with progress_bar() as bar:
         if args.what in ("curves", "both"):
             task = bar.add_task(f"snapshots ({args.curve_attack}, {args.n_test} images)", total=0)
             while True:
@@ -585,7 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--final-attacks: unknown {sorted(unknown)}; choose from {CURVE_ATTACKS}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    setup_logging()
     logging.getLogger("auto-attack").setLevel(logging.WARNING)  # its checks' warnings, not its per-call info
     report: dict = {}
     if args.stage in ("train", "all"):

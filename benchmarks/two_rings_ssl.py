@@ -24,7 +24,9 @@ middle circle (reconstruction error ≈ 0.25, half the gap): the tangent, all TN
     python benchmarks/two_rings_ssl.py --dim 10 --off-manifold 0.02 --out runs/rings10
 
 Writes ``results.json`` and ``decision_boundaries.png`` to ``--out``
-(default ``benchmarks/results/two_rings``).
+(default ``benchmarks/results/two_rings``). A progress bar with an ETA (over every training step of
+every seed and method, the chart's epochs counted as one step each) goes to stderr, and
+``results.json`` is rewritten (atomically) after every run with ``"partial": true`` until the last.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,6 +47,8 @@ import robustreg
 from robustreg.charts import MLPAutoEncoder, RingsChart, train_chart
 from robustreg.data import RingsSSL, cycle_batches, rings_ssl
 from robustreg.plots import decision_regions
+
+from reporting import progress_bar, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "vat", "tar", "nar", "tnar")  # the default run: oracle chart
@@ -66,7 +71,17 @@ def make_reg(method: str, model: nn.Module, chart: object, args: argparse.Namesp
     )
 
 
-def train(method: str, data: RingsSSL, chart: object, args: argparse.Namespace, seed: int) -> tuple[nn.Module, dict]:
+def train(
+    method: str,
+    data: RingsSSL,
+    chart: object,
+    args: argparse.Namespace,
+    seed: int,
+    *,
+    on_step: Callable[[], None] | None = None,
+) -> tuple[nn.Module, dict]:
+    """Train ``method``'s classifier for ``args.steps`` steps; ``on_step`` is called after each one
+    (a progress bar)."""
     torch.manual_seed(seed)
     dim = data.x_labeled.shape[1]
     model = nn.Sequential(nn.Linear(dim, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
@@ -83,6 +98,8 @@ def train(method: str, data: RingsSSL, chart: object, args: argparse.Namespace, 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()
     seconds = time.perf_counter() - start
     with torch.no_grad():
         acc = (model(data.x_unlabeled).argmax(1) == data.y_unlabeled).float().mean()
@@ -174,35 +191,47 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     charts: list[dict] = []
     models, titles = {}, {}
-    for seed in seeds:
-        data = rings_ssl(dim=args.dim, off_manifold=args.off_manifold, seed=seed)
-        oracle, learned = RingsChart(data.embedding, data.radii), None
-        if any(m in AE_METHODS for m in methods):
-            learned, record = fit_ae_chart(data, args, seed)
-            charts.append(record)
-            print("ae-chart", json.dumps(record), flush=True)
-        for method in methods:
-            model, run = train(method, data, learned if method in AE_METHODS else oracle, args, seed)
-            runs[method].append(run)
-            print(method, json.dumps(run), flush=True)
-            if seed == seeds[0]:
-                models[method], titles[method] = model, f"{method} ({100 * run['unlabeled_accuracy']:.1f}%)"
-        if seed == seeds[0]:
-            first = data
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report = {"config": config | {"seed": seeds}, "results": {m: summarize(r) for m, r in runs.items()}}
-    if charts:
-        report["ae_chart"] = {
-            "model": {"kind": MLPAutoEncoder.kind, **learned.config},
-            "training": {"data": "x_unlabeled", "loss": "squared error", "optimizer": "Adam", "batch_size": 128}
-            | {"lr": args.ae_lr, "epochs": args.ae_epochs},
-            "per_seed": charts,
-        }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+
+    def report(partial: bool) -> dict:
+        out = {"partial": partial, "config": config | {"seed": seeds}}
+        out["results"] = {m: summarize(r) for m, r in runs.items() if r}
+        if charts:
+            out["ae_chart"] = {
+                "model": {"kind": MLPAutoEncoder.kind, **learned.config},
+                "training": {"data": "x_unlabeled", "loss": "squared error", "optimizer": "Adam", "batch_size": 128}
+                | {"lr": args.ae_lr, "epochs": args.ae_epochs},
+                "per_seed": charts,
+            }
+        return out
+
+    fits_chart = any(m in AE_METHODS for m in methods)
+    with progress_bar() as bar:
+        per_seed = len(methods) * args.steps + (args.ae_epochs if fits_chart else 0)
+        task = bar.add_task(f"{len(methods)} methods × {len(seeds)} seeds", total=len(seeds) * per_seed)
+        for seed in seeds:
+            data = rings_ssl(dim=args.dim, off_manifold=args.off_manifold, seed=seed)
+            oracle, learned = RingsChart(data.embedding, data.radii), None
+            if fits_chart:
+                learned, record = fit_ae_chart(data, args, seed)
+                charts.append(record)
+                print("ae-chart", json.dumps(record), flush=True)
+                bar.advance(task, args.ae_epochs)
+            for method in methods:
+                chart = learned if method in AE_METHODS else oracle
+                model, run = train(method, data, chart, args, seed, on_step=lambda: bar.advance(task))
+                runs[method].append(run)
+                print(method, json.dumps(run), flush=True)
+                write_json(args.out / "results.json", report(partial=True))
+                if seed == seeds[0]:
+                    models[method], titles[method] = model, f"{method} ({100 * run['unlabeled_accuracy']:.1f}%)"
+            if seed == seeds[0]:
+                first = data
+    final = report(partial=False)
+    write_json(args.out / "results.json", final)
     if args.dim == 2 or args.off_manifold == 0:
         decision_regions({titles[n]: m for n, m in models.items()}, first, args.out / "decision_boundaries.png")
-    return report
+    return final
 
 
 if __name__ == "__main__":

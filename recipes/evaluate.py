@@ -17,9 +17,13 @@ options; the data set, its split and the default ε come from there. A checkpoin
     python recipes/evaluate.py runs/robust_mnist_pgd/model --data-dir ../shared/data
     python recipes/evaluate.py runs/robust_cifar10_trades/model --pgd 20 100 --restarts 5 --eps 0.03137
 
-Shows a progress bar per stage, prints a table and writes ``evaluation.json`` next to the model
-directory, or into the checkpoint directory (or to ``--out``); the JSON is rewritten after every
-batch with ``"partial": true`` until the evaluation is complete.
+Says what it loads at once, then shows a progress bar per stage (with an ETA at the average pace so
+far; ``--no-progress`` for logs alone) and logs a line each time an attack has run on a batch. It
+prints a table and writes ``evaluation.json`` next to the model directory, or into the checkpoint
+directory (or to ``--out``). The JSON is written before the first attack and rewritten (atomically)
+after every attack on every batch with ``"partial": true``, the stage under way in ``"stage"`` and
+its running counts in ``"running"`` (``"masking_running"`` for the masking report), until the
+evaluation is complete (``"partial": false``): a run that is stopped leaves what it has measured.
 
 Cost on 2 CPU cores (SmallCNN, 1000 MNIST images): see docs/evaluation.md.
 """
@@ -28,13 +32,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,9 +58,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import skeleton
 
 import robustreg
-from robustreg.checkpoint import ARCHITECTURES, load_model
+from robustreg.checkpoint import ARCHITECTURES, atomic_write_text, load_model
 from robustreg.data import rings_ssl, two_rings
 
+log = logging.getLogger("robustreg.recipes.evaluate")
 EPS = {"mnist": 0.3, "fashionmnist": 0.3, "cifar10": 8 / 255, "svhn": 8 / 255, "two-rings": 0.25}
 
 
@@ -102,6 +119,7 @@ def test_data(run_cfg: dict[str, Any], args: argparse.Namespace) -> tuple[Tensor
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     skeleton._setup_logging(True)
+    log.info("evaluating %s: loading the model and the test data", args.model)
     path = Path(args.model)
     # a recipe's checkpoint (<out>/checkpoints/step_N): the architecture is in <out>/run.json
     meta_file = (
@@ -139,45 +157,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     attacks["cw"] = robustreg.CW(eps, steps=args.cw_steps, alpha=eps / 10, bounds=bounds)
     default = path.resolve().parent / "evaluation.json" if meta_file is None else path / "evaluation.json"
     out = Path(args.out) if args.out else default
+    out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": str(args.model), "arch": meta["arch"], "dataset": run_cfg["dataset"]}
-    report |= {"eps": eps, "attacks": {k: repr(v) for k, v in attacks.items()}, "partial": True}
+    report |= {"eps": eps, "attacks": {k: repr(v) for k, v in attacks.items()}, "partial": True, "stage": "attacks"}
     if args.autoattack == "none":
         report["warning"] = "no AutoAttack: robust_acc is robustreg's PGD/CW only, not an AutoAttack-grade figure"
-
-    def partial(stage: str, acc: robustreg.Accuracy) -> None:
-        report[stage] = {"n": acc.n, "clean_acc": acc.clean, "robust_acc": acc.robust, "per_attack": acc.per_attack}
-        write_json(out, report)
+    write_json(out, report)
+    log.info("%d test examples, eps %.4g, attacks %s; partial results in %s", len(x), eps, ", ".join(attacks), out)
 
     with progress(args.progress) as bar:
-        task = bar.add_task(f"attacks ({', '.join(attacks)})", total=len(x))
-
-        def on_batch(acc: robustreg.Accuracy) -> None:
-            bar.update(task, completed=acc.n)
-            partial("running", acc)
-
-        res = robustreg.robust_accuracy(model, (x, y), attack=attacks, batch_size=100, device=device, on_batch=on_batch)
+        watch = Watch("attacks", "running", report, out, bar)
+        res = robustreg.robust_accuracy(model, (x, y), attack=attacks, batch_size=100, device=device, progress=watch)
         report.pop("running", None)
         report |= {"n": res.n, "clean_acc": res.clean, "robust_acc": res.robust}
         report |= {f"{k}_acc": v for k, v in res.per_attack.items()}
+        if args.masking:
+            report["stage"] = "masking"
         write_json(out, report)
         if args.masking:
-            task = bar.add_task("gradient-masking report", total=len(x))
-
-            def on_masking_batch(acc: robustreg.Accuracy) -> None:
-                bar.update(task, completed=acc.n)
-                partial("masking_running", acc)
-
+            watch = Watch("masking report", "masking_running", report, out, bar)
             masking = robustreg.gradient_masking_report(
                 model, (x, y), eps=eps, bounds=bounds, batch_size=100, apgd=args.autoattack != "none",
-                on_batch=on_masking_batch,
+                progress=watch,
             )  # fmt: skip
             report.pop("masking_running", None)
             report["masking"] = {"passed": masking.passed, "accuracy": masking.accuracy}
             checks = [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in masking.checks]
             report["masking"]["checks"] = checks
     report["partial"] = False
+    report["stage"] = "done"
     write_json(out, report)
-    table = {k: v for k, v in report.items() if k not in ("masking", "attacks", "partial")}
+    table = {k: v for k, v in report.items() if k not in ("masking", "attacks", "partial", "stage")}
     if args.masking:
         failed = [c["name"] for c in report["masking"]["checks"] if c["passed"] is False]
         table["masking checks"] = "all passed" if not failed else "FAILED: " + ", ".join(failed)
@@ -186,18 +196,67 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+class Watch:
+    """The progress hook of one stage (:class:`robustreg.ProgressEvent`): a bar that appears with
+    the stage's first event, a log line each time an attack has run on a batch, and the report
+    rewritten with the running counts under ``report[key]``."""
+
+    def __init__(self, stage: str, key: str, report: dict[str, Any], out: Path, bar: Progress) -> None:
+        self.stage, self.key, self.report, self.out, self.bar = stage, key, report, out, bar
+        self.task: Any = None
+        self.start = self.tick = time.perf_counter()
+
+    def __call__(self, event: robustreg.ProgressEvent) -> None:
+        now = time.perf_counter()
+        if event.attack is None:
+            what = f"{self.stage}: {event.batches or '?'} batches × {len(event.correct)} attacks"
+            self.task = self.bar.add_task(what, total=event.total)
+            self.start = self.tick = now
+            return
+        self.bar.update(self.task, completed=event.done)
+        name, hit, seen = event.attack, event.correct[event.attack], event.attacked[event.attack]
+        log.info(
+            "%s %d/%s: batch %d/%s, %s: %d/%d correct so far (%.1f%%), %.1f s",
+            self.stage, event.done, event.total or "?", event.batch, event.batches or "?", name, hit, seen,
+            100 * hit / seen, now - self.tick,
+        )  # fmt: skip
+        self.tick = now
+        seen_by = event.attacked
+        per_attack = {
+            k: {"correct": c, "attacked": seen_by[k], "acc": c / seen_by[k] if seen_by[k] else None}
+            for k, c in event.correct.items()
+        }
+        self.report[self.key] = {
+            "done": event.done, "total": event.total, "batch": event.batch, "batches": event.batches,
+            "elapsed_s": round(now - self.start, 2), "samples": event.samples, "clean_acc": event.clean / event.samples,
+            "finished": event.finished, "robust_acc": event.robust / event.finished if event.finished else None,
+            "per_attack": per_attack,
+        }  # fmt: skip
+        write_json(self.out, self.report)
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` atomically: a kill mid-write leaves the previous report whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def progress(enabled: bool) -> Any:
-    from rich import progress as rp
+class AveragePaceEta(ProgressColumn):
+    """Time left at the pace since the task started. Rich's own ETA looks at the last 30 s only, and
+    sees nothing when one step (an AutoAttack batch) takes minutes."""
 
-    columns = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn())
-    return rp.Progress(*columns, rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), disable=not enabled)
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            return Text("eta 0:00:00", style="progress.remaining")
+        if not task.completed or task.total is None or task.elapsed is None:
+            return Text("eta -:--:--", style="progress.remaining")
+        left = task.elapsed * (task.total - task.completed) / task.completed
+        return Text(f"eta {timedelta(seconds=round(left))}", style="progress.remaining")
+
+
+def progress(enabled: bool) -> Progress:
+    """A rich progress bar: description, bar, done/total, elapsed, ETA at the average pace so far."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, AveragePaceEta(), refresh_per_second=2, disable=not enabled)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,14 @@ from .adversarial import (
 from .attacks import CW, FGSM, PGD, cw_margin
 from .autoattack import AutoAttack
 from .diagnostics import CriterionC, criterion_c, fosc
-from .evaluate import Accuracy, MaskingReport, gradient_masking_report, recommended_attacks, robust_accuracy
+from .evaluate import (
+    Accuracy,
+    MaskingReport,
+    ProgressEvent,
+    gradient_masking_report,
+    recommended_attacks,
+    robust_accuracy,
+)
 from .modes import inner_mode
 from .perturb import BALLS, L2Ball, LinfBall, clamp_to_box, get_ball
 from .ssl import TNAR, VAT, EntMin
@@ -58,6 +65,7 @@ __all__ = [
     "L2Ball",
     "LinfBall",
     "MaskingReport",
+    "ProgressEvent",
     "Record",
     "amata_schedule",
     "charts",

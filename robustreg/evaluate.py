@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -48,23 +49,87 @@ class Accuracy:
     per_attack: dict[str, float] = field(default_factory=dict)
 
 
-def _batches(data: Data, batch_size: int) -> Iterable[tuple[Tensor, Tensor]]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Where an evaluation stands: what the ``progress`` hook of :func:`robust_accuracy` and
+    :func:`gradient_masking_report` receives, for a progress bar with an ETA and for partial results.
+
+    The hook gets one event before any batch is read (``attack`` None, ``done`` 0: a bar can
+    appear at once, with its total), then one after each attack has run on each batch, in the
+    order of the work: batch 1 under every attack (in the mapping's order), batch 2 under every
+    attack, and so on. When the data has a length, the last event has ``done == total``; its
+    counts are those of the returned :class:`Accuracy` (``clean / samples``, ``robust / finished``,
+    ``correct[a] / attacked[a]``).
+
+    Attributes:
+        attack: the attack that has just run on batch ``batch``; None in the first event.
+        batch: the batch in progress, counted from 1 (0 in the first event).
+        batches: the number of batches, or None when ``data`` has no ``len()`` (a generator).
+        done: (batch, attack) runs finished.
+        total: ``batches × number of attacks``, or None.
+        samples: samples read so far, the current batch included.
+        clean: of these, the samples the model classifies correctly.
+        correct: per attack, how many of the samples it has attacked are still classified correctly.
+        attacked: per attack, how many samples it has attacked.
+        finished: samples of the batches that every attack has run on.
+        robust: of these, the samples correct on clean input and under every attack.
+    """
+
+    attack: str | None
+    batch: int
+    batches: int | None
+    done: int
+    total: int | None
+    samples: int
+    clean: int
+    correct: dict[str, int]
+    attacked: dict[str, int]
+    finished: int
+    robust: int
+
+
+ProgressHook = Callable[[ProgressEvent], None]
+
+
+def _is_pair(data: object) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
+
+
+def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``data``'s ``(x, y)`` batches; a pair of tensors of different lengths or a value that is not
+    iterable is refused at once, a batch that is not ``(x, y, ...)`` when it is read."""
+    if _is_pair(data):
         x, y = data
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"data tensors differ in length: x has {x.shape[0]}, y has {y.shape[0]}")
-        for i in range(0, x.shape[0], batch_size):
-            yield x[i : i + batch_size], y[i : i + batch_size]
-        return
+        return ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, x.shape[0], batch_size))
     try:
         batches = iter(data)
     except TypeError:
         kind = type(data).__name__
         raise TypeError(f"data must be an iterable of (x, y, ...) batches or a pair of tensors, got {kind}") from None
-    for batch in batches:
-        if isinstance(batch, Tensor) or not isinstance(batch, Sequence) or len(batch) < 2:
-            raise TypeError(f"data must yield (x, y, ...) batches, got a {type(batch).__name__}")
-        yield batch[0], batch[1]
+    return (_pair(batch) for batch in batches)
+
+
+def _pair(batch: object) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, Tensor) or not isinstance(batch, Sequence) or len(batch) < 2:
+        raise TypeError(f"data must yield (x, y, ...) batches, got a {type(batch).__name__}")
+    return batch[0], batch[1]
+
+
+def _num_batches(data: Data, batch_size: int) -> int | None:
+    """How many batches ``data`` yields, or None when it has no length."""
+    if _is_pair(data):
+        return math.ceil(data[0].shape[0] / batch_size)
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:  # a generator, a loader of an IterableDataset
+        return None
+
+
+def _hook(name: str, value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
 
 
 def robust_accuracy(
@@ -74,6 +139,7 @@ def robust_accuracy(
     attack: Attack | Mapping[str, Attack],
     batch_size: int = 256,
     device: torch.device | str | None = None,
+    progress: ProgressHook | None = None,
     on_batch: Callable[[Accuracy], None] | None = None,
 ) -> Accuracy:
     """Clean and robust accuracy of ``model`` on ``data`` under ``attack``.
@@ -85,8 +151,14 @@ def robust_accuracy(
             mapping ``name -> attack``; robust means correct under every one of them.
         batch_size: the chunk size when ``data`` is a pair of tensors.
         device: where batches go; by default the device of the model's parameters.
-        on_batch: called after every batch with the accuracies so far (progress bars, partial
-            results of a long evaluation).
+        progress: called with a :class:`ProgressEvent` before the first batch is read and after
+            every attack on every batch: the attack's name, batches and runs done out of their
+            totals, and the running counts (for a progress bar with an ETA, a log line per
+            attack, partial results of a long evaluation). It runs between attacks, with the
+            model in eval mode, and must not change the model; an exception it raises ends the
+            evaluation (the model's modes are restored). None (the default) changes nothing.
+        on_batch: deprecated, use ``progress``: called after every batch with the
+            :class:`Accuracy` of the samples so far.
 
     Returns:
         :class:`Accuracy` with ``clean``, ``robust``, ``n`` and ``per_attack`` (each attack's
@@ -96,21 +168,58 @@ def robust_accuracy(
     labels ``(B,)`` in the model's classes, the model's output ``(B, C)`` logits (on the clean
     pass, in eval mode without gradients), each attack's output of x's shape. Bounds are the
     attacks' own to check.
+
+    Example::
+
+        >>> def show(e):
+        ...     print(f"{e.done}/{e.total} {e.attack}: {e.correct.get(e.attack, 0)}/{e.attacked.get(e.attack, 0)}")
+        >>> acc = robust_accuracy(model, (x, y), attack=PGD(eps=0.1), progress=show)  # doctest: +SKIP
+        0/4 None: 0/0
+        1/4 attack: 201/256
+        ...
     """
     _checks.module("model", model)
     attacks = dict(attack) if isinstance(attack, Mapping) else {"attack": attack}
     if not attacks or not all(callable(a) for a in attacks.values()):
         raise TypeError("attack must be a callable (model, x, y) -> x_adv or a non-empty mapping of them")
     _checks.count("batch_size", batch_size, minimum=1)
-    if on_batch is not None and not callable(on_batch):
-        raise TypeError(f"on_batch must be callable or None, got {type(on_batch).__name__}")
+    _hook("progress", progress)
+    _hook("on_batch", on_batch)
+    if on_batch is not None:
+        warnings.warn("on_batch is deprecated: use progress=, whose events carry the counts", DeprecationWarning, 2)
+    batches = _batches(data, batch_size)
+    return _evaluate(model, batches, attacks, _num_batches(data, batch_size), device, progress, on_batch)
+
+
+def _evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    attacks: dict[str, Attack],
+    num_batches: int | None,
+    device: torch.device | str | None,
+    progress: ProgressHook | None,
+    on_batch: Callable[[Accuracy], None] | None,
+) -> Accuracy:
+    """The loop of :func:`robust_accuracy`: batches outside, attacks inside, with the hooks."""
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else None
-    n = clean = robust = 0
-    per = dict.fromkeys(attacks, 0)
+    total = None if num_batches is None else num_batches * len(attacks)
+    last = list(attacks)[-1]
+    batch = done = samples = finished = clean = robust = 0
+    correct, attacked = dict.fromkeys(attacks, 0), dict.fromkeys(attacks, 0)
+
+    def report(name: str | None) -> None:
+        if progress is not None:
+            counts = (samples, clean, dict(correct), dict(attacked), finished, robust)
+            progress(ProgressEvent(name, batch, num_batches, done, total, *counts))
+
+    def accuracy() -> Accuracy:  # of the finished batches
+        return Accuracy(clean / samples, robust / samples, samples, {k: v / samples for k, v in correct.items()})
+
+    report(None)
     with inner_mode(model, "eval"):
-        for x, y in _batches(data, batch_size):
+        for x, y in batches:
             x = _checks.check_x(x, None)
             y = _checks.check_y(y, x.shape[0])
             x, y = x.to(device), y.to(device)
@@ -118,6 +227,8 @@ def robust_accuracy(
                 logits = _checks.check_output(model(x), x.shape[0])
             _checks.check_classes(y, logits.shape[1])
             ok = logits.argmax(1) == y
+            batch += 1
+            samples += x.shape[0]
             clean += int(ok.sum())
             robust_ok = ok.clone()
             for name, atk in attacks.items():
@@ -127,15 +238,19 @@ def robust_accuracy(
                     raise ValueError(f"attack {name!r} must return x_adv of x's shape {tuple(x.shape)}, got {shape}")
                 with torch.no_grad():
                     hit = model(x_adv).argmax(1) == y
-                per[name] += int(hit.sum())
+                correct[name] += int(hit.sum())
+                attacked[name] += x.shape[0]
                 robust_ok &= hit
-            robust += int(robust_ok.sum())
-            n += x.shape[0]
+                if name == last:  # the batch is finished: its last event counts it
+                    robust += int(robust_ok.sum())
+                    finished = samples
+                done += 1
+                report(name)
             if on_batch is not None:
-                on_batch(Accuracy(clean / n, robust / n, n, {k: v / n for k, v in per.items()}))
-    if n == 0:
+                on_batch(accuracy())
+    if samples == 0:
         raise ValueError("data yielded no samples")
-    return Accuracy(clean / n, robust / n, n, {k: v / n for k, v in per.items()})
+    return accuracy()
 
 
 def recommended_attacks(
@@ -215,6 +330,7 @@ def gradient_masking_report(
     apgd: bool | None = None,
     gap_tolerance: float = 0.01,
     batch_size: int = 256,
+    progress: ProgressHook | None = None,
     on_batch: Callable[[Accuracy], None] | None = None,
 ) -> MaskingReport:
     """Run FGSM, PGD with few and many steps, each with and without restarts, CW with many
@@ -237,6 +353,10 @@ def gradient_masking_report(
     The first four hold up to ``tolerance`` (a fraction of samples) for the attacks' randomness.
     ``alpha`` is the step of the PGD and CW attacks (default 2.5ε/k for k steps): set it to the
     step of an attack you rely on to see whether that attack converges.
+
+    All attacks run in one :func:`robust_accuracy` pass over ``data``; ``progress`` receives its
+    :class:`ProgressEvent` s (one before the first batch, then one per attack and batch, with the
+    keys above as attack names), ``on_batch`` (deprecated) its running :class:`Accuracy`.
     """
     _checks.module("model", model)
     _checks.nonneg_float("eps", eps)
@@ -255,9 +375,14 @@ def gradient_masking_report(
     if apgd is not None:
         _checks.flag("apgd", apgd)
     run_apgd = available() if apgd is None else apgd
+    _hook("progress", progress)
+    _hook("on_batch", on_batch)
+    if on_batch is not None:
+        warnings.warn("on_batch is deprecated: use progress=, whose events carry the counts", DeprecationWarning, 2)
     if run_apgd:
         load_package()  # apgd=True without the package: the install command, before any work
-    batches = iter(_batches(data, batch_size))
+    num_batches = _num_batches(data, batch_size)
+    batches = _batches(data, batch_size)
     first = next(batches, None)
     if first is None:
         raise ValueError("data yielded no samples")
@@ -281,7 +406,7 @@ def gradient_masking_report(
     }
     if run_apgd:
         attacks["apgd"] = AutoAttack(eps=eps, norm=norm, version="apgd", bounds=bounds)
-    res = robust_accuracy(model, batches, attack=attacks, on_batch=on_batch)
+    res = _evaluate(model, batches, attacks, num_batches, None, progress, on_batch)
     acc = {"clean": res.clean} | res.per_attack
     a_few, a_many = acc[f"pgd-{few}"], acc[f"pgd-{many}"]
     a_rs, a_many_rs, a_cw = acc[f"pgd-{few}x{restarts}"], acc[f"pgd-{many}x{restarts}"], acc[f"cw-{many}"]

@@ -12,12 +12,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_step_cost_reports_each_method_and_its_ratio():
+def test_step_cost_reports_each_method_and_its_ratio(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--repeats", "1", "--warmup", "0",
-           "--batch-size", "4"]  # fmt: skip
+           "--batch-size", "4", "--out", str(tmp_path / "step_cost.json")]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
+    assert report["partial"] is False and json.loads((tmp_path / "step_cost.json").read_text()) == report
+    assert "13 methods × 0 + 1 rounds" in out.stderr and "13/13" in out.stderr  # the bar, drawn at its end
     assert list(report["results"]) == [
         "natural", "pgd10", "pgd40", "fast", "free", "trades10", "yopo5-3", "yopo5-10", "vat", "vat-hvp", "tnar",
         "tnar-func", "tnar-penalty",
@@ -154,7 +156,7 @@ def test_two_rings_ssl_smoke(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "results.json").read_text())
-    assert set(report["results"]) == {"supervised", "vat", "tar", "nar", "tnar"}
+    assert report["partial"] is False and set(report["results"]) == {"supervised", "vat", "tar", "nar", "tnar"}
     assert all(0 <= r["unlabeled_accuracy"] <= 1 for r in report["results"].values())
     assert (tmp_path / "decision_boundaries.png").stat().st_size > 1000
 
@@ -174,5 +176,6 @@ def test_fashion_ssl_smoke_on_generated_images(tmp_path):
     assert all(0 <= r["test_error"] <= 100 for r in summary["measured"].values())
     run = json.loads((tmp_path / "tnar.json").read_text())
     assert [p["iter"] for p in run["curve"]] == [1, 2] and len(run["labeled_indices"]) == 100
+    assert (run["partial"], run["iters_done"], summary["unfinished_iters"]) == (False, 2, {})
     assert (tmp_path / "perturbations.png").stat().st_size > 1000
     assert (tmp_path / "perturbations-lgan.png").stat().st_size > 1000

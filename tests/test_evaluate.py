@@ -6,7 +6,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import robustreg
-from robustreg import FGSM, PGD, gradient_masking_report, robust_accuracy
+from robustreg import FGSM, PGD, ProgressEvent, gradient_masking_report, robust_accuracy
 
 from .conftest import TinyConvBN
 
@@ -130,11 +130,94 @@ def test_masking_report_without_pyautoattack_skips_the_gap_check_and_apgd_true_n
         gradient_masking_report(model, (x, y), eps=0.05, steps=(2, 4), restarts=2, apgd=True)
 
 
-def test_on_batch_reports_running_accuracies():
+def test_on_batch_reports_running_accuracies_and_is_deprecated():
     model, x, y = self_labelled_linear(n=40)
     seen = []
-    final = robust_accuracy(model, (x, y), attack=FGSM(0.05), batch_size=16, on_batch=seen.append)
+    with pytest.warns(DeprecationWarning, match="use progress="):
+        final = robust_accuracy(model, (x, y), attack=FGSM(0.05), batch_size=16, on_batch=seen.append)
     assert [a.n for a in seen] == [16, 32, 40] and seen[-1] == final
+
+
+def test_progress_events_are_complete_ordered_and_count_what_the_result_reports():
+    model, x, y = self_labelled_linear(n=40)
+    attacks = {"fgsm": FGSM(0.05), "pgd": PGD(eps=0.1, steps=5, random_start=False)}
+    events: list[ProgressEvent] = []
+    res = robust_accuracy(model, (x, y), attack=attacks, batch_size=16, progress=events.append)
+    start = events[0]
+    assert (start.attack, start.batch, start.batches, start.done, start.total) == (None, 0, 3, 0, 6)
+    assert (start.samples, start.clean, start.finished, start.robust) == (0, 0, 0, 0)
+    assert start.correct == start.attacked == {"fgsm": 0, "pgd": 0}
+    order = [(e.batch, e.attack, e.done, e.samples, e.finished) for e in events[1:]]
+    assert order == [(1, "fgsm", 1, 16, 0), (1, "pgd", 2, 16, 16), (2, "fgsm", 3, 32, 16), (2, "pgd", 4, 32, 32),
+                     (3, "fgsm", 5, 40, 32), (3, "pgd", 6, 40, 40)]  # fmt: skip
+    # the running counts, by hand: each attack's hits per batch, accumulated
+    correct = {"fgsm": 0, "pgd": 0}
+    robust = 0
+    with torch.no_grad():
+        for b, i in enumerate(range(0, 40, 16)):
+            xb, yb = x[i : i + 16], y[i : i + 16]
+            ok = model(xb).argmax(1) == yb
+            for j, (name, atk) in enumerate(attacks.items()):
+                hit = model(atk(model, xb, yb)).argmax(1) == yb
+                correct[name] += int(hit.sum())
+                ok &= hit
+                event = events[1 + 2 * b + j]
+                assert event.correct == correct and event.attacked["fgsm"] == event.samples
+                assert event.attacked["pgd"] == (event.samples if name == "pgd" else i)
+            robust += int(ok.sum())
+            assert events[2 + 2 * b].robust == robust
+    assert 0 < robust < 40  # the counts had something to count
+    last = events[-1]
+    assert last.done == last.total and last.samples == last.finished == res.n == 40
+    assert last.clean / last.samples == res.clean and last.robust / last.finished == res.robust
+    assert {k: last.correct[k] / last.attacked[k] for k in attacks} == res.per_attack
+    # the hook changes nothing: the same figures without it, also with random starts
+    assert robust_accuracy(model, (x, y), attack=attacks, batch_size=16) == res
+    random = {"pgd": PGD(eps=0.1, steps=3)}
+    torch.manual_seed(0)
+    quiet = robust_accuracy(model, (x, y), attack=random, batch_size=16)
+    torch.manual_seed(0)
+    assert robust_accuracy(model, (x, y), attack=random, batch_size=16, progress=lambda e: None) == quiet
+
+
+def test_progress_without_a_length_and_a_hook_that_raises():
+    model, x, y = self_labelled_linear(n=20)
+    events = []
+    gen = ((x[i : i + 8], y[i : i + 8]) for i in range(0, 20, 8))
+    res = robust_accuracy(model, gen, attack=FGSM(0.05), progress=events.append)
+    assert [(e.batches, e.total) for e in events] == [(None, None)] * 4
+    assert [e.done for e in events] == [0, 1, 2, 3] and events[-1].samples == res.n == 20
+    net = TinyConvBN().train()
+
+    def stop(event: ProgressEvent) -> None:
+        if event.done == 1:
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        robust_accuracy(net, (torch.rand(8, 1, 8, 8), torch.randint(0, 5, (8,))), attack=FGSM(0.1), progress=stop)
+    assert net.training and net.bn.training  # modes restored
+
+
+def test_masking_report_progress_names_every_attack_and_counts_its_accuracies():
+    model, x, y = self_labelled_linear(n=40)
+    events = []
+    report = gradient_masking_report(
+        model, (x, y), eps=0.05, steps=(2, 4), restarts=2, apgd=False, batch_size=16, progress=events.append
+    )
+    names = [k for k in report.accuracy if k != "clean"]
+    assert len(names) == 7 and events[0].attack is None and events[0].total == 3 * 7
+    assert [e.attack for e in events[1:]] == names * 3 and [e.done for e in events] == list(range(22))
+    last = events[-1]
+    assert last.clean / last.samples == report.accuracy["clean"] == 1.0
+    assert {k: last.correct[k] / last.attacked[k] for k in names} == {k: report.accuracy[k] for k in names}
+
+
+def test_progress_must_be_callable():
+    model, x, y = self_labelled_linear()
+    with pytest.raises(TypeError, match="progress must be callable or None, got int"):
+        robust_accuracy(model, (x, y), attack=FGSM(0.1), progress=1)
+    with pytest.raises(TypeError, match="progress must be callable or None, got str"):
+        gradient_masking_report(model, (x, y), progress="bar")
 
 
 def test_robust_accuracy_checks_each_batch_with_the_shared_errors():

@@ -4,13 +4,15 @@ the pieces of ``recipes/skeleton.py`` it relies on)."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from .test_recipe_runs import RECIPES, ROOT, _interrupt, _same_weights, ok, rows, run
+from .test_recipe_runs import RECIPES, ROOT, _interrupt, _same_weights, ok, rings_model, rows, run
 
 SCRIPT = ROOT / "benchmarks" / "fault_injection.py"
 SMALL = ["--dataset", "two-rings", "--method", "amata-atta", "--epochs", "2", "--train-size", "128",
@@ -93,3 +95,37 @@ def test_metrics_with_a_bad_line_before_the_last_are_refused(tmp_path, recipe_mo
         skeleton.read_metrics(path)
     path.write_text('{"step": 1}\n{"step": 2}\n{"step"')
     assert [r["step"] for r in skeleton.read_metrics(path)] == [1, 2]
+
+
+def test_evaluate_killed_mid_run_leaves_a_valid_partial_report(tmp_path):
+    model, out = rings_model(tmp_path / "model"), tmp_path / "ev.json"
+    # pgd1 on the first batch takes milliseconds, pgd100000 long enough to be killed in it
+    cmd = [sys.executable, str(RECIPES / "evaluate.py"), str(model), "--no-progress", "--autoattack", "none",
+           "--pgd", "1", "100000", "--eval-size", "300", "--out", str(out)]  # fmt: skip
+    with (tmp_path / "stderr").open("w") as err:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT, env={**os.environ, "TERM": "dumb"}
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                if out.exists() and "running" in json.loads(out.read_text()):
+                    break
+                time.sleep(0.02)
+            assert proc.poll() is None, "evaluate.py ended before its first attack was done"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    report = json.loads(out.read_text())  # whole: every write is atomic
+    assert (report["partial"], report["stage"], report["eps"]) == (True, "attacks", 0.25)
+    assert "robust_acc" not in report and "n" not in report
+    running = report["running"]
+    assert (running["done"], running["total"], running["batch"], running["batches"]) == (1, 9, 1, 3)
+    assert running["samples"] == 100 and running["finished"] == 0 and running["robust_acc"] is None
+    per = running["per_attack"]
+    assert per["pgd1"]["attacked"] == 100 and per["pgd1"]["acc"] == per["pgd1"]["correct"] / 100
+    assert per["pgd100000"] == {"correct": 0, "attacked": 0, "acc": None} and per["cw"]["attacked"] == 0
+    assert 0 <= per["pgd1"]["correct"] <= round(100 * running["clean_acc"])
+    logged = (tmp_path / "stderr").read_text()
+    assert f"evaluating {model}" in logged and "attacks 1/9: batch 1/3, pgd1: " in logged

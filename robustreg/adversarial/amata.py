@@ -280,7 +280,7 @@ class Amata:
         extra = {"progress": torch.tensor(self.progress)}
         if knobs is not None:
             extra |= {"K": torch.tensor(float(knobs[0])), "alpha": torch.tensor(knobs[1])}
-        self.last = Record(record.x_adv, record.metrics | extra)
+        self.last = Record(record.x_adv, record.metrics | extra, record.steps)
         return loss
 
     @property

@@ -412,6 +412,30 @@ def amata_cases() -> list[Case]:
             "k_min",
         ),
         case("a float64 model, float32 x", TypeError, "x", lambda r, m: r(xs, ys), dtype=torch.float64),
+        case("set_epoch without total", ValueError, "total", lambda r, m: r.set_epoch(1), total=None),
+        case("step without total", ValueError, "total", lambda r, m: r.step(), total=None),
+        case(
+            "set_epoch to where the schedule returns K = 0",
+            ValueError,
+            "K",
+            lambda r, m: r.set_epoch(4),
+            schedule=lambda p: (0, 0.1) if p > 0.6 else (2, 0.1),
+        ),
+        case(
+            "load_state_dict with t a string",
+            TypeError,
+            "t",
+            lambda r, m: r.load_state_dict({"t": "3", "progress": 0.5}),
+        ),
+        Case(
+            "Amata",
+            "stalled_after = 1",
+            _constructor(
+                lambda: robustreg.Amata(ENGINES["PGDAT"](ConvNet()), k_min=1, k_max=2, tau=0.1, stalled_after=1)
+            ),
+            ValueError,
+            "stalled_after",
+        ),
         case("a valid call at progress 0.5", None, "", lambda r, m: r(xs, ys)),
     ]
 

@@ -22,8 +22,10 @@ one input the documentation says is valid) and checks two things:
 The cases are distinct: wrong types, shapes and dtypes, NaN and inf, empty batches, labels out of
 range, negative or float labels, integers where a bool flag is expected, bad hyper-parameters
 (``eps < 0``, ``steps = -1``, ``alpha = nan``, ``norm = "l3"``, reversed ``bounds``, …), a model
-returning ``(B,)`` or a tuple, ``logits=`` of the wrong type or shape, and chart outputs of the
-wrong shape or non-finite; across the engines (PGDAT, FastAT, FreeAT, TRADES, YOPO, ATTA),
+returning ``(B,)`` or a tuple, ``logits=`` of the wrong type or shape, chart outputs of the
+wrong shape or non-finite, a float64 model fed float32 ``x`` (and its autocast counterpart, a
+bfloat16 model under ``torch.autocast``, accepted), and labels passed to a label-free loss;
+across the engines (PGDAT, FastAT, FreeAT, TRADES, YOPO, ATTA),
 Amata, VAT, TNAR, EntMin, MSA, the evaluation attacks (PGD, FGSM, CW, AutoAttack), and
 ``robust_accuracy`` / ``gradient_masking_report``.
 
@@ -106,8 +108,10 @@ class MLP(nn.Module):
         return (logits, x) if self.out == "tuple" else logits
 
 
-def _prepared(model: nn.Module, accept: bool) -> nn.Module:
+def _prepared(model: nn.Module, accept: bool, dtype: torch.dtype | None = None) -> nn.Module:
     torch.manual_seed(0)
+    if dtype is not None:
+        model = model.to(dtype)
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.5)
     return model.eval() if accept else model.train()
@@ -194,10 +198,11 @@ def shows(case: Case) -> Case:
     return replace(case, nonfinite=True)
 
 
-def _engine_call(name: str, reg: object, x: object, y: object, index: object = None) -> object:
-    if name == "ATTA":
-        return reg(x, y, torch.arange(4) if index is None else index)
-    return reg(x, y)
+def _engine_call(name: str, reg: object, x: object, y: object, index: object = None, autocast: bool = False) -> object:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        if name == "ATTA":
+            return reg(x, y, torch.arange(4) if index is None else index)
+        return reg(x, y)
 
 
 def engine_case(
@@ -212,13 +217,16 @@ def engine_case(
     kwargs: dict[str, object] | None = None,
     after: dict[str, object] | None = None,
     model: str = "logits",
+    dtype: torch.dtype | None = None,
+    autocast: bool = False,
 ) -> Case:
     """A call ``reg(x, y)`` (ATTA: ``reg(x, y, index)``) of engine ``name``; ``kwargs`` go to the
     constructor (whose failure is the case's error when they are bad), ``after`` are set as
-    attributes after construction (checked again at the call)."""
+    attributes after construction (checked again at the call); ``dtype`` converts the model,
+    ``autocast`` runs the call under CPU bfloat16 autocast."""
 
     def build(accept: bool) -> Setup:
-        net = _prepared(ConvNet(model), accept)
+        net = _prepared(ConvNet(model), accept, dtype)
         extra = dict(kwargs or {})
         if accept and name in HAS_BN:
             extra.setdefault("bn", "eval")
@@ -230,7 +238,7 @@ def engine_case(
             holder["reg"] = reg
             for k, v in (after or {}).items():
                 setattr(reg, k, v)
-            return _engine_call(name, reg, x() if x else xb, y() if y else yb, index() if index else None)
+            return _engine_call(name, reg, x() if x else xb, y() if y else yb, index() if index else None, autocast)
 
         # A refused call must leave the engine's own state as it was: built up front when the
         # constructor is fine, so that the state is compared before and after the call.
@@ -240,7 +248,9 @@ def engine_case(
             for k, v in (after or {}).items():
                 setattr(reg, k, v)
             setup = Setup(
-                lambda: _engine_call(name, reg, x() if x else xb, y() if y else yb, index() if index else None),
+                lambda: _engine_call(
+                    name, reg, x() if x else xb, y() if y else yb, index() if index else None, autocast
+                ),
                 [net],
                 [reg],
             )
@@ -306,6 +316,10 @@ def engine_cases() -> list[Case]:
             engine_case(name, "eps = 0", None, "", kwargs={"eps": 0.0}),
             engine_case(name, "bounds=None, x outside [0, 1]", None, "", x=lambda: 3 * xs - 1, kwargs={"bounds": None}),
             shows(engine_case(name, "a diverged model (NaN logits)", None, "", model="nan")),
+            engine_case(name, "a float64 model, float32 x", TypeError, "x", dtype=torch.float64),
+            engine_case(
+                name, "a bfloat16 model, float32 x, under autocast", None, "", dtype=torch.bfloat16, autocast=True
+            ),
         ]
     out += [
         engine_case("ATTA", "index out of range", ValueError, "index", index=lambda: torch.arange(4) + 14),
@@ -344,10 +358,11 @@ def amata_cases() -> list[Case]:
         arg: str,
         act: Callable[[robustreg.Amata, nn.Module], object],
         engine: str = "PGDAT",
+        dtype: torch.dtype | None = None,
         **kw: object,
     ) -> Case:
         def build(accept: bool) -> Setup:
-            net = _prepared(ConvNet(), accept)
+            net = _prepared(ConvNet(), accept, dtype)
             eng = ENGINES[engine](net, bn="eval") if accept else ENGINES[engine](net)
             reg = robustreg.Amata(eng, **({"k_min": 1, "k_max": 5, "tau": 0.3, "total": 4} | kw))
             reg.set_progress(0.5)  # K = 3, alpha = 0.1, not the engine's 2 and 0.05: a knob set too early shows
@@ -400,12 +415,37 @@ def amata_cases() -> list[Case]:
             ValueError,
             "k_min",
         ),
+        case("a float64 model, float32 x", TypeError, "x", lambda r, m: r(xs, ys), dtype=torch.float64),
+        case("set_epoch without total", ValueError, "total", lambda r, m: r.set_epoch(1), total=None),
+        case("step without total", ValueError, "total", lambda r, m: r.step(), total=None),
+        case(
+            "set_epoch to where the schedule returns K = 0",
+            ValueError,
+            "K",
+            lambda r, m: r.set_epoch(4),
+            schedule=lambda p: (0, 0.1) if p > 0.6 else (2, 0.1),
+        ),
+        case(
+            "load_state_dict with t a string",
+            TypeError,
+            "t",
+            lambda r, m: r.load_state_dict({"t": "3", "progress": 0.5}),
+        ),
+        Case(
+            "Amata",
+            "stalled_after = 1",
+            _constructor(
+                lambda: robustreg.Amata(ENGINES["PGDAT"](ConvNet()), k_min=1, k_max=2, tau=0.1, stalled_after=1)
+            ),
+            ValueError,
+            "stalled_after",
+        ),
         case("a valid call at progress 0.5", None, "", lambda r, m: r(xs, ys)),
     ]
 
 
 def ssl_cases() -> list[Case]:
-    xs, _ = features()
+    xs, ys = features()
 
     def vat(
         what: str,
@@ -415,15 +455,17 @@ def ssl_cases() -> list[Case]:
         x: Callable[[], object] | None = None,
         kwargs: dict[str, object] | None = None,
         model: str = "logits",
+        dtype: torch.dtype | None = None,
+        args: Callable[[], tuple[object, ...]] = tuple,
         **call_kw: Callable[[], object],
     ) -> Case:
         def build(accept: bool) -> Setup:
-            net = _prepared(MLP(model), accept)
+            net = _prepared(MLP(model), accept, dtype)
             extra = {"eps": 0.5} | (kwargs or {})
             if kwargs and not accept:
                 return Setup(lambda: robustreg.VAT(net, **extra), [net])
             reg = robustreg.VAT(net, **extra)
-            return Setup(lambda: reg(x() if x else xs, **{k: v() for k, v in call_kw.items()}), [net], [reg])
+            return Setup(lambda: reg(x() if x else xs, *args(), **{k: v() for k, v in call_kw.items()}), [net], [reg])
 
         return Case("VAT", what, build, expect, arg)
 
@@ -437,16 +479,20 @@ def ssl_cases() -> list[Case]:
         model: str = "logits",
         encode: Callable | None = None,
         decode: Callable | None = None,
+        dtype: torch.dtype | None = None,
+        args: Callable[[], tuple[object, ...]] = tuple,
         **call_kw: Callable[[], object],
     ) -> Case:
         def build(accept: bool) -> Setup:
-            net = _prepared(MLP(model), accept)
+            net = _prepared(MLP(model), accept, dtype)
             extra = {"eps_tangent": 0.2, "eps_normal": 0.2} | (kwargs or {})
             ch = Bent(encode, decode)
             if kwargs and not accept:
                 return Setup(lambda: robustreg.TNAR(net, ch, **extra), [net])
             reg = robustreg.TNAR(net, ch, **extra)
-            return Setup(lambda: reg(x() if x else xs, **{k: v() for k, v in call_kw.items()}), [net], [reg, ch])
+            return Setup(
+                lambda: reg(x() if x else xs, *args(), **{k: v() for k, v in call_kw.items()}), [net], [reg, ch]
+            )
 
         return Case("TNAR", what, build, expect, arg)
 
@@ -456,9 +502,10 @@ def ssl_cases() -> list[Case]:
         arg: str,
         call: Callable[[robustreg.EntMin], object],
         model: str = "logits",
+        dtype: torch.dtype | None = None,
     ) -> Case:
         def build(accept: bool) -> Setup:
-            net = _prepared(MLP(model), accept)
+            net = _prepared(MLP(model), accept, dtype)
             reg = robustreg.EntMin(net)
             return Setup(lambda: call(reg), [net], [reg])
 
@@ -492,6 +539,10 @@ def ssl_cases() -> list[Case]:
         vat("logits= of the clean pass", None, "", logits=lambda: logits),
         vat("n_power = 0", None, "", kwargs={"n_power": 0}),
         vat('method="hvp"', None, "", kwargs={"method": "hvp"}),
+        vat("labels (x, y)", TypeError, "labels", args=lambda: (ys,)),
+        vat("logits passed by position", TypeError, "logits", args=lambda: (logits,)),
+        vat("a float64 model, float32 x", TypeError, "x", dtype=torch.float64),
+        vat("a float64 model, float32 x, with logits=", TypeError, "x", dtype=torch.float64, logits=lambda: logits),
         tnar("x with a NaN", ValueError, "x", x=lambda: with_nan(xs)),
         tnar("x with an inf", ValueError, "x", x=lambda: with_nan(xs, math.inf)),
         tnar("x of dtype int64", TypeError, "x", x=lambda: xs.long()),
@@ -521,6 +572,8 @@ def ssl_cases() -> list[Case]:
         tnar("a valid call", None, ""),
         shows(tnar("a diverged model (NaN logits)", None, "", model="nan")),
         tnar("TAR alone, exact products", None, "", kwargs={"weights": (1.0, 0.0), "method": "hvp"}),
+        tnar("labels (x, y)", TypeError, "labels", args=lambda: (ys,)),
+        tnar("a float64 model, float32 x", TypeError, "x", dtype=torch.float64),
         entmin("x with a NaN", ValueError, "x", lambda r: r(with_nan(xs))),
         entmin("x of dtype int64", TypeError, "x", lambda r: r(xs.long())),
         entmin("neither x nor logits", TypeError, "x", lambda r: r()),
@@ -533,6 +586,8 @@ def ssl_cases() -> list[Case]:
         Case("EntMin", "model a function", _constructor(lambda: robustreg.EntMin(lambda t: t)), TypeError, "model"),
         entmin("logits only", None, "", lambda r: r(logits=logits)),
         entmin("x only", None, "", lambda r: r(xs)),
+        entmin("labels (x, y)", TypeError, "labels", lambda r: r(xs, ys)),
+        entmin("a float64 model, float32 x", TypeError, "x", lambda r: r(xs), dtype=torch.float64),
     ]
     return out
 
@@ -562,10 +617,11 @@ def msa_cases() -> list[Case]:
         x: Callable[[], object] | None = None,
         y: Callable[[], object] | None = None,
         model: str = "logits",
+        dtype: torch.dtype | None = None,
         **kw: object,
     ) -> Case:
         def build(accept: bool) -> Setup:
-            net = _prepared(ConvNet(model), accept)
+            net = _prepared(ConvNet(model), accept, dtype)
             msa = MSA(net, beta=1.0, **kw)
             return Setup(lambda: msa.step(x() if x else xs, y() if y else ys), [net], [msa], mutates=True)
 
@@ -598,6 +654,7 @@ def msa_cases() -> list[Case]:
         ctor("loss_fn not callable", TypeError, "loss_fn", loss_fn="ce"),
         Case("MSA", "model a function", _constructor(lambda: MSA(lambda t: t, beta=1.0)), TypeError, "model"),
         step("int32 labels", None, "", y=lambda: ys.int()),
+        step("a float64 model, float32 x", TypeError, "x", dtype=torch.float64),
     ]
 
 
@@ -614,9 +671,10 @@ def evaluation_cases() -> list[Case]:
         y: Callable[[], object] | None = None,
         model: str = "logits",
         callable_model: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> Case:
         def build(accept: bool) -> Setup:
-            net = _prepared(ConvNet(model), accept)
+            net = _prepared(ConvNet(model), accept, dtype)
             used = (lambda t: net(t)) if callable_model else net
 
             def call() -> object:
@@ -654,6 +712,16 @@ def evaluation_cases() -> list[Case]:
         attack("CW", "model returns a tuple", ValueError, "model", lambda: robustreg.CW(0.1, steps=2), model="tuple"),
         attack("PGD", "bounds=None, x outside [0, 1]", None, "", pgd(bounds=None), x=lambda: 3 * xs),
         attack("PGD", "steps = 0", None, "", pgd(steps=0)),
+        attack("PGD", "a float64 model, float32 x", TypeError, "x", pgd(), dtype=torch.float64),
+        attack(
+            "CW",
+            "a float32 model, float64 x",
+            TypeError,
+            "x",
+            lambda: robustreg.CW(0.1, steps=2),
+            x=lambda: xs.double(),
+        ),
+        attack("FGSM", "a float64 model, float32 x", TypeError, "x", lambda: robustreg.FGSM(0.1), dtype=torch.float64),
         attack("CW", "uint8 labels", None, "", lambda: robustreg.CW(0.1, steps=2), y=lambda: ys.to(torch.uint8)),
     ]
     aa = lambda **kw: lambda: robustreg.AutoAttack(**{"eps": 0.1, "version": "apgd"} | kw)  # noqa: E731

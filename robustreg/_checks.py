@@ -1,6 +1,10 @@
 """Argument and input validation shared by every public object: the engines, Amata, VAT, TNAR,
 EntMin, MSA, the evaluation attacks and :func:`robustreg.robust_accuracy`.
 
+Label-free objects (VAT, TNAR, EntMin) refuse a second positional argument with
+:func:`no_labels`; a model and a batch meet through :func:`classes_of` (or :func:`num_classes`),
+which checks x's dtype against the model's parameters (:func:`check_dtype`) at every call.
+
 One dialect: a value of the wrong type raises ``TypeError``, a value of the right type outside
 the allowed range (NaN and inf included) raises ``ValueError``, and every message names the
 argument and what is allowed, so the same mistake reads the same from every object. Callers run
@@ -136,6 +140,18 @@ def check_classes(y: Tensor, num_classes: int, *, name: str = "y") -> None:
         raise ValueError(f"{name} holds class {top}, outside the model's classes 0..{num_classes - 1}")
 
 
+def no_labels(owner: str, extra: tuple[object, ...], *, reuse: str = "reg(x, logits=model(x))") -> None:
+    """A label-free loss called with more positional arguments than ``x`` (labels, most likely):
+    ``TypeError`` saying so, how to pass the logits of a clean pass (``reuse``), and how to add
+    the supervised term."""
+    if extra:
+        raise TypeError(
+            f"{owner} takes no labels: call it as reg(x) on a batch ({reuse} to reuse the "
+            f"logits of your clean forward), got {len(extra)} more positional argument(s) after x; "
+            f"add the supervised term yourself: loss = F.cross_entropy(model(x_l), y_l) + reg(x_u)"
+        )
+
+
 def check_output(out: object, batch: int | None = None) -> Tensor:
     """A model's output: floating logits of shape ``(B, C)``, ``C ≥ 1`` and ``B = batch`` when given
     (``ValueError`` naming ``model`` otherwise: the model, not an argument, is at fault)."""
@@ -170,15 +186,59 @@ def check_logits(logits: object, batch: int | None, classes: int | None = None, 
     return logits
 
 
+def check_dtype(model: nn.Module, x: Tensor, *, name: str = "x") -> None:
+    """``x``'s dtype is the dtype of ``model``'s floating parameters (``TypeError`` naming ``name``,
+    both dtypes and the fix otherwise), so that a float64 model fed float32 data gets this message
+    instead of torch's error from deep inside the forward.
+
+    Checked only where torch itself would refuse the mix, and nothing is cast:
+
+    - the model's floating parameters must share one dtype: a model without parameters, or one
+      that mixes precisions on purpose (say bfloat16 weights with float32 norm layers), is left
+      to torch;
+    - under ``torch.autocast`` for x's device, autocast casts float16, bfloat16 and float32
+      operands itself, so those mixes pass; float64 on either side is still refused (autocast
+      never casts float64, and torch raises).
+
+    A model that casts its own input first (``x.to(self.weight.dtype)`` in ``forward``) is refused
+    too: cast x before the call instead. Devices are not checked. Reads ``model.parameters()``
+    only (no forward, no device sync).
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1:
+        return
+    (dtype,) = dtypes
+    if x.dtype == dtype:
+        return
+    if torch.is_autocast_enabled(x.device.type) and torch.float64 not in (dtype, x.dtype):
+        return
+    raise TypeError(
+        f"{name} has dtype {x.dtype} but the model's parameters are {dtype}: convert one to the other, "
+        f"model.to({x.dtype}) or {name}.to({dtype})"
+    )
+
+
+def classes_of(model: nn.Module, x: Tensor, cached: int | None = None) -> int:
+    """The checks of a model meeting a batch, at every call: x's dtype against the model's
+    (:func:`check_dtype`), then the class count, ``cached`` when known, else probed
+    (:func:`num_classes`). Changes nothing."""
+    if cached is None:
+        return num_classes(model, x)
+    check_dtype(model, x)
+    return cached
+
+
 def num_classes(model: nn.Module, x: Tensor) -> int:
     """The number of logits ``model`` returns, probed on one sample in eval mode; raises
-    ``ValueError`` naming ``model`` unless the output is ``(1, C)`` logits.
+    ``ValueError`` naming ``model`` unless the output is ``(1, C)`` logits. x's dtype is checked
+    against the model's first (:func:`check_dtype`).
 
     Eval mode and ``no_grad`` leave running statistics, ``.grad`` and randomness of dropout
     untouched; the modes are restored before returning.
     """
     from .modes import inner_mode
 
+    check_dtype(model, x)
     with torch.no_grad(), inner_mode(model, "eval"):
         out = model(x[:1])
     return check_output(out).shape[1]

@@ -84,7 +84,9 @@ class PGD:
         eps: radius of the threat model.
         alpha: step size; ``None`` means ``2.5·eps/steps`` (the rule of MadryLab's
             ``robustness`` library: enough to cross the ball and come back).
-        steps: number of ascent steps k (PGD-k).
+        steps: number of ascent steps k (PGD-k). ``steps=0`` is allowed: no ascent step, the
+            result is the start, uniform in the ball (with ``restarts``, the worst start) or, with
+            ``random_start=False``, x itself.
         norm: ``"linf"`` or ``"l2"``.
         loss: ``"ce"`` (cross-entropy) or ``"cw"`` (margin ``max_{j≠y} z_j − z_y``, CW-ℓ∞).
         restarts: independent random starts; per sample the worst case is kept (a
@@ -142,8 +144,8 @@ class PGD:
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """``x + δ`` for the worst δ found. Checked first, changing nothing on failure: model a
-        module returning ``(B, C)`` logits, x a finite floating batch inside ``bounds``, y integer
-        labels ``(B,)`` in the model's classes."""
+        module returning ``(B, C)`` logits, x a finite floating batch inside ``bounds`` of the
+        model's dtype, y integer labels ``(B,)`` in the model's classes."""
         _checks.module("model", model)
         x = _checks.check_x(x, self.bounds).detach()
         y = _checks.check_y(y, x.shape[0])
@@ -208,7 +210,9 @@ def CW(
     bounds: Bounds = (0.0, 1.0),
     bn: str = "eval",
 ) -> PGD:
-    """CW-ℓ∞ (or ℓ2): PGD-k on the Carlini–Wagner margin ``min(max_{j≠y} z_j − z_y, κ)``."""
+    """CW-ℓ∞ (or ℓ2): PGD-k on the Carlini–Wagner margin ``min(max_{j≠y} z_j − z_y, κ)``.
+
+    ``steps=0`` is allowed, as for :class:`PGD`: the result is the random start."""
     return PGD(
         eps=eps, alpha=alpha, steps=steps, norm=norm, loss="cw", kappa=kappa,
         restarts=restarts, bounds=bounds, bn=bn,

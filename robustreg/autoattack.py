@@ -213,6 +213,9 @@ class AutoAttack:
             return float(x.min()) - self.eps, float(x.max()) + self.eps
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """``x_adv`` (see the class docstring). Checked first, changing nothing on failure: the
+        package installed, model a module returning ``(B, C)`` logits, x a finite floating batch
+        inside ``bounds`` of the model's dtype, y integer labels ``(B,)`` in the model's classes."""
         package = load_package()
         _checks.module("model", model)
         x = _checks.check_x(x, self.bounds).detach()

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -255,6 +256,105 @@ def test_amata_checks_the_batch_before_setting_any_knob():
             with pytest.raises(ValueError, match="index holds values in"):
                 reg(x, y, torch.arange(4) + 6)
             assert engine.memory is None and {k: getattr(engine, k) for k in knobs} == knobs
+
+
+def _stall_setup(stalled_after: int | None = 3, **kw) -> tuple[Amata, torch.Tensor, torch.Tensor]:
+    model = CountingLinear().train()
+    reg = Amata(
+        PGDAT(model, eps=0.1, bounds=None), k_min=1, k_max=2, tau=0.1, total=4, stalled_after=stalled_after, **kw
+    )
+    return reg, torch.randn(4, 5), torch.randint(0, 2, (4,))
+
+
+def _stall_warnings(record) -> list:
+    return [w for w in record if issubclass(w.category, UserWarning) and "clock was never set" in str(w.message)]
+
+
+def test_amata_warns_once_when_its_clock_is_never_set():
+    reg, x, y = _stall_setup(stalled_after=3)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        reg(x, y)
+        reg(x, y)
+        assert not _stall_warnings(record)  # not before the third training call
+        reg(x, y)
+        assert len(_stall_warnings(record)) == 1
+        for _ in range(4):
+            reg(x, y)
+        assert len(_stall_warnings(record)) == 1  # once per object
+    msg = str(_stall_warnings(record)[0].message)
+    assert "called 3 times in training mode" in msg and "progress stays at 0 and K at 1" in msg
+    assert "reg.set_epoch(epoch)" in msg and "reg.step()" in msg and "stalled_after=None" in msg
+    assert _stall_warnings(record)[0].filename == __file__  # points at the user's call
+
+
+@pytest.mark.parametrize("drive", ["step after", "step before", "set_epoch before", "set_progress", "load_state_dict"])
+def test_amata_never_warns_a_loop_that_drives_its_clock(drive):
+    reg, x, y = _stall_setup(stalled_after=2)  # the smallest threshold allowed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        if drive == "load_state_dict":
+            reg.load_state_dict({"t": 0, "progress": 0.0})
+        for epoch in range(3):
+            if drive == "set_epoch before":
+                reg.set_epoch(epoch)
+            for _ in range(5):  # epochs longer than stalled_after
+                if drive == "step before":
+                    reg.step()
+                if drive == "set_progress":
+                    reg.set_progress(0.0)
+                reg(x, y)
+                if drive == "step after":
+                    reg.step()
+
+
+def test_amata_counts_only_accepted_training_calls():
+    reg, x, y = _stall_setup(stalled_after=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.model.eval()
+        for _ in range(5):  # validation passes do not count
+            reg(x, y)
+        reg.model.train()
+        for _ in range(3):  # refused calls do not count
+            with pytest.raises(ValueError, match="y holds class 2"):
+                reg(x, torch.full_like(y, 2))
+        reg(x, y)
+    with pytest.warns(UserWarning, match="clock was never set"):
+        reg(x, y)
+    quiet, x, y = _stall_setup(stalled_after=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(5):
+            quiet(x, y)
+
+
+def test_stalled_after_default_and_checks():
+    reg, _, _ = _stall_setup()
+    assert Amata(reg.engine, k_min=1, k_max=2, tau=0.1).stalled_after == 2000
+    for bad, exc in [(1, ValueError), (0, ValueError), (2.5, TypeError), (True, TypeError)]:
+        with pytest.raises(exc, match="stalled_after"):
+            Amata(reg.engine, k_min=1, k_max=2, tau=0.1, stalled_after=bad)
+
+
+def test_a_refused_clock_change_changes_nothing():
+    reg = Amata(PGDAT(CountingLinear()), k_min=1, k_max=2, tau=0.1)
+    with pytest.raises(ValueError, match="total is None"):
+        reg.step()
+    assert reg.t == 0 and reg.progress == 0.0
+    engine = ATTA(CountingLinear(), 4, reset=3)
+    failing = Amata(engine, lambda p: (0, 0.1) if p > 0.5 else (1, 0.1), total=4)  # K = 0 late in training
+    failing.set_epoch(1)
+    with pytest.raises(ValueError, match="K must be an int >= 1"):
+        failing.set_epoch(3)
+    assert (failing.t, failing.progress, engine.epoch) == (1, 0.25, 1)
+    for state, exc, match in [
+        ({"t": "3", "progress": 0.5}, TypeError, r"state\['t'\] must be an int"),
+        ({"t": 3, "progress": 1.5}, ValueError, "progress must be"),
+    ]:
+        with pytest.raises(exc, match=match):
+            failing.load_state_dict(state)
+        assert (failing.t, failing.progress) == (1, 0.25)
 
 
 # -- ATTA ------------------------------------------------------------------------------------

@@ -348,6 +348,34 @@ def test_steps_zero_is_training_on_the_start_point():
     torch.testing.assert_close(reg(x, y), F.cross_entropy(model(x), y))
 
 
+@pytest.mark.parametrize("name", ["pgdat", "pgdat-mix", "trades", "atta", "yopo", "yopo-trades"])
+def test_steps_zero_is_allowed_and_shown_in_the_record(name):
+    model, x, y = TinyConvBN().eval(), torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    steps = {"n": 0} if name.startswith("yopo") else {"steps": 0}
+    reg = ENGINES[name](model, random_start=False, **steps)
+    reg(x, y)
+    assert reg.last.steps == 0
+    assert "steps=0 (no ascent step: x_adv is the attack's start)" in repr(reg.last)
+    torch.testing.assert_close(reg.last.x_adv, x)  # from δ = 0, no step: x itself
+    reg.steps = 2  # a schedule raising steps: the record follows
+    reg(x, y)
+    assert reg.last.steps == 2 and "no ascent" not in repr(reg.last)
+    if not name.endswith("trades"):  # TRADES' KL has no gradient at x' = x (it starts at random for that)
+        assert not torch.equal(reg.last.x_adv, x)
+
+
+def test_the_record_holds_the_steps_taken_and_none_for_free_at():
+    model, x, y = TinyConvBN(), torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    fast, free = ENGINES["fast"](model), ENGINES["free"](model)
+    fast(x, y)
+    free(x, y)
+    assert fast.last.steps == 1 and free.last.steps is None
+    amata = robustreg.Amata(PGDAT(model, eps=0.1), k_min=2, k_max=4, tau=0.1, total=2)
+    amata(x, y)
+    assert amata.last.steps == 2 == amata.last["K"]
+    assert repr(amata.last).startswith("Record(x_adv=<(4, 1, 8, 8) torch.float32>, steps=2, metrics={")
+
+
 def test_public_names():
     for name in ["PGDAT", "FastAT", "FreeAT", "TRADES", "PGD", "FGSM", "CW", "robust_accuracy", "replay"]:
         assert hasattr(robustreg, name)

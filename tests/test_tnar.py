@@ -249,6 +249,23 @@ def test_bad_inputs_and_charts_raise_the_shared_errors_before_anything_changes(m
         flat(x)
 
 
+def test_tnar_takes_no_labels():
+    from .test_engines import assert_same, snapshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).to(D).train()
+    snap = snapshot(model)
+    x, y = torch.randn(4, 5, dtype=D), torch.tensor([0, 1, 2, 0])
+    reg = TNAR(model, _Chart(), eps_tangent=0.2, eps_normal=0.2)
+    for args in [(x, y), (x, torch.zeros(4, 3, dtype=D))]:
+        with pytest.raises(TypeError, match=r"^TNAR takes no labels.*logits=.*F\.cross_entropy"):
+            reg(*args)
+        assert_same(model, snap)
+        assert reg.last is None
+    reg(x, logits=torch.zeros(4, 3, dtype=D))
+    assert reg.last is not None
+
+
 def test_a_genuine_error_in_the_decoders_backward_is_not_taken_for_a_missing_derivative():
     class Flaky(torch.autograd.Function):  # ×2, with a backward that fails once (a bug, not a missing rule)
         failed = False

@@ -190,6 +190,31 @@ def test_bad_inputs_raise_the_shared_errors_before_anything_changes(method):
         assert reg.last is None
 
 
+def test_vat_and_entmin_take_no_labels():
+    from .test_engines import assert_same, snapshot
+
+    model = _bn_model()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    x, y = torch.randn(4, 4, dtype=D), torch.tensor([0, 1, 2, 0])
+    logits = torch.randn(4, 3, dtype=D)
+    snap = snapshot(model)
+    vat, ent = VAT(model, eps=0.5), EntMin(model)
+    for call, owner in [
+        (lambda: vat(x, y), "VAT"),
+        (lambda: vat(x, logits), "VAT"),  # logits are keyword-only: named in the message
+        (lambda: ent(x, y), "EntMin"),
+        (lambda: ent(x, y, logits=logits), "EntMin"),
+    ]:
+        with pytest.raises(TypeError, match=rf"^{owner} takes no labels") as err:
+            call()
+        assert "logits=" in str(err.value) and "F.cross_entropy(model(x_l), y_l) + reg(x_u)" in str(err.value)
+        assert_same(model, snap)
+    assert vat.last is None and vat._num_classes is None and ent._num_classes is None
+    vat(x, logits=logits)  # by keyword they are accepted
+    assert vat.last is not None
+
+
 @pytest.mark.parametrize("where", ["logits", "model"])
 def test_a_non_finite_model_output_shows_in_the_loss(where):
     model = tiny()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,9 @@ from .free import FreeAT
 from .yopo import YOPO
 
 KINDS = ("linear", "exponential", "constant")
+# Training calls on a never-set clock before Amata warns: more than an epoch of MNIST or CIFAR-10
+# at batch size 32 (1875 and 1563 batches).
+STALLED_AFTER = 2000
 Schedule = Callable[[float], tuple[int, float]]
 
 
@@ -123,6 +127,16 @@ class Amata:
     ``set_progress(p)`` sets p directly (e.g. elapsed time / budget). ``state_dict()`` and
     ``load_state_dict()`` checkpoint it.
 
+    A clock nobody drives never anneals: p stays 0 and K stays at K_min. So Amata warns once
+    (``UserWarning``, once per object) when it has been called ``stalled_after`` times with the
+    model in training mode and none of ``set_epoch``, ``step``, ``set_progress`` or
+    ``load_state_dict`` has been called yet. Calls in eval mode (validation) and refused calls
+    do not count. A loop that calls ``set_epoch(epoch)`` before each epoch, ``step()`` after
+    (or before) each batch, or ``set_progress`` never sees the warning; one that calls
+    ``set_epoch`` only after each epoch sees it if its first epoch has ``stalled_after`` batches
+    or more: call ``set_epoch(0)`` before the first epoch. A clock set once and then forgotten is
+    not detected.
+
     Args:
         engine: the loss object to anneal.
         schedule: an :class:`AmataSchedule` or any callable ``progress -> (K, alpha)``;
@@ -133,6 +147,9 @@ class Amata:
             period (ATTA).
         early_init: FastAT's fixed start c (δ_0 = c·ε·𝟙) early on.
         early_reset: ATTA's reset period early on (2 epochs).
+        stalled_after: training calls on a never-set clock before the warning above (an int
+            ``≥ 2``, default :data:`STALLED_AFTER` = 2000: more than an epoch of MNIST or CIFAR-10
+            at batch size 32); ``None`` never warns.
 
     ``reg.last`` is the engine's record with ``K``, ``alpha`` and ``progress`` added.
 
@@ -158,6 +175,7 @@ class Amata:
         early: float = 0.2,
         early_init: float = 0.5,
         early_reset: int = 2,
+        stalled_after: int | None = STALLED_AFTER,
     ) -> None:
         if not isinstance(engine, AdversarialLoss):
             raise TypeError(
@@ -177,6 +195,8 @@ class Amata:
         _checks.unit_float("early", early)
         _checks.unit_float("early_init", early_init)
         _checks.count("early_reset", early_reset, minimum=1)
+        if stalled_after is not None:
+            _checks.count("stalled_after", stalled_after, minimum=2)
         self.engine = engine
         self.schedule = schedule
         self.total = total
@@ -185,6 +205,10 @@ class Amata:
         self.t = 0
         self.progress = 0.0
         self.last: Record | None = None
+        self.stalled_after = stalled_after
+        self._clock_set = False  # set_epoch, step, set_progress or load_state_dict has been called
+        self._stalled_calls = 0  # training calls while the clock has never been set
+        self._warned = False
 
     # -- progress ------------------------------------------------------------------------
     def _total(self) -> int:
@@ -193,27 +217,40 @@ class Amata:
         return self.total
 
     def set_epoch(self, epoch: int) -> None:
-        """p = epoch / total (clipped at 1); forwarded to the engine's ``set_epoch`` (ATTA)."""
+        """p = epoch / total (clipped at 1); forwarded to the engine's ``set_epoch`` (ATTA).
+
+        Checked first, changing nothing on failure: epoch an int ``≥ 0``, ``total`` set, and the
+        schedule's knobs valid at the new progress."""
         epoch = _checks.count("epoch", epoch)
-        self.t, self.progress = epoch, min(1.0, epoch / self._total())
+        progress = min(1.0, epoch / self._total())
+        self.knobs(progress)  # a schedule failing at the new progress raises before the clock moves
+        self.t, self.progress = epoch, progress
+        self._clock_set = True
         self.apply()
         if hasattr(self.engine, "set_epoch"):
             self.engine.set_epoch(epoch)
 
     def step(self) -> None:
-        """Advance t by one: p = t / total (clipped at 1)."""
+        """Advance t by one: p = t / total (clipped at 1); ``ValueError`` naming ``total``, and no
+        change, when ``total`` is None."""
+        total = self._total()
         self.t += 1
-        self.progress = min(1.0, self.t / self._total())
+        self.progress = min(1.0, self.t / total)
+        self._clock_set = True
 
     def set_progress(self, progress: float) -> None:
         """Set p in [0, 1] directly."""
         self.progress = _progress(progress)
+        self._clock_set = True
 
     def state_dict(self) -> dict[str, float]:
         return {"t": self.t, "progress": self.progress}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.t, self.progress = int(state["t"]), _progress(state["progress"])
+        """Restore :meth:`state_dict`'s output (``t`` an int ``≥ 0``, ``progress`` in [0, 1], both
+        checked before anything changes)."""
+        self.t, self.progress = _checks.count("state['t']", state["t"]), _progress(state["progress"])
+        self._clock_set = True
 
     # -- knobs ---------------------------------------------------------------------------
     def knobs(self, progress: float | None = None) -> tuple[int, float] | None:
@@ -274,14 +311,35 @@ class Amata:
         knob is set: a bad batch leaves the engine exactly as it was."""
         self.knobs()
         self.engine.check_inputs(*batch)
+        self._watch_clock()
         knobs = self.apply()
         loss = self.engine(*batch)
         record = self.engine.last
         extra = {"progress": torch.tensor(self.progress)}
         if knobs is not None:
             extra |= {"K": torch.tensor(float(knobs[0])), "alpha": torch.tensor(knobs[1])}
-        self.last = Record(record.x_adv, record.metrics | extra)
+        self.last = Record(record.x_adv, record.metrics | extra, record.steps)
         return loss
+
+    def _watch_clock(self) -> None:
+        """Count a training call on a never-set clock; warn once at ``stalled_after`` of them."""
+        if self._clock_set or self._warned or self.stalled_after is None or not self.model.training:
+            return
+        self._stalled_calls += 1
+        if self._stalled_calls < self.stalled_after:
+            return
+        self._warned = True
+        k = self.K
+        warnings.warn(
+            f"Amata has been called {self._stalled_calls} times in training mode and its clock was never set: "
+            f"progress stays at {self.progress:g}"
+            + ("" if k is None else f" and K at {k}")
+            + ", so nothing anneals. Call reg.set_epoch(epoch) at the start of every epoch (total = epochs), "
+            "reg.step() after every batch (total = iterations) or reg.set_progress(p); "
+            "stalled_after=None silences this warning",
+            UserWarning,
+            stacklevel=3,
+        )
 
     @property
     def model(self):

@@ -45,7 +45,9 @@ class ATTA(AdversarialLoss):
         dataset_size: number of training samples; ``index`` values lie in ``[0, dataset_size)``.
         eps: threat-model radius (8/255).
         alpha: PGD step size (2/255).
-        steps: PGD steps per batch, k (1: ATTA-1).
+        steps: PGD steps per batch, k (1: ATTA-1). ``steps=0`` is allowed: no ascent step, each
+            sample's loss is taken at its start (its stored perturbation, or a fresh start,
+            which is then stored); ``reg.last.steps`` shows 0.
         norm: ``"linf"`` or ``"l2"``.
         random_start: a sample's first perturbation (after a reset) is uniform in the ball
             (else 0).
@@ -186,7 +188,7 @@ class ATTA(AdversarialLoss):
         index = self._check_index(index, x.shape[0])
         self._num_classes = classes  # cached once the whole batch has passed
         loss, record = self._indexed_loss(x, y, index)
-        self.last = record
+        self.last = self._stamped(record)
         return loss
 
     def check_inputs(self, *batch: Tensor) -> None:

@@ -25,7 +25,7 @@ Built once, called per batch::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,20 +39,33 @@ from ..perturb import Bounds, NormBall, check_bounds, get_ball, random_start
 
 @dataclass(frozen=True)
 class Record:
-    """What the last call used: ``x_adv`` (detached) and 0-dim detached ``metrics``.
+    """What the last call used: ``x_adv`` (detached), 0-dim detached ``metrics`` and ``steps``.
 
     Metrics are kept as tensors so that recording them never forces a device sync;
-    :meth:`as_dict` converts them to floats for logging.
+    :meth:`as_dict` converts them to floats for logging. ``steps`` is the number of ascent steps
+    the call's attack took (the engine's ``steps``; YOPO's ``n`` per pass), ``None`` for Free-AT,
+    whose perturbation moves in the user's backward instead. ``steps == 0`` is allowed and means
+    no ascent at all: ``x_adv`` is the attack's start (x itself, or the random start) and the
+    loss is the loss there (the clean loss when the start is x); ``repr`` says so.
     """
 
     x_adv: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)
+    steps: int | None = None
 
     def as_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.metrics.items()}
 
     def __getitem__(self, key: str) -> float:
         return float(self.metrics[key])
+
+    def __repr__(self) -> str:
+        x = f"x_adv=<{tuple(self.x_adv.shape)} {self.x_adv.dtype}>"
+        steps = "" if self.steps is None else f", steps={self.steps}"
+        if self.steps == 0:
+            steps += " (no ascent step: x_adv is the attack's start)"
+        metrics = ", ".join(f"{k}={float(v):.4g}" for k, v in self.metrics.items())
+        return f"Record({x}{steps}, metrics={{{metrics}}})"
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -128,8 +141,12 @@ class AdversarialLoss:
         """The method's training loss on the batch ``(x, y)``, a 0-dim tensor."""
         x, y = self._prepare(x, y)
         loss, record = self._loss(x, y)
-        self.last = record
+        self.last = self._stamped(record)
         return loss
+
+    def _stamped(self, record: Record) -> Record:
+        """``record`` with the ascent steps this call took (:attr:`Record.steps`)."""
+        return replace(record, steps=self.steps)
 
     def check_inputs(self, *batch: Tensor) -> None:
         """Run every check a call makes on ``batch`` (and on the hyper-parameters) and change
@@ -146,12 +163,13 @@ class AdversarialLoss:
 
     def _checked(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
         """Check the configuration and the batch, changing nothing: x a finite floating batch
-        inside ``bounds``, y integer labels ``(B,)`` of the model's classes, the model's output
-        ``(B, C)`` logits (probed in eval mode on the first call). Returns x, y (int64) and C."""
+        inside ``bounds`` whose dtype is the model's (:func:`robustreg._checks.check_dtype`), y
+        integer labels ``(B,)`` of the model's classes, the model's output ``(B, C)`` logits
+        (probed in eval mode on the first call). Returns x, y (int64) and C."""
         self._check_config()
         x = _checks.check_x(x, self.bounds)
         y = _checks.check_y(y, x.shape[0])
-        classes = self._num_classes if self._num_classes is not None else _checks.num_classes(self.net, x)
+        classes = _checks.classes_of(self.net, x, self._num_classes)
         _checks.check_classes(y, classes)
         return x, y, classes
 

@@ -122,6 +122,9 @@ class FreeAT(AdversarialLoss):
         self._delta = d
         return d[: x.shape[0]]
 
+    def _stamped(self, record: Record) -> Record:
+        return record  # no ascent loop in the call: δ moves in the user's backward (steps None)
+
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
         delta = self._stored(x).clone().requires_grad_(True)
         delta.register_hook(self._hook(delta.detach(), self.step_size, self.eps))

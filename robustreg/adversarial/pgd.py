@@ -25,7 +25,9 @@ class PGDAT(AdversarialLoss):
         model: a classifier returning logits ``(B, C)``.
         eps: threat-model radius (8/255, the CIFAR-10 ℓ∞ default).
         alpha: PGD step size (2/255).
-        steps: PGD steps k (10).
+        steps: PGD steps k (10). ``steps=0`` is allowed: no ascent step, so the loss is taken
+            at the start, uniform in the ball (random-noise training) or, with
+            ``random_start=False``, x itself (the clean loss); ``reg.last.steps`` shows 0.
         norm: ``"linf"`` or ``"l2"``.
         random_start: start the attack uniformly in the ball (Madry et al.).
         bounds: valid input box, ``None`` for unbounded inputs.

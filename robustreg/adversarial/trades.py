@@ -59,7 +59,9 @@ class TRADES(AdversarialLoss):
         model: a classifier returning logits ``(B, C)``.
         eps: threat-model radius (8/255; the paper's 0.031).
         alpha: attack step size (0.007, the paper's).
-        steps: attack steps (10).
+        steps: attack steps (10). ``steps=0`` is allowed: no ascent step, x' is the start
+            (``x + 0.001·N(0, I)``, or x with ``random_start=False``, where the KL term is 0 and
+            the loss is the clean CE); ``reg.last.steps`` shows 0.
         norm: ``"linf"`` or ``"l2"`` (ℓ2 ascends along the normalised gradient).
         random_start: start at ``x + 0.001·N(0, I)`` (the KL's gradient vanishes at x itself,
             so ``False`` leaves x' = x).

@@ -71,7 +71,9 @@ class YOPO(AdversarialLoss):
     Args:
         model: a classifier returning logits ``(B, C)``.
         m: full forward/backward passes per batch (5).
-        n: inner first-layer steps per pass (3).
+        n: inner first-layer steps per pass (3). ``n=0`` is allowed: η never moves from its
+            start (uniform in the ball, or 0 with ``random_start=False``), so the m passes are
+            training passes at that start; ``reg.last.steps`` shows 0.
         eps: threat-model radius (8/255).
         alpha: inner step size (2/255).
         norm: ``"linf"`` or ``"l2"``.

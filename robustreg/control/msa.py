@@ -212,12 +212,12 @@ class MSA:
         """One MSA iteration on the batch ``(x, y)``; returns the loss before the update (detached).
 
         Checked first, changing nothing (parameters, running statistics, modes) on failure: x a
-        non-empty finite floating batch, y integer labels ``(B,)`` in the model's classes, the
+        non-empty finite floating batch of the model's dtype, y integer labels ``(B,)`` in the model's classes, the
         model's output ``(B, C)`` logits (probed once on one sample in eval mode without
         gradients, then cached)."""
         x = _checks.check_x(x, None)
         y = _checks.check_y(y, x.shape[0])
-        classes = self._num_classes if self._num_classes is not None else _checks.num_classes(self.net, x)
+        classes = _checks.classes_of(self.net, x, self._num_classes)
         _checks.check_classes(y, classes)
         self._num_classes = classes
         params = [(m, n, p) for m in self.net.modules() for n, p in m.named_parameters(recurse=False)]

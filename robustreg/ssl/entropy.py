@@ -10,25 +10,27 @@ from ..modes import unwrap
 
 
 class EntMin:
-    """``reg(x)`` (or ``reg(x, logits=...)``) returns the mean entropy ``−Σ_c p_c log p_c`` of the
+    """``reg(x)`` (or ``reg(logits=...)``) returns the mean entropy ``−Σ_c p_c log p_c`` of the
     model's predictions on the batch; its gradient flows through the predictions (VAT+EntMin
-    adds it to the VAT loss). The forward runs in the mode the user left the model in."""
+    adds it to the VAT loss). The forward runs in the mode the user left the model in. EntMin
+    takes no labels: ``reg(x, y)`` raises ``TypeError``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = _checks.module("model", model)
         self._num_classes: int | None = None
 
-    def __call__(self, x: Tensor | None = None, *, logits: Tensor | None = None) -> Tensor:
-        """The mean prediction entropy. Checked first, changing nothing on failure: ``logits``,
-        when given, a finite floating ``(B, C)`` tensor (x, if also given, must match its batch);
-        otherwise x a non-empty finite floating batch, and the model's output ``(B, C)`` logits
-        (probed once on one sample in eval mode without gradients, then cached)."""
+    def __call__(self, x: Tensor | None = None, *labels: object, logits: Tensor | None = None) -> Tensor:
+        """The mean prediction entropy. Checked first, changing nothing on failure: no second
+        positional argument (EntMin takes no labels: ``TypeError``); ``logits``, when given, a
+        floating ``(B, C)`` tensor (x, if also given, must match its batch; the model is not run);
+        otherwise x a non-empty finite floating batch of the model's dtype, and the model's output
+        ``(B, C)`` logits (probed once on one sample in eval mode without gradients, then cached)."""
+        _checks.no_labels("EntMin", labels, reuse="reg(logits=model(x))")
         if logits is None:
             if x is None:
                 raise TypeError("pass x (a batch) or logits= (the model's output on it)")
             x = _checks.check_x(x, None)
-            if self._num_classes is None:
-                self._num_classes = _checks.num_classes(unwrap(self.model), x)
+            self._num_classes = _checks.classes_of(unwrap(self.model), x, self._num_classes)
             logits = self.model(x)
         else:
             batch = None

@@ -114,7 +114,9 @@ class TNAR:
             ``√D·ε``, so ε values from the official configurations need this setting.
         bn: the BatchNorm policy of every pass (``"frozen"`` by default, as VAT).
 
-    ``reg(x, logits=None)`` returns the loss; ``reg.last.r_tangent`` and ``reg.last.r_normal``
+    ``reg(x, *, logits=None)`` returns the loss (``logits=``, keyword-only, reuses the logits of
+    your clean forward; TNAR takes no labels, so ``reg(x, y)`` raises ``TypeError``: add
+    ``F.cross_entropy(model(x_l), y_l)`` yourself); ``reg.last.r_tangent`` and ``reg.last.r_normal``
     are the perturbations used (``x_adv − x``), ``reg.last.metrics`` holds ``tar`` and ``nar``.
     """
 
@@ -160,11 +162,13 @@ class TNAR:
         for name, allowed in (("tangent", TANGENT_MODES), ("normal", NORMAL_MODES), ("normalize", NORMALIZE_MODES)):
             _checks.choice(name, getattr(self, name), allowed)
 
-    def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, *labels: object, logits: Tensor | None = None) -> Tensor:
         """``weights[0]·TAR + weights[1]·NAR`` on the batch. Checked first, changing nothing on
-        failure: the hyper-parameters, x (a non-empty finite floating batch), the model's output
-        (``(B, C)`` logits), ``logits`` when given, and the chart at x: ``z = encode(x)`` a finite
-        ``(B, ...)`` tensor and ``decode(z)`` a finite tensor of x's shape."""
+        failure: no second positional argument (TNAR takes no labels: ``TypeError``), the
+        hyper-parameters, x (a non-empty finite floating batch of the model's dtype), the model's
+        output (``(B, C)`` logits), ``logits`` when given, and the chart at x: ``z = encode(x)`` a
+        finite ``(B, ...)`` tensor and ``decode(z)`` a finite tensor of x's shape."""
+        _checks.no_labels("TNAR", labels)
         self._check()
         x, classes = check_unlabelled(self.net, x, logits, self._num_classes)
         x = x.detach()

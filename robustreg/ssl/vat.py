@@ -72,11 +72,11 @@ def check_common(owner: object, positive: tuple[str, ...], integers: dict[str, i
 
 def check_unlabelled(net: nn.Module, x: object, logits: object, classes: int | None) -> tuple[Tensor, int]:
     """The checks of a semi-supervised call ``reg(x, logits=None)``, changing nothing: x a
-    non-empty finite floating batch ``(B, ...)``; the model's output ``(B, C)`` logits (probed in
+    non-empty finite floating batch ``(B, ...)`` of the model's dtype; the model's output ``(B, C)`` logits (probed in
     eval mode without gradients unless ``classes``, the cached count, is known); ``logits``, when
-    given, a finite floating ``(B, C)`` tensor. Returns x and C."""
+    given, a floating ``(B, C)`` tensor (its values are not checked). Returns x and C."""
     x = _checks.check_x(x, None)
-    classes = classes if classes is not None else _checks.num_classes(net, x)
+    classes = _checks.classes_of(net, x, classes)
     if logits is not None:
         _checks.check_logits(logits, x.shape[0], classes)
     return x, classes
@@ -95,16 +95,19 @@ class VAT:
         model: a classifier returning logits ``(B, C)``.
         eps: ε, the ℓ2 radius of the virtual adversarial perturbation (per sample).
         xi: ξ, the finite-difference step of the power iteration (``"finite_difference"``).
-        n_power: power-iteration steps (1 in the paper; 0 uses the random direction).
+        n_power: power-iteration steps (1 in the paper; 0 is allowed and uses the random
+            direction, without ``rayleigh`` in ``reg.last.metrics``).
         method: ``"finite_difference"`` (the paper) or ``"hvp"`` (the exact Hessian product).
         bn: BatchNorm policy of every pass this object runs, the perturbed one included
             (:mod:`robustreg.modes`); ``"frozen"`` (default) uses batch statistics and moves no
             running statistic, as the official code (``update_batch_stats=False``). Dropout and
             other modules keep the user's mode: in train mode each pass draws its own mask.
 
-    ``reg(x, logits=None)`` returns the batch mean of ``KL(p(·|x) ‖ p(·|x + r_adv))``; pass the
-    logits of your own clean forward as ``logits=`` to reuse them for ``p(·|x)`` (detached
-    either way), otherwise one extra no-grad pass computes them. Under autocast the power
+    ``reg(x, *, logits=None)`` returns the batch mean of ``KL(p(·|x) ‖ p(·|x + r_adv))``; pass
+    the logits of your own clean forward as ``logits=`` (keyword-only) to reuse them for
+    ``p(·|x)`` (detached either way), otherwise one extra no-grad pass computes them. VAT takes
+    no labels: ``reg(x, y)`` raises ``TypeError``; add the supervised term yourself,
+    ``loss = F.cross_entropy(model(x_l), y_l) + reg(x_u)``. Under autocast the power
     iteration runs in float32 (ξ = 1e-6 is below half precision's resolution). After a call,
     ``reg.last.r_adv`` is the perturbation used and ``reg.last.metrics`` holds ``lds`` and
     ``rayleigh`` (the mean ``dᵀHd`` estimate of the last power step, when ``n_power ≥ 1``).
@@ -130,10 +133,12 @@ class VAT:
     def _check(self) -> None:
         check_common(self, ("eps", "xi"), {"n_power": 0})
 
-    def __call__(self, x: Tensor, logits: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, *labels: object, logits: Tensor | None = None) -> Tensor:
         """The batch mean of ``KL(p(·|x) ‖ p(·|x + r_adv))``. Checked first, changing nothing on
-        failure: the hyper-parameters, x (a non-empty finite floating batch), the model's output
-        (``(B, C)`` logits) and ``logits`` (``(B, C)``, finite) when given."""
+        failure: no second positional argument (VAT takes no labels: ``TypeError``), the
+        hyper-parameters, x (a non-empty finite floating batch of the model's dtype), the
+        model's output (``(B, C)`` logits) and ``logits`` (``(B, C)``) when given."""
+        _checks.no_labels("VAT", labels)
         self._check()
         x, self._num_classes = check_unlabelled(self.net, x, logits, self._num_classes)
         x = x.detach()

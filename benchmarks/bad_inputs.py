@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 import robustreg
+from robustreg import cli
 from robustreg.autoattack import available as autoattack_available
 from robustreg.charts import LinearChart
 from robustreg.control import MSA
@@ -953,7 +954,7 @@ def run_case(case: Case) -> Outcome:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     parser.add_argument("--failures", action="store_true", help="list only the failing cases")
     parser.add_argument("--out", type=Path, default=None, help="also write every outcome to this JSON file")
     args = parser.parse_args(argv)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
+from robustreg import cli
 from robustreg.charts import VAE, LocalizedGAN, load_chart, train_chart, train_lgan
 from robustreg.data import cycle_batches, label_split, load_vision, synthetic_vision
 from robustreg.models import SmallCNN
@@ -244,32 +245,42 @@ def plot_perturbations(args: argparse.Namespace, method: str, n: int = 6) -> Non
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("chart", "train", "summary"), required=True)
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
+    p.add_argument(
+        "--stage",
+        choices=("chart", "train", "summary"),
+        required=True,
+        help="chart: train the charts; train: train --methods; summary: the table and plots",
+    )
     p.add_argument("--methods", default="supervised", help=f"comma list of {','.join(METHODS)}")
-    p.add_argument("--iters", type=int, default=3000)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--iters", type=int, default=3000, help="training iterations per method")
+    p.add_argument("--eval-every", type=int, default=500, help="iterations between test-error evaluations")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--decay-from", type=float, default=2 / 3, help="fraction of --iters; the lr decays after it")
-    p.add_argument("--per-class", type=int, default=10)
-    p.add_argument("--batch-labeled", type=int, default=32)
-    p.add_argument("--batch-unlabeled", type=int, default=64)
-    p.add_argument("--eps-vat", type=float, default=2.0)
-    p.add_argument("--eps-tangent", type=float, default=2.0)
-    p.add_argument("--eps-normal", type=float, default=2.0)
-    p.add_argument("--latent", type=int, default=20)
-    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--per-class", type=int, default=10, help="labeled images per class")
+    p.add_argument("--batch-labeled", type=int, default=32, help="labeled batch")
+    p.add_argument("--batch-unlabeled", type=int, default=64, help="unlabeled batch")
+    p.add_argument("--eps-vat", type=float, default=2.0, help="VAT's ε (ℓ2)")
+    p.add_argument("--eps-tangent", type=float, default=2.0, help="TNAR's ε_t")
+    p.add_argument("--eps-normal", type=float, default=2.0, help="TNAR's ε_n")
+    p.add_argument("--latent", type=int, default=20, help="VAE latent dimension")
+    p.add_argument("--width", type=int, default=16, help="VAE channels of the first convolution")
     p.add_argument("--chart-epochs", type=int, default=20, help="VAE training epochs")
     p.add_argument("--charts", default="vae,lgan", help="charts to train in --stage chart: vae, lgan")
-    p.add_argument("--lgan-epochs", type=int, default=3)
-    p.add_argument("--lgan-latent", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lgan-epochs", type=int, default=3, help="Localized-GAN training epochs")
+    p.add_argument("--lgan-latent", type=int, default=10, help="Localized-GAN latent dimension")
+    p.add_argument("--seed", type=int, default=0, help="seeds the labels, the charts and the classifiers")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--synthetic", action="store_true", help="random tensors instead of FashionMNIST")
     p.add_argument(
-        "--data-dir", type=Path, default=Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data"))
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data")),
+        help="holds FashionMNIST/raw/*.gz ($ROBUSTREG_DATA, else ../shared/data)",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_ssl")
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_ssl", help="results directory"
+    )
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)

@@ -288,14 +288,17 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--child-nan":
         child_nan({int(s) for s in sys.argv[2].split(",")}, sys.argv[3:])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    from robustreg import cli  # here, not at the top: the children import only what they measure
+
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     parser.add_argument("--kills", type=int, default=20, help="runs killed (trials whose run ended first are extra)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
     parser.add_argument("--max-nonfinite", type=int, default=3, help="the NaN part's --max-nonfinite")
     parser.add_argument("--repeats", type=int, default=5, help="same-seed reruns compared with the reference")
     parser.add_argument("--parts", default="kills,payloads,nan,repeats", help="comma list of the parts to run")
-    parser.add_argument("--out", type=Path, default=Path("runs/fault_injection"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/fault_injection"), help="work directory of the runs and the JSON report"
+    )
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table

@@ -66,9 +66,11 @@ def one(method: str, batch_size: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
+    from robustreg import cli  # here, not at the top: the children import only what they measure
+
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
+    p.add_argument("--repeats", type=int, default=3, help="child processes per method (the median is reported)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch of the measured step")
     p.add_argument("--glibc-cache", action="store_true", help="measure with glibc's default heap caching")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this path")
     p.add_argument("--child", help=argparse.SUPPRESS)

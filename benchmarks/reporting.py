@@ -10,50 +10,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.text import Text
+from rich.progress import Progress
 
+from robustreg import cli
 from robustreg.checkpoint import atomic_write_text
 
 CONSOLE = Console(stderr=True)
 
 
-class AveragePaceEta(ProgressColumn):
-    """Time left at the pace since the task started. Rich's own ETA looks at the last 30 s only, and
-    sees nothing when one unit of work (a training run, a scored model) takes minutes."""
-
-    def render(self, task: Task) -> Text:
-        if task.finished:
-            return Text("eta 0:00:00", style="progress.remaining")
-        if not task.completed or task.total is None or task.elapsed is None:
-            return Text("eta -:--:--", style="progress.remaining")
-        left = task.elapsed * (task.total - task.completed) / task.completed
-        return Text(f"eta {timedelta(seconds=round(left))}", style="progress.remaining")
-
-
 def progress_bar(*, timed: bool = False) -> Progress:
-    """A rich progress bar on stderr: description, bar, done/total, elapsed time, ETA.
-
-    ``timed=True`` for loops whose wall time is the measurement: no refresh thread then competes
-    with the timed code, and the bar is drawn only when the caller asks, between measurements
-    (``bar.update(task, advance=1, refresh=True)``).
-    """
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, AveragePaceEta(), console=CONSOLE, auto_refresh=not timed, refresh_per_second=2)
+    """:func:`robustreg.cli.progress_bar` on stderr (``timed``: drawn only between measurements)."""
+    return cli.progress_bar(console=CONSOLE, timed=timed)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

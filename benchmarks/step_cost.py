@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
+from robustreg import cli
 from robustreg.charts import VAE
 from robustreg.models import SmallCNN
 
@@ -261,14 +262,14 @@ def nonneg_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument("--repeats", type=positive_int, default=7, help="timed rounds; each times every method once")
     p.add_argument("--warmup", type=nonneg_int, default=2, help="untimed rounds before timing (steps per method)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="batch of the timed step")
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this path")
     p.add_argument("--methods", type=parse_methods, default=list(BUILDERS), help=f"comma list of {','.join(BUILDERS)}")
-    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--seed", type=int, default=SEED, help="seeds the models and the batch")
     return p.parse_args(argv)
 
 

@@ -36,9 +36,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console
 
 import robustreg
+from robustreg import cli
 from robustreg.checkpoint import atomic_write_text
 from robustreg.models import MLP, SmallCNN
 
@@ -99,16 +100,12 @@ def loadavg() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(
-        description="Training-step time at 1 and 2 torch threads for the recipes' workloads "
-        "(which decides the recipes' --threads default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma list")
     p.add_argument("--threads", default="1,2", help="comma list of thread counts")
     p.add_argument("--repeats", type=int, default=9, help="timed rounds")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the models and the batches")
     p.add_argument("--out", type=Path, default=None, help="the JSON report (also written after every round)")
     args = p.parse_args(argv)
     names = args.workloads.split(",")
@@ -126,10 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "steps_per_timing": {n: STEPS_PER_TIMING[n] for n in names}},
     }  # fmt: skip
     default_threads = torch.get_num_threads()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())  # fmt: skip
     try:
-        with Progress(*columns) as bar:
+        with cli.progress_bar(console=Console(stderr=True), timed=True) as bar:
             task = bar.add_task("rounds (warm-up first)", total=args.warmup + args.repeats)
             for r in range(args.warmup + args.repeats):
                 k = r % len(pairs)
@@ -140,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         steps[name]()
                     if r >= args.warmup:
                         times[f"{name}@{t}"].append((time.perf_counter() - start) / STEPS_PER_TIMING[name])
-                bar.advance(task)
+                bar.update(task, advance=1, refresh=True)
                 if r >= args.warmup:
                     report |= summarise(times, names, counts)
                     report["config"]["loadavg_end"] = loadavg()

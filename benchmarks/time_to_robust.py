@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
+from robustreg import cli
 from robustreg.data import load_vision
 from robustreg.models import SmallCNN
 
@@ -531,12 +532,17 @@ def stage_summary(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     default_data = Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data"))
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
+    p.add_argument(
+        "--stage",
+        choices=("train", "score", "summary", "all"),
+        default="all",
+        help="train the methods, score the snapshots, summarise, or all three",
     )
-    p.add_argument("--stage", choices=("train", "score", "summary", "all"), default="all")
     p.add_argument("--data-dir", type=Path, default=default_data, help="holds MNIST/raw/*.gz")
-    p.add_argument("--methods", default="pgd40,amata,yopo5-10,amata-yopo")
+    p.add_argument(
+        "--methods", default="pgd40,amata,yopo5-10,amata-yopo", help="comma list of the methods to train or score"
+    )
     p.add_argument("--budget-s", type=float, default=720.0, help="training seconds per method")
     p.add_argument("--snapshot-every-s", type=float, default=72.0, help="training seconds between snapshots")
     p.add_argument("--n-test", type=int, default=500, help="the curves' fixed test subset: the first N test images")
@@ -558,14 +564,19 @@ def main(argv: list[str] | None = None) -> dict:
         "--points", type=lambda v: [int(i) for i in v.split(",")], default=None,
         help="with --what curves: score only these snapshot numbers (comma list; default all)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="training batch of every method")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, the same for every method")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the models and the data order")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--c-at", default="0.1,0.4,0.7,1.0", help="fractions of the budget where Amata's run computes C")
     p.add_argument("--c-batch", type=int, default=128, help="training images (the first N) for criterion C")
     p.add_argument("--gamma", type=float, default=0.04, help="criterion C's cost per step γ")
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_robust")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "runs" / "time_to_robust",
+        help="run directory: train.json, snapshots, scores, summary",
+    )
     args = p.parse_args(argv)
     if args.budget_s <= 0 or args.snapshot_every_s <= 0 or args.n_test < 1 or args.n_final < 1:
         p.error("--budget-s and --snapshot-every-s must be > 0, --n-test and --n-final >= 1")

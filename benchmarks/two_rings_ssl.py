@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robustreg
+from robustreg import cli
 from robustreg.charts import MLPAutoEncoder, RingsChart, train_chart
 from robustreg.data import RingsSSL, cycle_batches, rings_ssl
 from robustreg.plots import decision_regions
@@ -157,26 +158,31 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma list of {','.join(METHODS + AE_METHODS)} or all"
     )
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eps-vat", type=float, default=0.3)
-    p.add_argument("--eps-tangent", type=float, default=1.0)
-    p.add_argument("--eps-normal", type=float, default=0.05)
-    p.add_argument("--dim", type=int, default=2)
-    p.add_argument("--off-manifold", type=float, default=0.0)
+    p.add_argument("--steps", type=int, default=3000, help="training steps per run")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--eps-vat", type=float, default=0.3, help="VAT's ε (ℓ2)")
+    p.add_argument("--eps-tangent", type=float, default=1.0, help="TNAR's ε_t")
+    p.add_argument("--eps-normal", type=float, default=0.05, help="TNAR's ε_n")
+    p.add_argument("--dim", type=int, default=2, help="ambient dimension the plane of the rings is embedded in")
+    p.add_argument(
+        "--off-manifold",
+        type=float,
+        default=0.0,
+        help="standard deviation of the Gaussian noise added to the points in every direction",
+    )
     p.add_argument("--seed", default="0", help="a seed or a comma list (data, chart and classifier)")
-    p.add_argument("--ae-latent", type=int, default=1)
+    p.add_argument("--ae-latent", type=int, default=1, help="autoencoder chart: latent dimension")
     p.add_argument("--ae-circular", action=argparse.BooleanOptionalAction, default=True, help="angle latents")
-    p.add_argument("--ae-hidden", type=int, default=128)
-    p.add_argument("--ae-depth", type=int, default=2)
-    p.add_argument("--ae-epochs", type=int, default=30)
-    p.add_argument("--ae-lr", type=float, default=1e-3)
+    p.add_argument("--ae-hidden", type=int, default=128, help="autoencoder chart: hidden units")
+    p.add_argument("--ae-depth", type=int, default=2, help="autoencoder chart: hidden layers")
+    p.add_argument("--ae-epochs", type=int, default=30, help="autoencoder chart: training epochs")
+    p.add_argument("--ae-lr", type=float, default=1e-3, help="autoencoder chart: Adam learning rate")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "two_rings")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "two_rings", help="results directory")
     args = p.parse_args(argv)
     methods = list(METHODS + AE_METHODS) if args.methods == "all" else [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS + AE_METHODS)

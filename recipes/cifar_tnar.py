@@ -21,4 +21,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import semisupervised
 
 if __name__ == "__main__":
-    semisupervised.main(dataset="cifar10", methods="tnar", chart="vae", out="runs/cifar_tnar")
+    semisupervised.main(doc=__doc__, dataset="cifar10", methods="tnar", chart="vae", out="runs/cifar_tnar")

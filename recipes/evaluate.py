@@ -35,22 +35,14 @@ import json
 import logging
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
 )
-from rich.text import Text
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import skeleton
 
 import robustreg
+from robustreg import cli
 from robustreg.checkpoint import ARCHITECTURES, atomic_write_text, load_model
 from robustreg.data import rings_ssl, two_rings
 
@@ -66,11 +59,10 @@ EPS = {"mnist": 0.3, "fashionmnist": 0.3, "cifar10": 8 / 255, "svhn": 8 / 255, "
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument("model", help="a saved model directory (model.json + model.safetensors)")
-    p.add_argument("--eps", type=float, default=None, help="ℓ∞ radius (default: the run's, else 0.3 / 8/255 / 0.25)")
+    per_dataset = "; ".join(f"{cli.show(v)} {k}" for k, v in EPS.items())
+    p.add_argument("--eps", type=float, default=None, help=f"ℓ∞ radius (default: the run's, else {per_dataset})")
     p.add_argument(
         "--autoattack", choices=("standard", "apgd", "none"), default="standard",
         help="AutoAttack version (apgd: APGD-CE + APGD-T only; none: robustreg's attacks alone)",
@@ -240,23 +232,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-class AveragePaceEta(ProgressColumn):
-    """Time left at the pace since the task started. Rich's own ETA looks at the last 30 s only, and
-    sees nothing when one step (an AutoAttack batch) takes minutes."""
-
-    def render(self, task: Task) -> Text:
-        if task.finished:
-            return Text("eta 0:00:00", style="progress.remaining")
-        if not task.completed or task.total is None or task.elapsed is None:
-            return Text("eta -:--:--", style="progress.remaining")
-        left = task.elapsed * (task.total - task.completed) / task.completed
-        return Text(f"eta {timedelta(seconds=round(left))}", style="progress.remaining")
-
-
 def progress(enabled: bool) -> Progress:
     """A rich progress bar: description, bar, done/total, elapsed, ETA at the average pace so far."""
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    return Progress(*columns, AveragePaceEta(), refresh_per_second=2, disable=not enabled)
+    return cli.progress_bar(disable=not enabled)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ not data-parallel. Options and data loading come from the recipes' shared skelet
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -52,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import skeleton
 
 import robustreg
+from robustreg import cli
 from robustreg.checkpoint import atomic_write_text, save_model
 from robustreg.control import MSA, plot_eigenvalues
 from robustreg.data import VISION
@@ -90,7 +92,7 @@ class Config:
     max_steps: int = opt(0, "stop each method's training after this many steps (0: --epochs of them)")
     max_nonfinite: int = opt(5, "stop after this many non-finite steps in a row (each is skipped)")
     progress: bool = opt(True, "rich progress bar (--no-progress for logs)")
-    out: str = opt("", "output directory (default runs/msa_<dataset>)")
+    out: str = opt("", "output directory (empty: runs/msa_<dataset>)")
 
 
 def parse(argv: list[str] | None = None) -> Config:
@@ -191,7 +193,14 @@ def _finite(tensors: list[Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], eps_list: list[float], autoattack: str, seed: int) -> dict:
+def evaluate(
+    model: nn.Module,
+    test: tuple[Tensor, Tensor],
+    eps_list: list[float],
+    autoattack: str,
+    seed: int,
+    progress: bool = False,
+) -> dict:
     """Clean accuracy and accuracy under AutoAttack ``autoattack``, FGSM, PGD-10 (α = ε/4) and
     CW-ℓ∞ (20 steps) at each ε; ``all`` is their per-sample worst case."""
     out: dict = {}
@@ -202,7 +211,9 @@ def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], eps_list: list[float
             "pgd10": robustreg.PGD(eps=eps, alpha=eps / 4, steps=10),
             "cw": robustreg.CW(eps, steps=20, alpha=eps / 8),
         }
-        acc = robustreg.robust_accuracy(model, test, attack=attacks, batch_size=500)
+        with contextlib.ExitStack() as stack:
+            hook = stack.enter_context(skeleton.evaluation_bar(f"evaluation at ε = {eps:g}")) if progress else None
+            acc = robustreg.robust_accuracy(model, test, attack=attacks, batch_size=500, progress=hook)
         out["clean"] = acc.clean
         out[f"eps={eps:g}"] = {**acc.per_attack, "all": acc.robust}
     return out
@@ -236,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["methods"][method] = {
             "train_seconds": seconds,
             "epoch_losses": losses,
-            **evaluate(model, test, cfg.eps_eval, cfg.autoattack, cfg.seed),
+            **evaluate(model, test, cfg.eps_eval, cfg.autoattack, cfg.seed, progress=cfg.progress),
             "spectral_norms": norms(model),
         }
         log.info(
@@ -268,21 +279,8 @@ def _bar(cfg: Config, method: str, n_train: int) -> Iterator[tuple | None]:
     if not cfg.progress:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn(f"[bold]{method}: steps"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, TextColumn("{task.fields[loss]}")) as bar:
-        yield bar, bar.add_task(method, total=total_steps(cfg, n_train), loss="")
+    with cli.progress_bar("{task.fields[loss]}") as bar:
+        yield bar, bar.add_task(f"{method}: steps", total=total_steps(cfg, n_train), loss="")
 
 
 if __name__ == "__main__":

@@ -191,8 +191,10 @@ def final_attacks(cfg: RobustConfig) -> dict[str, Any]:
     return out
 
 
-def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], atks: dict[str, Any]) -> dict[str, float]:
-    acc = robustreg.robust_accuracy(model, test, attack=atks, batch_size=250)
+def evaluate(
+    model: nn.Module, test: tuple[Tensor, Tensor], atks: dict[str, Any], progress: Any = None
+) -> dict[str, float]:
+    acc = robustreg.robust_accuracy(model, test, attack=atks, batch_size=250, progress=progress)
     return {"clean_acc": acc.clean, **{f"{k}_acc": v for k, v in acc.per_attack.items()}, "robust_acc": acc.robust}
 
 
@@ -319,7 +321,8 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {"method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs, "eps": cfg.eps}
     summary |= {"steps": stop, "planned_steps": total}
     if run.main:
-        summary |= evaluate(acc.unwrap_model(model), test_dev, final_attacks(cfg))
+        with run.eval_progress("final evaluation (attack runs)") as hook:
+            summary |= evaluate(acc.unwrap_model(model), test_dev, final_attacks(cfg), hook)
     title = f"{cfg.method}, {cfg.dataset}, ε = {cfg.eps:.4g}"
     return run.finish(model, summary=summary, title=title)
 

@@ -294,8 +294,9 @@ def resolve(cfg: SSLConfig) -> SSLConfig:
     return cfg
 
 
-def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
-    cfg = resolve(skeleton.parse(SSLConfig, argv, __doc__, by_dataset=DEFAULTS, **defaults))
+def main(argv: list[str] | None = None, *, doc: str | None = None, **defaults: Any) -> dict[str, Any]:
+    """Train every ``--methods``; ``doc``: the ``--help`` text of a thin recipe built on this one."""
+    cfg = resolve(skeleton.parse(SSLConfig, argv, doc or __doc__, by_dataset=DEFAULTS, **defaults))
     out = Path(cfg.out or f"runs/ssl_{cfg.dataset}")
     data = load_data(cfg)
     methods = cfg.methods.split(",")

@@ -80,7 +80,7 @@ def opt(default: Any, help: str, *, choices: Sequence[str] | None = None, fallba
 class RunConfig:
     """Options every recipe has."""
 
-    out: str = opt("", "output directory (default runs/<recipe>_<dataset>_<method>)")
+    out: str = opt("", "output directory (empty: runs/<recipe>_<dataset>_<method>)")
     seed: int = opt(0, "seeds the model, the data stream and every random draw: a CPU run is repeatable")
     data_dir: str = opt("../shared/data", "root of the torchvision data sets (nothing is downloaded)")
     synthetic: bool = opt(False, "random tensors of the data set's shape instead of files (smoke tests)")
@@ -484,30 +484,28 @@ class Run:
     @contextmanager
     def progress(self, total: int, description: str) -> Iterator[None]:
         """A rich progress bar (main process, unless ``--no-progress``) over steps ``start … total``."""
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self._tick = time.perf_counter()
         if not (self.main and self.cfg.progress):
             yield
             return
-        columns = (
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-        )  # fmt: skip
-        with Progress(*columns, transient=False) as bar:
-            task = bar.add_task(description, total=total, completed=self.start, metrics="")
+        with cli.progress_bar("{task.fields[metrics]}") as bar:
+            task = bar.add_task(description, total=total, completed=self.start, metrics="", resumed_from=self.start)
             self._bar = (bar, task)
             try:
                 yield
             finally:
                 self._bar = None
+
+    @contextmanager
+    def eval_progress(self, description: str) -> Iterator[Any]:
+        """A ``progress`` hook for :func:`robustreg.robust_accuracy` outside the training loop: a
+        rich bar over its (batch, attack) runs with an ETA (main process, unless ``--no-progress``;
+        None otherwise)."""
+        if not (self.main and self.cfg.progress):
+            yield None
+            return
+        with evaluation_bar(description) as hook:
+            yield hook
 
     def wall(self) -> float:
         """Training wall time so far, across resumes (evaluation and checkpoints excluded)."""
@@ -665,29 +663,64 @@ class Run:
 # -- plots and tables ------------------------------------------------------------------------
 
 
+#: metrics.jsonl fields that are not curves of the loss
+NOT_LOSSES = frozenset({"step", "epoch", "wall", "kind", "lr", "K", "alpha", "nonfinite_steps"})
+
+
 def plot_curves(metrics: Path, path: Path, title: str) -> Path | None:
-    """Every ``eval`` metric ending in ``acc`` against wall time and against epoch, from
-    ``metrics.jsonl``; None when nothing was evaluated."""
-    rows = [json.loads(ln) for ln in metrics.read_text().splitlines()] if metrics.exists() else []
-    rows = [r for r in rows if r["kind"] == "eval"]
-    keys = sorted({k for r in rows for k in r if k.endswith("acc") and isinstance(r[k], int | float)})
-    if not rows or not keys:
+    """Two panels from ``metrics.jsonl`` against training steps (epochs on the top axis): the
+    training loss and its logged parts (CE, the regulariser, …), and every evaluation metric
+    (accuracies in %, the training batches' own accuracies faint beside them; a single final
+    evaluation is a labelled point). None when nothing was logged."""
+    rows = read_metrics(metrics) if metrics.exists() else []
+    train = [r for r in rows if r["kind"] == "train"]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    if not rows:
         return None
+
+    def numeric(group: list[dict[str, Any]]) -> list[str]:
+        keys = {k for r in group for k, v in r.items() if k not in NOT_LOSSES and isinstance(v, int | float)}
+        return sorted(keys, key=lambda k: (k != "loss", k))
+
+    losses = [k for k in numeric(train) if not k.endswith("acc")]
+    train_acc = [k for k in numeric(train) if k.endswith("acc")]
+    scores = numeric(evals)
+    as_percent = all(k.endswith("acc") for k in scores + train_acc)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for key in keys:
-        pts = [(r["wall"], r["epoch"], r[key]) for r in rows if key in r]
-        for ax, i in zip(axes, (0, 1), strict=True):
-            ax.plot([p[i] for p in pts], [100 * p[2] for p in pts], marker="o", ms=3, label=key)
-    axes[0].set_xlabel("training wall time (s)")
-    axes[1].set_xlabel("epoch")
-    axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    for key in losses:
+        pts = [(r["step"], r[key]) for r in train if isinstance(r.get(key), int | float)]
+        ax_loss.plot(*zip(*pts, strict=True), lw=1.2, label=key)
+    ax_loss.set_ylabel("training loss (batch mean)")
+    ax_loss.set_title("training")
+    scale = 100.0 if as_percent else 1.0
+    for key in train_acc:
+        pts = [(r["step"], scale * r[key]) for r in train if isinstance(r.get(key), int | float)]
+        ax_eval.plot(*zip(*pts, strict=True), lw=0.8, alpha=0.45, label=f"{key} (training batches)")
+    for key in scores:
+        pts = [(r["step"], scale * r[key]) for r in evals if isinstance(r.get(key), int | float)]
+        if len(pts) == 1:
+            ax_eval.plot(*pts[0], marker="o", ms=6, ls="none", label=f"{key} (end: {pts[0][1]:.4g})")
+        else:
+            ax_eval.plot(*zip(*pts, strict=True), marker="o", ms=3, label=key)
+    ax_eval.set_ylabel("accuracy (%)" if as_percent else "value")
+    if as_percent:
+        ax_eval.set_ylim(0, 105)
+    ax_eval.set_title("evaluation" if scores else "evaluation (none logged: --eval-every)")
+    per_step = next((r["epoch"] / r["step"] for r in rows if r["step"]), 0.0)
+    for ax in (ax_loss, ax_eval):
+        ax.set_xlabel("training step")
+        if ax.lines:
+            ax.legend(fontsize=8, loc="best" if ax is ax_loss else "lower right")
+        if per_step:
+            top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step, lambda e: e / per_step))
+            top.set_xlabel("epoch", fontsize=8)
+    wall = max((r["wall"] for r in rows), default=0.0)
+    fig.suptitle(f"{title} ({wall:.0f} s of training)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -710,6 +743,19 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def evaluation_bar(description: str) -> Iterator[Any]:
+    """A rich bar driven by :class:`robustreg.ProgressEvent`: the hook to pass as ``progress=``."""
+    with cli.progress_bar("{task.fields[last]}") as bar:
+        task = bar.add_task(description, total=None, last="")
+
+        def hook(event: robustreg.ProgressEvent) -> None:
+            last = f"{event.attack} on batch {event.batch}/{event.batches}" if event.attack else ""
+            bar.update(task, total=event.total, completed=event.done, last=last)
+
+        yield hook
 
 
 def auto_threads(*, small_model: bool) -> int:

@@ -1,9 +1,11 @@
-"""Command-line help that tells the truth, shared by the demo, the recipes and the benchmarks.
+"""What the command-line programs share (the demo, the recipes, the benchmarks): help that tells
+the truth, and one progress bar.
 
 :func:`summary` is a docstring's whole first paragraph (a ``--help`` description never stops
 mid-sentence); :class:`HelpFormatter` prints every option's real default once, and
 :func:`by_dataset` writes the defaults that depend on ``--dataset`` from the table the program
-itself resolves them from.
+itself resolves them from; :func:`progress_bar` is a rich bar whose ETA (:class:`AveragePaceEta`)
+works for loops of slow steps too.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 
 def summary(doc: str | None) -> str:
@@ -62,3 +69,34 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default: {show(action.default).replace('%', '%%')})"
+
+
+class AveragePaceEta(ProgressColumn):
+    """Time left at the average pace since the task started. Rich's own ETA looks at the last 30 s
+    only, and shows nothing when one unit of work (an AutoAttack batch, a scored model) takes
+    minutes. A task that starts part-way (a resumed run) gives ``resumed_from=<its start>``."""
+
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            return Text("eta 0:00:00", style="progress.remaining")
+        done = task.completed - task.fields.get("resumed_from", 0)  # the work of this session
+        if done <= 0 or task.total is None or task.elapsed is None:
+            return Text("eta -:--:--", style="progress.remaining")
+        left = task.elapsed * (task.total - task.completed) / done
+        return Text(f"eta {timedelta(seconds=round(left))}", style="progress.remaining")
+
+
+def progress_bar(
+    *extra: ProgressColumn | str, console: Console | None = None, timed: bool = False, disable: bool = False
+) -> Progress:
+    """A rich progress bar: description, bar, done/total, elapsed time, ETA, then ``extra`` columns.
+
+    ``timed=True`` for loops whose wall time is the measurement: no refresh thread competes with
+    the timed code, and the bar is drawn only when the caller asks, between measurements
+    (``bar.update(task, advance=1, refresh=True)``).
+    """
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(
+        *columns, AveragePaceEta(), *extra, console=console, auto_refresh=not timed, refresh_per_second=2,
+        disable=disable,
+    )  # fmt: skip

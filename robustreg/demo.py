@@ -28,7 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 from torch import Tensor, nn
 
-from . import CW, PGD, PGDAT, TRADES, AutoAttack, FastAT, FreeAT, gradient_masking_report, replay, robust_accuracy
+from . import CW, PGD, PGDAT, TRADES, AutoAttack, FastAT, FreeAT, cli, gradient_masking_report, replay, robust_accuracy
 from .autoattack import INSTALL, available
 from .data import two_rings
 
@@ -82,16 +82,32 @@ def train(method: str, data: tuple[Tensor, Tensor], args: argparse.Namespace, pr
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
-    parser = argparse.ArgumentParser(prog="python -m robustreg.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs per method (default 20)")
-    parser.add_argument("--eps", type=float, default=0.25, help="ℓ∞ radius for training and evaluation (0.25)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--n-train", type=int, default=4000)
-    parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog="python -m robustreg.demo", description=cli.summary(__doc__), formatter_class=cli.HelpFormatter
+    )
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs per method")
+    parser.add_argument("--eps", type=float, default=0.25, help="ℓ∞ radius for training and evaluation")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch")
+    parser.add_argument("--n-train", type=int, default=4000, help="training points")
+    parser.add_argument("--n-test", type=int, default=1000, help="test points")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the data, the models and the attacks")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (the small MLPs gain nothing from a second one)"
+    )
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {METHODS}")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(parser, args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
         parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")

@@ -182,6 +182,7 @@ def fosc(
         raise ValueError(f"x_adv must have x's shape {tuple(x.shape)}, got {tuple(x_adv.shape)}")
     y = _checks.check_y(y, x.shape[0])
     net = unwrap(model)
+    _checks.check_dtype(net, x_adv, name="x_adv")
     with torch.enable_grad(), inner_mode(net, bn):
         x_adv = x_adv.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(F.cross_entropy(net(x_adv), y, reduction="sum"), x_adv)

@@ -223,6 +223,7 @@ def _evaluate(
             x = _checks.check_x(x, None)
             y = _checks.check_y(y, x.shape[0])
             x, y = x.to(device), y.to(device)
+            _checks.check_dtype(model, x)
             with torch.no_grad():  # eval mode, no gradients: checking the output afterwards changes nothing
                 logits = _checks.check_output(model(x), x.shape[0])
             _checks.check_classes(y, logits.shape[1])

@@ -140,3 +140,15 @@ def test_no_labels_names_the_object_and_the_fix():
     msg = str(err.value)
     assert msg.startswith("VAT takes no labels")
     assert "logits=" in msg and "F.cross_entropy(model(x_l), y_l) + reg(x_u)" in msg
+
+
+def test_evaluation_and_fosc_name_a_dtype_mismatch_and_restore_the_mode():
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double().train()
+    x, y = torch.rand(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    attack = robustreg.PGD(eps=0.1, steps=2, bounds=None)
+    with pytest.raises(TypeError, match=r"x has dtype torch\.float32 but the model's parameters are torch\.float64"):
+        robustreg.robust_accuracy(model, (x, y), attack=attack)
+    with pytest.raises(TypeError, match=r"x_adv has dtype torch\.float32"):
+        robustreg.fosc(model, x, x + 0.01, y, eps=0.1)
+    assert model.training
+    assert robustreg.robust_accuracy(model, (x.double(), y), attack=attack).clean >= 0  # the fix works

@@ -267,6 +267,39 @@ def test_resume_continues_exactly_amata_atta(tmp_path):
     }
 
 
+def test_max_steps_stops_early_and_resume_without_it_continues_the_same_run(tmp_path):
+    args = ["--methods", "vat", "--steps", "100", "--checkpoint-every", "40", "--n-unlabeled", "300"]
+    ok(run("semisupervised.py", *args, "--out", str(tmp_path / "full")))
+    ok(run("semisupervised.py", *args, "--max-steps", "40", "--out", str(tmp_path / "cut")))
+    cut = tmp_path / "cut" / "vat"
+    summary = json.loads((cut / "summary.json").read_text())
+    assert (summary["steps"], summary["planned_steps"]) == (40, 100)
+    assert max(r["step"] for r in rows(cut / "metrics.jsonl")) == 40
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step_40"]
+    ok(run("semisupervised.py", *args, "--resume", "--out", str(tmp_path / "cut")))  # the cap lifted
+    full = tmp_path / "full" / "vat"
+    cut_rows = rows(cut / "metrics.jsonl", "train")
+    assert [r for r in cut_rows if r["step"] != 40] == rows(full / "metrics.jsonl", "train")  # one run, not two
+    assert [r["step"] for r in cut_rows if r not in rows(full / "metrics.jsonl", "train")] == [40]  # logged at the cap
+    _same_weights(full / "model", cut / "model")
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_a_launch_that_starts_one_process_of_two_says_so(tmp_path):
+    launch = ["accelerate", "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
+    args = ["--dataset", "two-rings", "--method", "natural", "--epochs", "1", "--train-size", "64",
+            "--eval-size", "20", "--eval-pgd", "2", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run([*launch, str(RECIPES / "robust.py"), "--no-progress", *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env={**os.environ, "TERM": "dumb"})  # fmt: skip
+    ok(proc)
+    assert "asked for 2 processes but started 1" in proc.stderr and "--multi_gpu" in proc.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["processes"] == 1
+    quiet = run("robust.py", *args[:-1], str(tmp_path / "plain"))  # a plain run: no such warning
+    ok(quiet)
+    assert "asked for" not in quiet.stderr + quiet.stdout
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
 def test_two_processes_under_accelerate_launch_match_one(tmp_path):
     args = ["--dataset", "two-rings", "--method", "pgd", "--no-random-start", "--epochs", "3", "--train-size", "320",

@@ -75,3 +75,51 @@ def test_load_vision_errors_and_synthetic_shapes(tmp_path):
     x, y = synthetic_vision("svhn", 5, generator=torch.Generator().manual_seed(0))
     assert x.shape == (5, 3, 32, 32) and y.shape == (5,)
     assert spectral_norm(torch.eye(3)) == pytest.approx(1.0)
+
+
+def _skeleton(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import skeleton
+
+    return skeleton
+
+
+def test_auto_threads_one_for_small_models_else_the_cores_per_process(monkeypatch):
+    skeleton = _skeleton(monkeypatch)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert skeleton.auto_threads(small_model=True) == 1
+    assert skeleton.auto_threads(small_model=False) == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert skeleton.auto_threads(small_model=False) == max(1, cores // 2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's (or torchrun's) setting wins
+    assert skeleton.auto_threads(small_model=False) == torch.get_num_threads()
+
+
+def test_requested_processes_only_under_a_simple_launch_of_several(monkeypatch):
+    skeleton = _skeleton(monkeypatch)
+    for key in ("ACCELERATE_USE_CPU", "MASTER_ADDR", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    assert skeleton.requested_processes() is None  # a plain python run
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    assert skeleton.requested_processes() is None  # accelerate launch of one process: no MASTER_ADDR
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert skeleton.requested_processes() == 0  # several asked; pytest's parent does not name a count
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert skeleton.requested_processes() is None  # torchrun started the group
+
+
+def test_curves_plot_the_training_loss_even_without_evaluations(tmp_path, monkeypatch):
+    skeleton = _skeleton(monkeypatch)
+    metrics = tmp_path / "metrics.jsonl"
+    train = [{"step": s, "epoch": s / 10, "wall": s / 5, "kind": "train", "lr": 0.1, "loss": 1 / s, "ce": 0.5 / s}
+             for s in (10, 20, 30)]  # fmt: skip
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in train))
+    assert skeleton.plot_curves(metrics, tmp_path / "a.png", "t") == tmp_path / "a.png"
+    assert (tmp_path / "a.png").stat().st_size > 10_000
+    final = {"step": 30, "epoch": 3.0, "wall": 6.0, "kind": "eval", "acc": 0.9}
+    metrics.write_text(metrics.read_text() + json.dumps(final) + "\n")
+    assert skeleton.plot_curves(metrics, tmp_path / "b.png", "t") == tmp_path / "b.png"
+    metrics.write_text("")
+    assert skeleton.plot_curves(metrics, tmp_path / "c.png", "t") is None and not (tmp_path / "c.png").exists()

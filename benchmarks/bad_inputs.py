@@ -61,6 +61,8 @@ from robustreg.autoattack import available as autoattack_available
 from robustreg.charts import LinearChart
 from robustreg.control import MSA
 
+from reporting import progress_bar, write_json
+
 CLASSES = 3
 
 
@@ -960,8 +962,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
-
-    from reporting import progress_bar, write_json
 
     cases, outcomes = all_cases(), []
     with progress_bar() as bar:

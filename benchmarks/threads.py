@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if r >= args.warmup:
                     report |= summarise(times, names, counts)
                     report["config"]["loadavg_end"] = loadavg()
+                    report["partial"] = r < args.warmup + args.repeats - 1  # true until the last round
                     if args.out:
                         args.out.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_text(args.out, json.dumps(report, indent=2))

@@ -760,7 +760,7 @@ def evaluation_bar(description: str) -> Iterator[Any]:
 
 def auto_threads(*, small_model: bool) -> int:
     """``--threads 0``: one thread for the two-rings MLPs, where a second thread gains nothing on a
-    quiet machine and costs 3-76x beside any other busy process; otherwise the cores this process
+    quiet machine and costs 3-121x beside two busy processes; otherwise the cores this process
     may use, divided among the processes of ``accelerate launch`` on this machine, or torch's
     default when ``OMP_NUM_THREADS`` is set (``benchmarks/threads.py``; docs/recipes.md, "Running
     on CPU")."""

@@ -179,3 +179,16 @@ def test_fashion_ssl_smoke_on_generated_images(tmp_path):
     assert (run["partial"], run["iters_done"], summary["unfinished_iters"]) == (False, 2, {})
     assert (tmp_path / "perturbations.png").stat().st_size > 1000
     assert (tmp_path / "perturbations-lgan.png").stat().st_size > 1000
+
+
+def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "threads.py"), "--workloads", "rings-vat,rings-trades",
+           "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "threads.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "threads.json").read_text())
+    assert report["partial"] is False and set(report["ratio"]) == {"rings-vat", "rings-trades"}
+    for name in ("rings-vat", "rings-trades"):
+        assert len(report["times_s"][f"{name}@1"]) == len(report["times_s"][f"{name}@2"]) == 2
+        median = report["median_s"]
+        assert report["ratio"][name]["2/1"] == pytest.approx(median[f"{name}@2"] / median[f"{name}@1"])

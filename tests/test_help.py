@@ -41,6 +41,7 @@ def capture_parser(program: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Ar
             runpy.run_path(str(ROOT / program), run_name="__main__")
         else:
             monkeypatch.setattr(sys, "argv", [program])
+            monkeypatch.delitem(sys.modules, program, raising=False)  # run afresh, as `python -m` does
             runpy.run_module(program, run_name="__main__", alter_sys=False)
     except _Captured as captured:
         return captured.parser

@@ -110,7 +110,7 @@ def test_data(run_cfg: dict[str, Any], args: argparse.Namespace) -> tuple[Tensor
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    skeleton._setup_logging(True)
+    skeleton.setup_logging(True)
     log.info("evaluating %s: loading the model and the test data", args.model)
     path = Path(args.model)
     # a recipe's checkpoint (<out>/checkpoints/step_N): the architecture is in <out>/run.json

@@ -232,7 +232,7 @@ def summary(result: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse(argv)
-    skeleton._setup_logging(True)
+    skeleton.setup_logging(True)
     torch.set_num_threads(cfg.threads or skeleton.auto_threads(small_model=False))
     out = Path(cfg.out or f"runs/msa_{cfg.dataset}")
     out.mkdir(parents=True, exist_ok=True)

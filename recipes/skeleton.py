@@ -308,7 +308,7 @@ class Run:
             project_dir=str(self.out),
         )
         self.main = self.accelerator.is_main_process
-        _setup_logging(self.main)
+        setup_logging(self.main)
         requested = requested_processes()
         if self.main and requested != self.accelerator.num_processes and requested is not None:
             log.warning(
@@ -852,7 +852,8 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _setup_logging(main: bool) -> None:
+def setup_logging(main: bool) -> None:
+    """Rich logging at INFO on the main process (WARNING on the others), once per process."""
     from rich.logging import RichHandler
 
     level = logging.INFO if main else logging.WARNING

@@ -1,5 +1,5 @@
-"""Evaluation attacks (FGSM, PGD-k with cross-entropy or CW margin, random restarts) and the
-projected-ascent loop that every training engine shares.
+"""Evaluation attacks: FGSM, PGD-k with cross-entropy or CW margin, random restarts (their
+projected-ascent loop, shared with every training engine, is :func:`robustreg.perturb.ascend`).
 
 PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018)
 maximises a per-sample loss ℓ over the threat model S(x) (see :mod:`robustreg.perturb`):
@@ -19,7 +19,6 @@ backward passes).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,36 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _checks
+from .func import per_sample
 from .modes import check_bn, inner_mode, unwrap
-from .perturb import Bounds, NormBall, check_bounds, clamp_to_box, get_ball, random_start
+from .perturb import Bounds, ascend, check_bounds, get_ball, random_start
 
 LOSSES = ("ce", "cw")
-
-
-def ascend(
-    loss_fn: Callable[[Tensor], Tensor],
-    x: Tensor,
-    delta: Tensor,
-    *,
-    ball: NormBall,
-    eps: float,
-    alpha: float,
-    steps: int,
-    bounds: Bounds,
-) -> Tensor:
-    """``steps`` projected ascent steps on ``loss_fn(x + δ)`` from ``delta``; returns δ detached.
-
-    ``loss_fn`` maps a batch ``(B, ...)`` to a scalar (a sum of per-sample losses, so that each
-    sample's gradient does not depend on the batch size). ``x`` must not require grad.
-    """
-    delta = delta.detach()
-    with torch.enable_grad():
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            (grad,) = torch.autograd.grad(loss_fn(x + delta), delta)
-            delta = ball.project(ball.step(delta.detach(), grad, alpha), eps)
-            delta = clamp_to_box(x, delta, bounds)
-    return delta
 
 
 def cw_margin(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
@@ -184,7 +158,7 @@ def keep_worst(
     """
     (b_delta, b_loss, b_fooled), (delta, loss, fooled) = best, cand
     take = (fooled & ~b_fooled) | ((fooled == b_fooled) & (loss > b_loss))
-    mask = take.reshape(-1, *([1] * (delta.dim() - 1)))
+    mask = per_sample(take, delta)
     return torch.where(mask, delta, b_delta), torch.where(take, loss, b_loss), b_fooled | fooled
 
 

@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from .func import detached_parameters
+from .func import detached_parameters, per_sample
 from .modes import inner_mode, unwrap
 from .perturb import Bounds, check_bounds, clamp_to_box, get_ball
 
@@ -257,4 +257,4 @@ class AutoAttack:
             bad = bad | outside.reshape(x.shape[0], -1).any(1)
         if not bool(bad.any()):
             return x_adv
-        return x + torch.where(bad.reshape(-1, *([1] * (x.dim() - 1))), fixed, delta)
+        return x + torch.where(per_sample(bad, x), fixed, delta)

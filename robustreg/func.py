@@ -10,7 +10,8 @@ Rayleigh quotients are per sample.
   forward-over-reverse (``jvp`` of ``grad``), or reverse-over-reverse (``vjp`` of ``grad``,
   ``H`` is symmetric) for operations without forward-mode rules.
 - :func:`power_iteration`: the top eigenvector and eigenvalue of a symmetric positive
-  semi-definite operator, per sample.
+  semi-definite operator, per sample; :func:`power_steps` is its loop, which every power
+  iteration of the library (VAT, TNAR, convolution operator norms) runs.
 - :func:`jvp_map`, :func:`vjp_map`, :func:`gram_map`: ``J v``, ``Jᵀ u`` and ``JᵀJ v`` for the
   Jacobian ``J`` of a map (a manifold chart's decoder) at a point.
 - :func:`conjugate_gradient`: a few CG iterations on ``A x = b`` for a symmetric positive
@@ -25,10 +26,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
+from einops import reduce
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp
-
-from .perturb import unit_l2
 
 Operator = Callable[[Tensor], Tensor]
 HVP_MODES = ("forward", "reverse", "auto")
@@ -44,10 +44,23 @@ def per_sample_dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(1).sum(1)
 
 
+def unit_l2(g: Tensor) -> Tensor:
+    """``g/‖g‖₂`` per sample, 0 where ``g = 0``, without overflow or underflow: computed as
+    ``s/‖s‖₂`` with ``s = g/max|g|`` (entries in ``[−1, 1]``, so ``‖s‖₂ ∈ [1, √d]``). Squaring g
+    itself overflows for large gradients (float16: any entry above 256) and underflows for small
+    ones (float16: below 2⁻¹²), where the step would silently vanish. A sample with a NaN or
+    inf entry comes out non-finite."""
+    tiny = torch.finfo(g.dtype).tiny
+    peak = reduce(g.abs(), "b ... -> b", "max")  # (B,)
+    s = g / per_sample(peak.clamp_min(tiny), g)
+    n = reduce(s.square(), "b ... -> b", "sum").sqrt()
+    return s * per_sample(torch.where(n > 0, 1.0 / n.clamp_min(tiny), 0.0), s)
+
+
 def per_sample_normalize(v: Tensor, eps: float = 0.0) -> Tensor:
     """``v_i / ‖v_i‖₂`` for every sample whose norm exceeds ``eps``; the others (a zero sample, by
     default) are returned as they are. The unit vectors are exact however small or large ``v_i``
-    is (:func:`robustreg.perturb.unit_l2`: squaring v itself underflows or overflows, which gave
+    is (:func:`unit_l2`: squaring v itself underflows or overflows, which gave
     a vector shorter than 1, or 0)."""
     unit = unit_l2(v)
     if eps <= 0:
@@ -126,18 +139,51 @@ def missing_double_backward(err: BaseException) -> bool:
     )
 
 
+def power_steps(op: Operator, v: Tensor, *, iters: int, tol: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """``iters`` power steps ``v ← normalise(op(v))`` per sample from the unit directions ``v``, for
+    an operator ``op`` that acts on each sample separately: the one power-iteration loop of the
+    library (VAT's and TNAR's directions, :func:`robustreg.control.conv_operator_norm`).
+
+    A sample whose ``op(v)`` is exactly zero keeps its direction (in VAT, the KL's change was
+    below the floating-point resolution). With ``tol``, the loop stops early once every sample's
+    estimate changed by at most ``tol`` (relative) from one step to the next.
+
+    Returns the direction after the last step and the Rayleigh quotients ``⟨v_i, op(v)_i⟩`` of the
+    last step's *input*, shape ``(B,)`` (``None`` when ``iters = 0``): an estimate of the top
+    eigenvalue that costs no product beyond the steps'.
+    """
+    if iters < 0:
+        raise ValueError(f"iters must be >= 0, got {iters}")
+    rayleigh: Tensor | None = None
+    for _ in range(iters):
+        image = op(v)
+        estimate = per_sample_dot(v, image)
+        v = renormalize(image, v)
+        settled = (
+            tol is not None
+            and rayleigh is not None
+            and bool(((estimate - rayleigh).abs() <= tol * estimate.abs()).all())
+        )
+        rayleigh = estimate
+        if settled:
+            break
+    return v, rayleigh
+
+
+def renormalize(g: Tensor, previous: Tensor) -> Tensor:
+    """``g`` normalised per sample; a sample whose ``g`` is exactly zero keeps ``previous``."""
+    zero = g.flatten(1).abs().amax(1) == 0
+    return torch.where(per_sample(zero, g), previous, per_sample_normalize(g))
+
+
 def power_iteration(op: Operator, v0: Tensor, *, iters: int = 1) -> tuple[Tensor, Tensor]:
-    """``iters`` steps ``v ← normalise(op(v))`` per sample from ``v0``, for a symmetric positive
-    semi-definite ``op`` that acts on each sample separately.
+    """``iters`` steps ``v ← normalise(op(v))`` per sample from ``v0`` (:func:`power_steps`), for a
+    symmetric positive semi-definite ``op`` that acts on each sample separately.
 
     Returns the unit direction ``v`` (shaped like ``v0``) and the Rayleigh quotients
     ``⟨v_i, op(v)_i⟩`` of the returned direction, shape ``(B,)`` (one more product).
     """
-    if iters < 0:
-        raise ValueError(f"iters must be >= 0, got {iters}")
-    v = per_sample_normalize(v0)
-    for _ in range(iters):
-        v = per_sample_normalize(op(v))
+    v, _ = power_steps(op, per_sample_normalize(v0), iters=iters)
     return v, per_sample_dot(v, op(v))
 
 

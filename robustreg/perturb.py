@@ -19,23 +19,24 @@ projecting onto the ball and then clamping into the box is the exact projection 
 intersection. For ℓ2 the two-step map is the standard approximation used by Madry et al.
 (2018) and every public ℓ2 PGD; it stays feasible (clamping towards x never increases the ℓ2
 norm), which is what an attack needs.
+
+:func:`ascend` is the projected-ascent loop ``δ ← clamp_box(Π_ε(step(δ, ∇_δ ℓ, α)))`` that every
+training engine and evaluation attack runs on these sets.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from einops import reduce
 from torch import Tensor
 
+from .func import per_sample, unit_l2
+
 Bounds = tuple[float, float] | None
-
-
-def _per_sample(v: Tensor, like: Tensor) -> Tensor:
-    """Reshape a ``(B,)`` vector so that it broadcasts against ``like`` of shape ``(B, ...)``."""
-    return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 class NormBall(Protocol):
@@ -74,19 +75,6 @@ class LinfBall:
         return torch.empty_like(like).uniform_(-eps, eps)
 
 
-def unit_l2(g: Tensor) -> Tensor:
-    """``g/‖g‖₂`` per sample, 0 where ``g = 0``, without overflow or underflow: computed as
-    ``s/‖s‖₂`` with ``s = g/max|g|`` (entries in ``[−1, 1]``, so ``‖s‖₂ ∈ [1, √d]``). Squaring g
-    itself overflows for large gradients (float16: any entry above 256) and underflows for small
-    ones (float16: below 2⁻¹²), where the step would silently vanish. A sample with a NaN or
-    inf entry comes out non-finite."""
-    tiny = torch.finfo(g.dtype).tiny
-    peak = reduce(g.abs(), "b ... -> b", "max")  # (B,)
-    s = g / _per_sample(peak.clamp_min(tiny), g)
-    n = reduce(s.square(), "b ... -> b", "sum").sqrt()
-    return s * _per_sample(torch.where(n > 0, 1.0 / n.clamp_min(tiny), 0.0), s)
-
-
 class L2Ball:
     """The ℓ2 ball ``{δ : ‖δ‖₂ ≤ ε}``, the norm taken per sample over all non-batch dims.
 
@@ -104,7 +92,7 @@ class L2Ball:
         n = self.norm(delta)
         # (B,): 1 inside the ball, ε/‖δ‖ outside; never divides by zero since ε/0 is not taken.
         scale = torch.where(n > eps, eps / n.clamp_min(torch.finfo(n.dtype).tiny), 1.0)
-        return delta * _per_sample(scale, delta)
+        return delta * per_sample(scale, delta)
 
     def step(self, delta: Tensor, grad: Tensor, alpha: float) -> Tensor:
         return delta + alpha * unit_l2(grad)
@@ -114,7 +102,7 @@ class L2Ball:
         d = z[0].numel()
         u = torch.rand(like.shape[0], dtype=like.dtype, device=like.device)
         radius = eps * u.pow(1.0 / d)
-        return z * _per_sample(radius / self.norm(z).clamp_min(torch.finfo(z.dtype).tiny), z)
+        return z * per_sample(radius / self.norm(z).clamp_min(torch.finfo(z.dtype).tiny), z)
 
 
 BALLS: dict[str, NormBall] = {"linf": LinfBall(), "l2": L2Ball()}
@@ -152,3 +140,29 @@ def check_bounds(bounds: object) -> Bounds:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds must satisfy -inf < lo < hi < inf, got {bounds!r}")
     return (lo, hi)
+
+
+def ascend(
+    loss_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    delta: Tensor,
+    *,
+    ball: NormBall,
+    eps: float,
+    alpha: float,
+    steps: int,
+    bounds: Bounds,
+) -> Tensor:
+    """``steps`` projected ascent steps on ``loss_fn(x + δ)`` from ``delta``; returns δ detached.
+
+    ``loss_fn`` maps a batch ``(B, ...)`` to a scalar (a sum of per-sample losses, so that each
+    sample's gradient does not depend on the batch size). ``x`` must not require grad.
+    """
+    delta = delta.detach()
+    with torch.enable_grad():
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            (grad,) = torch.autograd.grad(loss_fn(x + delta), delta)
+            delta = ball.project(ball.step(delta.detach(), grad, alpha), eps)
+            delta = clamp_to_box(x, delta, bounds)
+    return delta

@@ -19,6 +19,7 @@ from robustreg.func import (
     per_sample_dot,
     per_sample_normalize,
     power_iteration,
+    power_steps,
     vjp_map,
 )
 
@@ -91,6 +92,46 @@ def test_power_iteration_finds_each_samples_top_eigenvector():
     v0, r0 = power_iteration(op, 2 * top, iters=0)  # zero iterations: the normalised start
     torch.testing.assert_close(v0, top)
     torch.testing.assert_close(r0, torch.full((3,), 5.0, dtype=D))
+
+
+def test_power_steps_is_the_written_out_iteration_and_stops_at_tol():
+    torch.manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(4, 5, 5, dtype=D))
+    eig = torch.tensor([3.0, 2.9, 1.0, 0.5, 0.0], dtype=D)  # a small gap: slow convergence
+    a = q @ torch.diag_embed(eig.expand(4, 5)) @ q.transpose(1, 2)
+    calls = []
+
+    def op(v):
+        calls.append(1)
+        return torch.einsum("bij,bj->bi", a, v)
+
+    v0 = per_sample_normalize(torch.randn(4, 5, dtype=D))
+    v, rayleigh = power_steps(op, v0, iters=7)
+    w, expected = v0, None
+    for _ in range(7):  # written out: the estimate is that of each step's input
+        image = torch.einsum("bij,bj->bi", a, w)
+        expected = (w * image).sum(1)
+        w = image / image.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(v, w)
+    torch.testing.assert_close(rayleigh, expected)
+    assert len(calls) == 7  # no product beyond the steps'
+    assert power_steps(op, v0, iters=0) == (v0, None)
+
+    calls.clear()
+    v, rayleigh = power_steps(op, v0, iters=10_000, tol=1e-6)
+    assert 2 < len(calls) < 10_000  # stopped once every estimate settled
+    assert (rayleigh - 3.0).abs().max() < 1e-3
+    with pytest.raises(ValueError, match="iters"):
+        power_steps(op, v0, iters=-1)
+
+
+def test_power_steps_keeps_the_direction_of_a_sample_whose_image_vanishes():
+    a = torch.stack([torch.diag(torch.tensor([2.0, 1.0], dtype=D)), torch.zeros(2, 2, dtype=D)])
+    v0 = per_sample_normalize(torch.tensor([[1.0, 1.0], [0.6, 0.8]], dtype=D))
+    v, rayleigh = power_steps(lambda u: torch.einsum("bij,bj->bi", a, u), v0, iters=3)
+    torch.testing.assert_close(v[1], v0[1])  # H = 0: the previous direction, not 0 or NaN
+    torch.testing.assert_close(rayleigh[1], torch.tensor(0.0, dtype=D))
+    assert torch.isfinite(v).all() and v[0, 0] > v[0, 1]
 
 
 def test_conjugate_gradient_solves_spd_systems_per_sample():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from ..func import per_sample
 from ..perturb import Bounds, clamp_to_box
 from .base import AdversarialLoss, Record, accuracy
 
@@ -222,13 +223,13 @@ class ATTA(AdversarialLoss):
         carried = seen[rows].to(x0.device)  # (B,)
         stored = memory[rows].to(x0)  # (B, ...)
         fresh = self._start(x0)
-        mask = carried.reshape(-1, *([1] * (x0.dim() - 1)))
+        mask = per_sample(carried, x0)
         start = torch.where(mask, clamp_to_box(x0, self.ball.project(stored, self.eps), self.bounds), fresh)
         delta = self._attack(self._ce_sum(y), x0, start)
         # A non-finite δ (from a non-finite gradient: the model overflowed) is never stored: those
         # samples keep their previous perturbation; the returned loss shows the problem.
         finite = torch.isfinite(delta).flatten(1).all(1).to(memory.device)  # (B,), no device sync
-        memory[rows] = torch.where(finite.reshape(-1, *([1] * (x0.dim() - 1))), delta.to(memory), memory[rows])
+        memory[rows] = torch.where(per_sample(finite, x0), delta.to(memory), memory[rows])
         seen[rows] = seen[rows] | finite
         x_adv = x + delta
         logits = self.model(x_adv)

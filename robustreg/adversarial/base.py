@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
-from ..attacks import ascend
 from ..modes import check_bn, inner_mode, unwrap
-from ..perturb import Bounds, NormBall, check_bounds, get_ball, random_start
+from ..perturb import Bounds, NormBall, ascend, check_bounds, get_ball, random_start
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ class PGDAT(AdversarialLoss):
     """Madry et al.'s saddle-point objective, with an optional clean-loss mix.
 
         min_θ E[ (1 − w)·CE(f_θ(x + δ*), y) + w·CE(f_θ(x), y) ],
-        δ* ≈ argmax_{δ ∈ S(x)} CE(f_θ(x + δ), y)   (PGD-k, :func:`robustreg.attacks.ascend`)
+        δ* ≈ argmax_{δ ∈ S(x)} CE(f_θ(x + δ), y)   (PGD-k, :func:`robustreg.perturb.ascend`)
 
     By Danskin's theorem the gradient of the inner maximum is the gradient at δ*, so the
     returned loss back-propagates ``∇_θ`` of the expression above with δ* held fixed.

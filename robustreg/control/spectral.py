@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vjp
 
+from ..func import power_steps
+
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -72,9 +74,10 @@ def conv_operator_norm(
 ) -> tuple[float, Tensor]:
     """The operator norm of a convolution (without its bias) on inputs of ``input_shape``
     ``(Cin, *spatial)``, by power iteration on ``AᵀA`` (``A`` by the convolution itself,
-    ``Aᵀ`` by ``torch.func.vjp``): stops when the estimate changes by less than ``tol``
-    (relative) or after ``iters`` products. ``start`` warm-starts it (e.g. the vector it
-    returned last time); ``weight`` replaces the module's weight.
+    ``Aᵀ`` by ``torch.func.vjp``; :func:`robustreg.func.power_steps`): stops when the estimate
+    ``σ² = ⟨v, AᵀA v⟩`` changes by at most ``tol`` (relative) or after ``iters`` products.
+    ``start`` warm-starts it (e.g. the vector it returned last time); ``weight`` replaces the
+    module's weight.
 
     Returns ``(σ_max, v)`` with ``v`` the (unit) top right-singular vector, shaped like an input.
     """
@@ -94,15 +97,12 @@ def conv_operator_norm(
     if start is not None and start.numel() != math.prod(input_shape):
         start = None  # a warm start for another input size
     v = start if start is not None else torch.randn(1, *input_shape, generator=gen).to(w)
-    v = v.reshape(1, *input_shape) / v.norm()
-    sigma = 0.0
-    for _ in range(iters):
-        out, pullback = vjp(apply, v)
-        (back,) = pullback(out)  # AᵀA v
-        v = back / back.norm()
-        estimate, sigma = sigma, float(out.norm())
-        if abs(sigma - estimate) <= tol * sigma:
-            break
+
+    def gram(u: Tensor) -> Tensor:  # AᵀA u
+        out, pullback = vjp(apply, u)
+        return pullback(out)[0]
+
+    v, _ = power_steps(gram, v.reshape(1, *input_shape) / v.norm(), iters=iters, tol=tol)
     sigma = float(apply(v).norm())  # ‖A v‖ for the final unit v: a lower bound that converges
     return sigma, v[0]
 

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 from torch.func import jvp, vjp
 
 from .. import _checks
-from ..func import Operator, gram_solve, missing_double_backward, per_sample, per_sample_normalize
+from ..func import Operator, gram_solve, missing_double_backward, per_sample, per_sample_normalize, power_steps
 from ..modes import inner_mode, unwrap
-from .vat import SSLRecord, _renormalize, check_common, check_unlabelled, kl_div, kl_hessian_product
+from .base import SSLRecord, check_common, check_unlabelled, kl_div, kl_hessian_product
 
 TANGENT_MODES = ("linear", "manifold")
 NORMALIZE_MODES = ("l2", "official")
@@ -341,16 +341,11 @@ class _Products:
             if not bool(usable.all()):  # a random normal start only where it is needed
                 fallback = per_sample_normalize(self.project_normal(torch.randn_like(x)))
                 d = torch.where(per_sample(usable, d), d, fallback)
-        for _ in range(n_power):
-            d = _renormalize(self.project_normal(hess(d)), d)
-        return d
+        return power_steps(lambda u: self.project_normal(hess(u)), d, iters=n_power)[0]
 
     def penalized_direction(self, hess: Operator, n_power: int, d: Tensor, zeta: float) -> Tensor:
         """A unit direction after ``n_power`` steps ``d ← normalise(Hd − ζ J Jᵀ d)``."""
-        d = per_sample_normalize(d)
-        for _ in range(n_power):
-            d = _renormalize(hess(d) - zeta * self.jvp(self.vjp(d)), d)
-        return d
+        return power_steps(lambda u: hess(u) - zeta * self.jvp(self.vjp(u)), per_sample_normalize(d), iters=n_power)[0]
 
     @staticmethod
     def _unit_image(eta: Tensor, jeta: Tensor, previous: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:

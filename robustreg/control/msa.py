@@ -36,8 +36,6 @@ what one reverse pass (``torch.autograd.grad``) gives for every layer at once.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -72,8 +70,8 @@ def hamiltonian_step(
         alpha, beta: the weight penalty (≥ 0) and the proximal weight (> 0).
         radius: the spectral-norm bound, or ``None`` for no constraint.
     """
-    _beta(beta)
-    _alpha(alpha)
+    _checks.positive_float("beta", beta)
+    _checks.nonneg_float("alpha", alpha)
     theta_star = (grad_h + 2 * beta * theta) / (2 * (alpha + beta))
     return theta_star if radius is None else project_spectral(theta_star, radius)
 
@@ -150,8 +148,8 @@ class MSA:
         _checks.module("model", model)
         net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.model, self.net = model, net
-        self.beta, self.alpha = _beta(beta), _alpha(alpha)
-        self.radius = _positive("radius", radius)
+        self.beta, self.alpha = _checks.positive_float("beta", beta), _checks.nonneg_float("alpha", alpha)
+        self.radius = _checks.positive_float("radius", radius)
         if conv_norm not in CONV_NORMS:
             raise ValueError(f"conv_norm must be one of {CONV_NORMS}, got {conv_norm!r}")
         self.conv_norm = conv_norm
@@ -187,8 +185,8 @@ class MSA:
                     f"layers[{names[m]!r}]: unknown keys {sorted(unknown)}; allowed alpha, beta, constrain"
                 )
             rules[m] = LayerRule(
-                _alpha(override.get("alpha", rules[m].alpha), f"layers[{names[m]!r}]['alpha']"),
-                _beta(override.get("beta", rules[m].beta), f"layers[{names[m]!r}]['beta']"),
+                _checks.nonneg_float(f"layers[{names[m]!r}]['alpha']", override.get("alpha", rules[m].alpha)),
+                _checks.positive_float(f"layers[{names[m]!r}]['beta']", override.get("beta", rules[m].beta)),
                 bool(override.get("constrain", rules[m].constrain)),
             )
         for m, rule in rules.items():
@@ -293,32 +291,3 @@ def _all_reduce_mean(grads: list[Tensor]) -> list[Tensor]:
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     return [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]
-
-
-def _real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _beta(value: object, name: str = "beta") -> float:
-    value = _real(name, value)
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0 (the proximal weight; learning rate 1/(2β)), got {value}")
-    return value
-
-
-def _alpha(value: object, name: str = "alpha") -> float:
-    value = _real(name, value)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _positive(name: str, value: object) -> float:
-    value = _real(name, value)
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value

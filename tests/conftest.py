@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+
+from robustreg import ATTA
 
 
 class TinyConvBN(nn.Module):
@@ -99,3 +103,48 @@ def assert_aliases_stay_trainable(model: AliasedModel, loss_of: object) -> None:
     opt.step()
     assert model.layer_one.weight.grad is not None
     assert not torch.equal(model.layer_one.weight.detach(), old)  # the optimizer still trains it
+
+
+def snapshot(model: nn.Module):
+    return {
+        "state": copy.deepcopy(model.state_dict()),
+        "modes": [m.training for m in model.modules()],
+        "tracking": [getattr(m, "track_running_stats", None) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+    }
+
+
+def assert_same(model: nn.Module, snap) -> None:
+    now = snapshot(model)
+    for k, v in snap["state"].items():
+        torch.testing.assert_close(now["state"][k], v, msg=k)
+    assert now["modes"] == snap["modes"]
+    assert now["tracking"] == snap["tracking"]
+    assert now["requires_grad"] == snap["requires_grad"]
+    for a, b in zip(now["grad"], snap["grad"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CountingLinear(nn.Module):
+    """Two-class linear model counting its forward calls; its CE input gradient has a fixed sign."""
+
+    def __init__(self, dim: int = 5) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 2)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.fc(x)
+
+
+def linear_atta(**kw) -> tuple[ATTA, CountingLinear]:
+    model = CountingLinear()
+    return ATTA(model, 10, **{"eps": 1.0, "alpha": 0.1, "steps": 1, "random_start": False, "bounds": None} | kw), model

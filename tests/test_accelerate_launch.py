@@ -15,7 +15,7 @@ import torch
 from robustreg import YOPO
 
 from .accelerate_yopo import model_and_batch
-from .test_distributed import free_port
+from .conftest import free_port
 
 SCRIPT = Path(__file__).with_name("accelerate_yopo.py")
 

@@ -7,8 +7,7 @@ from torch import nn
 import robustreg
 from robustreg import _checks
 
-from .conftest import TinyConvBN
-from .test_engines import assert_same, snapshot
+from .conftest import TinyConvBN, assert_same, snapshot
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 

@@ -9,8 +9,7 @@ import robustreg
 from robustreg import criterion_c, fosc
 from robustreg.diagnostics import fosc_from_grad
 
-from .conftest import TinyConvBN
-from .test_engines import assert_same, snapshot
+from .conftest import TinyConvBN, assert_same, snapshot
 
 GRID = [(k, a) for k in (1, 2, 4) for a in (0.02, 0.05)]
 

@@ -1,7 +1,6 @@
 """DDP on CPU (gloo, 2 processes): the loss objects give the single-process gradients."""
 
 import os
-import socket
 import tempfile
 
 import pytest
@@ -13,6 +12,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from robustreg import PGDAT, TRADES, YOPO, FastAT
 from robustreg.control import MSA
+
+from .conftest import free_port
 
 ENGINES = {
     "pgdat": lambda m: PGDAT(m, eps=0.1, alpha=0.03, steps=3, random_start=False, bounds=None),
@@ -64,12 +65,6 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
             torch.save(grads, out)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

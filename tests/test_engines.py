@@ -11,7 +11,7 @@ from torch import nn
 import robustreg
 from robustreg import ATTA, PGDAT, TRADES, YOPO, FastAT, FreeAT
 
-from .conftest import TinyConvBN, tiny_mlp
+from .conftest import TinyConvBN, assert_same, snapshot, tiny_mlp
 
 SMALL = {"eps": 0.1, "alpha": 0.04, "steps": 3}
 
@@ -46,27 +46,6 @@ FINAL_INPUTS = {
     "trades": ["clean", "adv"],
     "yopo-trades": ["clean", "adv"],
 }
-
-
-def snapshot(model: nn.Module):
-    return {
-        "state": copy.deepcopy(model.state_dict()),
-        "modes": [m.training for m in model.modules()],
-        "tracking": [getattr(m, "track_running_stats", None) for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-    }
-
-
-def assert_same(model: nn.Module, snap) -> None:
-    now = snapshot(model)
-    for k, v in snap["state"].items():
-        torch.testing.assert_close(now["state"][k], v, msg=k)
-    assert now["modes"] == snap["modes"]
-    assert now["tracking"] == snap["tracking"]
-    assert now["requires_grad"] == snap["requires_grad"]
-    for a, b in zip(now["grad"], snap["grad"], strict=True):
-        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def reference_loss(name: str, reg, model: nn.Module, x, y) -> torch.Tensor:

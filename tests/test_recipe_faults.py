@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_recipe_runs import RECIPES, ROOT, _interrupt, _same_weights, ok, rings_model, rows, run
+from ._recipes import RECIPES, ROOT, interrupt, ok, rings_model, rows, run, same_weights
 
 SCRIPT = ROOT / "benchmarks" / "fault_injection.py"
 SMALL = ["--dataset", "two-rings", "--method", "amata-atta", "--epochs", "2", "--train-size", "128",
@@ -54,7 +54,7 @@ def test_twenty_kills_all_resume_exactly(tmp_path):
 
 def test_resume_skips_a_damaged_checkpoint_and_a_cut_metrics_line(tmp_path):
     ok(run("robust.py", *SMALL, "--out", str(tmp_path / "full")))
-    _interrupt(tmp_path / "full", tmp_path / "cut", at=6)
+    interrupt(tmp_path / "full", tmp_path / "cut", at=6)
     cut = tmp_path / "cut"
     assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == [f"step_{i}" for i in range(1, 7)]
     rng = cut / "checkpoints" / "step_6" / "rng_0.safetensors"
@@ -68,7 +68,7 @@ def test_resume_skips_a_damaged_checkpoint_and_a_cut_metrics_line(tmp_path):
     assert "skipping checkpoint" in log and "rng_0.safetensors has" in log and "no manifest.json" in log
     assert "resumed from" in log and "step_4" in log and "its last line is cut" in log
     assert rows(tmp_path / "full" / "metrics.jsonl") == rows(cut / "metrics.jsonl")
-    _same_weights(tmp_path / "full" / "model", cut / "model")
+    same_weights(tmp_path / "full" / "model", cut / "model")
     assert not (cut / "checkpoints" / ".step_7.partial").exists()
 
 

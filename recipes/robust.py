@@ -158,7 +158,7 @@ def make_reg(cfg: RobustConfig, model: nn.Module, n_train: int, first: nn.Module
     else:  # atta
         reg = robustreg.ATTA(
             model, n_train, alpha=cfg.alpha, steps=cfg.steps if cfg.steps is not None else 1,
-            reset=cfg.atta_reset or None, **kw,
+            reset_every=cfg.atta_reset or None, **kw,
         )  # fmt: skip
     if cfg.method.startswith("amata-"):
         if engine == "fast":

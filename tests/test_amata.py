@@ -122,6 +122,42 @@ def test_amata_sets_the_knobs_of_each_engine():
         _ = trades.replays
 
 
+class SignedSteps(PGDAT):
+    """An engine Amata has never heard of: its K is called ``rounds``, and it has a start ``init``."""
+
+    annealed_k = "rounds"
+    early_knob = "init"
+
+    def __init__(self, model, **kw):
+        self.rounds, self.init = 1, None
+        super().__init__(model, **kw)
+
+    def _loss(self, x, y):
+        self.steps = self.rounds
+        return super()._loss(x, y)
+
+
+def test_amata_drives_an_engine_by_what_it_declares_not_by_its_class():
+    model = TinyConvBN()
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
+    engine = SignedSteps(model, eps=0.1)
+    reg = Amata(engine, AmataSchedule(2, 6, 0.3), total=10, early=0.3, early_init=0.25)
+    reg.set_epoch(0)
+    reg(x, y)
+    # K went to `rounds`, α to `alpha`, and the early knob held Amata's early value while
+    # p < early, then the engine's own value again
+    assert (engine.rounds, engine.steps, engine.alpha, engine.init) == (2, 2, pytest.approx(0.15), 0.25)
+    reg.set_epoch(5)
+    reg(x, y)
+    assert (engine.rounds, engine.steps, engine.alpha, engine.init) == (4, 4, pytest.approx(0.075), None)
+
+    class OtherKnob(SignedSteps):
+        early_knob = "warmup"
+
+    with pytest.raises(ValueError, match="early knob 'warmup'"):
+        Amata(OtherKnob(model, eps=0.1), AmataSchedule(2, 6, 0.3), total=10)
+
+
 def test_amata_fast_uses_a_fixed_start_early_then_the_random_one():
     model = CountingLinear()
     x, y = torch.full((6, 5), 0.5), torch.randint(0, 2, (6,))
@@ -220,17 +256,17 @@ def test_amata_checks_the_batch_before_setting_any_knob():
     x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 5, (4,))
     nan = x.clone()
     nan[0, 0, 0, 0] = math.nan
-    engines = [PGDAT(model, eps=0.1, steps=7, alpha=0.05), ATTA(model, 8, eps=0.1, steps=7, alpha=0.05, reset=5)]
+    engines = [PGDAT(model, eps=0.1, steps=7, alpha=0.05), ATTA(model, 8, eps=0.1, steps=7, alpha=0.05, reset_every=5)]
     for engine in engines:
         reg = Amata(engine, k_min=1, k_max=3, tau=0.1, total=10)
         reg.set_progress(0.5)  # knobs (2, 0.05) and ATTA's early reset period would differ from the engine's
-        knobs = {k: getattr(engine, k) for k in ("steps", "alpha", "reset") if hasattr(engine, k)}
+        knobs = {k: getattr(engine, k) for k in ("steps", "alpha", "reset_every") if hasattr(engine, k)}
         args = (torch.arange(4),) if isinstance(engine, ATTA) else ()
         for batch, exc, match in [
             ((nan, y, *args), ValueError, "x contains NaN or inf"),
             ((x, torch.full_like(y, 5), *args), ValueError, "y holds class 5"),
             ((x.double().long(), y, *args), TypeError, "x must be a floating-point tensor"),
-            ((x, y, *args, torch.arange(4)), TypeError, "called with"),
+            ((x, y, torch.arange(4), torch.arange(4)), TypeError, "called with"),  # (x, y[, index]) for all
         ]:
             with pytest.raises(exc, match=match):
                 reg(*batch)
@@ -327,7 +363,7 @@ def test_a_refused_clock_change_changes_nothing():
     with pytest.raises(ValueError, match="total is None"):
         reg.step()
     assert reg.t == 0 and reg.progress == 0.0
-    engine = ATTA(CountingLinear(), 4, reset=3)
+    engine = ATTA(CountingLinear(), 4, reset_every=3)
     failing = Amata(engine, lambda p: (0, 0.1) if p > 0.5 else (1, 0.1), total=4)  # K = 0 late in training
     failing.set_epoch(1)
     with pytest.raises(ValueError, match="K must be an int >= 1"):
@@ -343,7 +379,7 @@ def test_a_refused_clock_change_changes_nothing():
 
 
 def test_amata_atta_resets_every_2_epochs_early_then_as_configured():
-    reg, _ = linear_atta(reset=None)
+    reg, _ = linear_atta(reset_every=None)
     amata = Amata(reg, k_min=1, k_max=2, tau=0.2, total=10, early=0.4, early_reset=2)
     x, y, index = torch.randn(3, 5), torch.randint(0, 2, (3,)), torch.tensor([0, 1, 2])
     carried = []
@@ -352,4 +388,4 @@ def test_amata_atta_resets_every_2_epochs_early_then_as_configured():
         amata(x, y, index)
         carried.append(reg.last["carried"])
     assert carried == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    assert reg.reset is None and reg.steps == 2
+    assert reg.reset_every is None and reg.steps == 2

@@ -8,7 +8,7 @@ from torch import nn
 
 from robustreg import ATTA
 
-from .conftest import TinyConvBN, assert_same, linear_atta, snapshot
+from .conftest import CountingLinear, TinyConvBN, assert_same, linear_atta, snapshot
 
 
 def test_atta_carries_each_samples_perturbation_across_epochs():
@@ -26,7 +26,7 @@ def test_atta_carries_each_samples_perturbation_across_epochs():
 
 
 def test_atta_resets_on_schedule():
-    reg, _ = linear_atta(reset=2)
+    reg, _ = linear_atta(reset_every=2)
     x, y, index = torch.randn(4, 5), torch.randint(0, 2, (4,)), torch.tensor([9, 1, 2, 3])
     carried = []
     for epoch in range(5):
@@ -129,3 +129,25 @@ def test_atta_never_stores_a_non_finite_perturbation(norm):
     if norm == "l2":  # g/‖g‖ of a NaN gradient is NaN (sign(NaN) is 0 in torch: ℓ∞ does not move)
         assert reg._seen.tolist() == [True, False, True, True, False, True]
         torch.testing.assert_close(reg.memory[[1, 4]], torch.zeros(2, 5))  # the previous (initial) δ
+
+
+def test_reset_is_the_deprecated_name_of_reset_every():
+    model = CountingLinear()
+    with pytest.warns(DeprecationWarning, match="reset_every"):
+        reg = ATTA(model, 10, reset=3)
+    assert reg.reset_every == 3
+    with pytest.warns(DeprecationWarning, match="reset_every"):
+        assert reg.reset == 3
+    with pytest.warns(DeprecationWarning, match="reset_every"):
+        reg.reset = 5
+    assert reg.reset_every == 5
+    with pytest.raises(TypeError, match="reset_every"):
+        ATTA(model, 10, reset=3, reset_every=3)
+    with pytest.raises(ValueError, match="reset_every"):
+        ATTA(model, 10, reset_every=0)
+
+
+def test_atta_without_index_says_it_needs_one():
+    reg, _ = linear_atta()
+    with pytest.raises(TypeError, match=r"reg\(x, y, index\)"):
+        reg(torch.randn(3, 5), torch.randint(0, 2, (3,)))

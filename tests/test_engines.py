@@ -298,6 +298,31 @@ def test_labels_of_any_integer_dtype(name, dtype):
     assert torch.isfinite(a)
 
 
+@pytest.mark.parametrize("name", [n for n in ENGINES if n != "atta"])
+def test_every_engine_takes_the_optional_index_and_is_unchanged_by_it(name):
+    """One call signature: ``reg(x, y, index=None)``; an engine without per-sample state checks
+    the index and gives the loss it gives without one."""
+    torch.manual_seed(0)
+    model = TinyConvBN()
+    model.drop.p = 0.0
+    x, y = torch.rand(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    losses = []
+    for index in (None, torch.tensor([5, 3, 3, 0, 1, 2])):  # duplicates are fine here
+        reg = ENGINES[name](copy.deepcopy(model))  # the same running statistics for both calls
+        torch.manual_seed(1)
+        losses.append(reg(x, y) if index is None else reg(x, y, index=index))
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    reg = ENGINES[name](model)
+    snap = snapshot(model)
+    for bad, exc in [(torch.arange(5), ValueError), (torch.rand(6), TypeError)]:
+        with pytest.raises(exc, match="index"):
+            reg(x, y, bad)
+        with pytest.raises(exc, match="index"):
+            reg.check_inputs(x, y, bad)
+    assert reg.last is None
+    assert_same(model, snap)
+
+
 def test_model_must_be_a_module_and_return_logits():
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         PGDAT(lambda x: x)

@@ -26,11 +26,8 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from .atta import ATTA
 from .base import AdversarialLoss, Record
-from .fast import FastAT
 from .free import FreeAT
-from .yopo import YOPO
 
 KINDS = ("linear", "exponential", "constant")
 # Training calls on a never-set clock before Amata warns: more than an epoch of MNIST or CIFAR-10
@@ -106,7 +103,9 @@ class Amata:
     """An engine whose inner maximisation follows an Amata schedule over training.
 
     Before every call the wrapper sets the engine's knobs to the schedule's ``(K, α)`` at the
-    current progress p, then calls the engine:
+    current progress p, then calls the engine. It knows no engine by its class: each says what
+    it anneals (:attr:`~robustreg.adversarial.AdversarialLoss.annealed_k`, ``annealed_alpha``,
+    ``early_knob``), which for the engines of robustreg is
 
     ==========================  =========================================================
     engine                      what is annealed
@@ -117,8 +116,8 @@ class Amata:
                                 :func:`robustreg.replay`), step ``alpha = α``
     FastAT                      the start: the fixed ``init=early_init`` while
                                 p < ``early``, then the engine's own (random) start
-    ATTA (also)                 the reset period: ``early_reset`` while p < ``early``,
-                                then the engine's own ``reset``
+    ATTA (also)                 the reset period: ``reset_every=early_reset`` while
+                                p < ``early``, then the engine's own ``reset_every``
     ==========================  =========================================================
 
     Progress is driven like a learning-rate scheduler: ``set_epoch(t)`` sets p = t/T with
@@ -181,9 +180,13 @@ class Amata:
             raise TypeError(
                 f"engine must be a robustreg adversarial loss (PGDAT, YOPO, …), got {type(engine).__name__}"
             )
-        if isinstance(engine, FastAT) and (schedule is not None or (k_min, k_max, tau) != (None, None, None)):
-            raise ValueError("FastAT takes one step: Amata anneals its start (early=, early_init=), not K or alpha")
-        if schedule is None and not isinstance(engine, FastAT):
+        fixed = engine.annealed_k is None and not engine.annealed_alpha  # no K, no α: only the early knob
+        if fixed and (schedule is not None or (k_min, k_max, tau) != (None, None, None)):
+            raise ValueError(
+                f"{type(engine).__name__} takes one step: Amata anneals its {engine.early_knob} "
+                "(early=, early_init=), not K or alpha"
+            )
+        if schedule is None and not fixed:
             if k_min is None or k_max is None or tau is None:
                 raise ValueError("pass schedule=, or k_min=, k_max= and tau= to build an AmataSchedule")
             schedule = AmataSchedule(k_min, k_max, tau, kind, eta)
@@ -201,7 +204,15 @@ class Amata:
         self.schedule = schedule
         self.total = total
         self.early, self.early_init, self.early_reset = early, early_init, early_reset
-        self._own = {"init": getattr(engine, "init", None), "reset": getattr(engine, "reset", None)}
+        knob, early_values = engine.early_knob, {"init": early_init, "reset_every": early_reset}
+        if knob is not None and knob not in early_values:
+            raise ValueError(
+                f"{type(engine).__name__}'s early knob {knob!r} has no early value in Amata "
+                f"(it has them for {sorted(early_values)})"
+            )
+        # Amata's early value of the engine's early knob, and the engine's own, restored once p ≥ early
+        self._early = None if knob is None else early_values[knob]
+        self._own = None if knob is None else getattr(engine, knob)
         self.t = 0
         self.progress = 0.0
         self.last: Record | None = None
@@ -291,16 +302,12 @@ class Amata:
         engine, knobs, early = self.engine, self.knobs(), self.progress < self.early
         if knobs is not None:
             k, alpha = knobs
-            if isinstance(engine, YOPO):
-                engine.m = k
-            elif not isinstance(engine, (FreeAT, FastAT)):
-                engine.steps = k
-            if not isinstance(engine, FastAT):
+            if engine.annealed_k is not None:
+                setattr(engine, engine.annealed_k, k)
+            if engine.annealed_alpha:
                 engine.alpha = alpha
-        if isinstance(engine, FastAT):
-            engine.init = self.early_init if early else self._own["init"]
-        if isinstance(engine, ATTA):
-            engine.reset = self.early_reset if early else self._own["reset"]
+        if engine.early_knob is not None:
+            setattr(engine, engine.early_knob, self._early if early else self._own)
         return knobs
 
     # -- calling -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ Transferable Adversarial Examples", CVPR 2020)."""
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,11 @@ from .base import AdversarialLoss, Record, accuracy
 
 log = logging.getLogger(__name__)
 STORAGE = ("input", "cpu")
+_UNSET = object()
+RESET_RENAMED = (
+    "ATTA's reset= (the reset period in epochs) is now reset_every= (reg.reset_every), so that it does "
+    "not collide with FreeAT.reset(); the old name will be removed"
+)
 
 
 class ATTA(AdversarialLoss):
@@ -29,9 +35,9 @@ class ATTA(AdversarialLoss):
         δ_0 = stored δ_i (a sample not seen since the last reset: uniform in the ball, or 0)
         δ   = PGD-k on CE(f(x + δ), y) from δ_0,   stored δ_i ← δ,   loss = CE(f(x + δ), y)
 
-    Every ``reset`` epochs (``reg.set_epoch(epoch)`` tells the epoch, as a sampler's
-    ``set_epoch``) all stored perturbations are forgotten; ``reset=None`` never resets.
-    ``Amata`` anneals ``reset`` too (a short period early).
+    Every ``reset_every`` epochs (``reg.set_epoch(epoch)`` tells the epoch, as a sampler's
+    ``set_epoch``) all stored perturbations are forgotten; ``reset_every=None`` never resets.
+    ``Amata`` anneals ``reset_every`` too (a short period early).
 
     Memory: one perturbation per training sample, ``dataset_size × x[0].numel()`` values of x's
     dtype (:attr:`memory_bytes`): 188 MB for MNIST's 60,000 images in float32, 614 MB for
@@ -54,7 +60,8 @@ class ATTA(AdversarialLoss):
             (else 0).
         bounds: valid input box, ``None`` for unbounded inputs.
         bn: BatchNorm policy of the attack passes (``"eval"``, as the official code).
-        reset: forget every perturbation at epochs 0, ``reset``, 2·``reset``, …; ``None``: never.
+        reset_every: forget every perturbation at epochs 0, r, 2r, … for ``reset_every = r``;
+            ``None``: never. (``reset=`` is its deprecated name: a ``DeprecationWarning``.)
         storage: ``"input"`` (x's device) or ``"cpu"``.
 
     ``reg.last.metrics``: ``loss``, ``adv_acc`` and ``carried`` (fraction of the batch that
@@ -68,6 +75,8 @@ class ATTA(AdversarialLoss):
         ...         loss = reg(x, y, index); opt.zero_grad(); loss.backward(); opt.step()
     """
 
+    early_knob = "reset_every"
+
     def __init__(
         self,
         model: nn.Module,
@@ -80,11 +89,17 @@ class ATTA(AdversarialLoss):
         random_start: bool = True,
         bounds: Bounds = (0.0, 1.0),
         bn: str = "eval",
-        reset: int | None = None,
+        reset_every: int | None = None,
         storage: str = "input",
+        reset: int | object | None = _UNSET,
     ) -> None:
+        if reset is not _UNSET:
+            if reset_every is not None:
+                raise TypeError("pass reset_every= only (reset= is its deprecated name)")
+            warnings.warn(RESET_RENAMED, DeprecationWarning, stacklevel=2)
+            reset_every = reset  # type: ignore[assignment]
         self.dataset_size = dataset_size
-        self.reset = reset
+        self.reset_every = reset_every
         self.storage = storage
         self.epoch = 0
         self._memory: Tensor | None = None  # (N, *sample shape) stored perturbations
@@ -99,8 +114,8 @@ class ATTA(AdversarialLoss):
         super()._check_config()
         _checks.nonneg_float("alpha", self.alpha)
         _checks.count("dataset_size", self.dataset_size, minimum=1)
-        if self.reset is not None:
-            _checks.count("reset", self.reset, minimum=1)
+        if self.reset_every is not None:
+            _checks.count("reset_every", self.reset_every, minimum=1)
         if self.storage not in STORAGE:
             raise ValueError(f"storage must be one of {STORAGE}, got {self.storage!r}")
         if self._memory is not None and self._memory.shape[0] != self.dataset_size:
@@ -111,14 +126,14 @@ class ATTA(AdversarialLoss):
 
     # -- state ---------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Tell the engine the epoch; stored perturbations are forgotten once ``reset`` epochs
-        have passed since the last reset (at epochs 0, reset, 2·reset, … for a fixed period;
+        """Tell the engine the epoch; stored perturbations are forgotten once ``reset_every``
+        epochs have passed since the last reset (at epochs 0, r, 2r, … for a fixed period r;
         a period changed on the way, as Amata does, counts from the last reset)."""
         epoch = _checks.count("epoch", epoch)
         if epoch < self.epoch:  # resumed or restarted: count periods from here
             self._reset_at = epoch
         self.epoch = epoch
-        if self.reset is not None and epoch - self._reset_at >= self.reset:
+        if self.reset_every is not None and epoch - self._reset_at >= self.reset_every:
             self._reset_at = epoch
             if self._seen is not None:
                 self._seen.zero_()
@@ -182,9 +197,22 @@ class ATTA(AdversarialLoss):
                 self._memory, self._seen = self._memory.to(device), self._seen.to(device)
         return self._memory, self._seen
 
+    @property
+    def reset(self) -> int | None:
+        """Deprecated name of :attr:`reset_every` (a ``DeprecationWarning``)."""
+        warnings.warn(RESET_RENAMED, DeprecationWarning, stacklevel=2)
+        return self.reset_every
+
+    @reset.setter
+    def reset(self, value: int | None) -> None:
+        warnings.warn(RESET_RENAMED, DeprecationWarning, stacklevel=2)
+        self.reset_every = value
+
     # -- calling -------------------------------------------------------------------------
-    def __call__(self, x: Tensor, y: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
-        """The ATTA loss on the batch ``(x, y)`` of dataset indices ``index`` ``(B,)``."""
+    def __call__(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Tensor:
+        """The ATTA loss on the batch ``(x, y)`` of dataset indices ``index`` ``(B,)`` (required)."""
+        if index is None:
+            raise TypeError("ATTA needs each sample's dataset index: call reg(x, y, index)")
         x, y, classes = self._checked(x, y)
         index = self._check_index(index, x.shape[0])
         self._num_classes = classes  # cached once the whole batch has passed
@@ -196,8 +224,8 @@ class ATTA(AdversarialLoss):
         """Run every check a call ``reg(x, y, index)`` makes, changing nothing."""
         if len(batch) != 3:
             raise TypeError(f"ATTA is called with (x, y, index), got {len(batch)} arguments")
-        x, _, _ = self._checked(batch[0], batch[1])
-        self._check_index(batch[2], x.shape[0])
+        super().check_inputs(*batch)
+        x = batch[0]
         if self._memory is not None and self._memory.shape[1:] != x.shape[1:]:
             self._allocate(x)  # raises: the stored perturbations have another sample shape
 

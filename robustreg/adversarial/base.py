@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -76,8 +77,19 @@ class AdversarialLoss:
     """Base class of the adversarial-training loss objects (see the module docstring).
 
     Subclasses implement :meth:`_loss` and extend :meth:`_check_config` for their own
-    hyper-parameters.
+    hyper-parameters, and say what :class:`robustreg.Amata` anneals in three class attributes
+    (Amata drives every engine through them, without knowing its class):
     """
+
+    #: The attribute Amata's K sets: ``"steps"`` (the ascent steps of PGD-AT, TRADES, ATTA),
+    #: YOPO's ``"m"``; ``None`` when the engine has no such attribute (Free-AT: K is the replay
+    #: count the training loop reads; Fast-AT: one step).
+    annealed_k: ClassVar[str | None] = "steps"
+    #: Whether Amata's α sets the engine's ``alpha``.
+    annealed_alpha: ClassVar[bool] = True
+    #: The attribute Amata holds at an early value while its progress is below ``early``
+    #: (Fast-AT's start ``"init"``, ATTA's reset period ``"reset_every"``), ``None``: none.
+    early_knob: ClassVar[str | None] = None
 
     def __init__(
         self,
@@ -136,9 +148,13 @@ class AdversarialLoss:
         return unwrap(self.model)
 
     # -- calling -------------------------------------------------------------------------
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
-        """The method's training loss on the batch ``(x, y)``, a 0-dim tensor."""
-        x, y = self._prepare(x, y)
+    def __call__(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Tensor:
+        """The method's training loss on the batch ``(x, y)``, a 0-dim tensor.
+
+        ``index``, the batch's dataset indices ``(B,)``, is the same optional argument for every
+        engine, so that one training loop drives them all: engines that keep per-sample state
+        (:class:`robustreg.ATTA`) need it; the others check it when given and do not use it."""
+        x, y = self._prepare(x, y, index)
         loss, record = self._loss(x, y)
         self.last = self._stamped(record)
         return loss
@@ -151,14 +167,25 @@ class AdversarialLoss:
         """Run every check a call makes on ``batch`` (and on the hyper-parameters) and change
         nothing: raises ``TypeError``/``ValueError`` naming the argument where the call would.
         Wrappers that set knobs before calling (:class:`robustreg.Amata`) check first."""
-        if len(batch) != 2:
-            raise TypeError(f"{type(self).__name__} is called with (x, y), got {len(batch)} arguments")
-        self._checked(*batch)
+        if len(batch) not in (2, 3):
+            raise TypeError(f"{type(self).__name__} is called with (x, y) or (x, y, index), got {len(batch)} arguments")
+        x, _, _ = self._checked(batch[0], batch[1])
+        if len(batch) == 3:
+            self._check_index(batch[2], x.shape[0])
 
-    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """:meth:`_checked`, then the class count cached (nothing changes before the checks pass)."""
-        x, y, self._num_classes = self._checked(x, y)
+    def _prepare(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`_checked` (and ``index`` when given), then the class count cached (nothing
+        changes before the checks pass)."""
+        x, y, classes = self._checked(x, y)
+        if index is not None:
+            self._check_index(index, x.shape[0])
+        self._num_classes = classes
         return x, y
+
+    def _check_index(self, index: object, batch: int) -> Tensor:
+        """``index`` as int64 dataset indices ``(B,)``, one integer per sample (engines that
+        store per-sample state check more)."""
+        return _checks.integer_vector("index", index, batch, "dataset indices").long()
 
     def _checked(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
         """Check the configuration and the batch, changing nothing: x a finite floating batch

@@ -36,6 +36,9 @@ class FastAT(AdversarialLoss):
     ``reg.last.metrics``: ``loss`` and ``adv_acc``.
     """
 
+    annealed_k, annealed_alpha = None, False  # one step, its own α: Amata anneals only the start
+    early_knob = "init"
+
     def __init__(
         self,
         model: nn.Module,

@@ -70,6 +70,8 @@ class FreeAT(AdversarialLoss):
     starts again from zero (or at random with ``random_start=True``).
     """
 
+    annealed_k = None  # K is the replay count the training loop reads (Amata.replays)
+
     def __init__(
         self,
         model: nn.Module,

@@ -100,6 +100,8 @@ class YOPO(AdversarialLoss):
         >>> loss = reg(x, y); loss.backward(); optimizer.step()        # doctest: +SKIP
     """
 
+    annealed_k = "m"
+
     def __init__(
         self,
         model: nn.Module,

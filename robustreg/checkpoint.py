@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from . import models
-from .charts.learned import _KINDS as _CHART_KINDS
+from .charts.registry import CHARTS
 
 FORMAT, VERSION = "robustreg-model", 1
 
@@ -55,7 +55,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 
 def _registry() -> dict[str, Callable[..., nn.Module]]:
-    return {**ARCHITECTURES, **_CHART_KINDS}
+    return {**ARCHITECTURES, **CHARTS}
 
 
 def save_model(

@@ -2,11 +2,13 @@
 ``encode(x) -> z`` and ``decode(z) -> x`` is one (:class:`robustreg.ssl.Chart`), as is a local
 chart with ``at(x) -> (z, decode)`` (:class:`LocalizedGAN`)."""
 
-from .learned import VAE, AutoEncoder, MLPAutoEncoder, load_chart, train_chart
+from .learned import VAE, AutoEncoder, MLPAutoEncoder, train_chart
 from .lgan import LocalizedGAN, lgan_optimizers, lgan_step, train_lgan
 from .oracle import LinearChart, RingsChart
+from .registry import CHARTS, load_chart
 
 __all__ = [
+    "CHARTS",
     "VAE",
     "AutoEncoder",
     "LinearChart",

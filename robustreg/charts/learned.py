@@ -186,20 +186,6 @@ class MLPAutoEncoder(nn.Module):
         torch.save({"kind": self.kind, "config": self.config, "state": self.state_dict()}, path)
 
 
-_KINDS: dict[str, type[nn.Module]] = {"ae": AutoEncoder, "vae": VAE, "mlp-ae": MLPAutoEncoder}
-# lgan.py adds "lgan" (LocalizedGAN) here when it is imported, as robustreg.charts does
-
-
-def load_chart(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """A chart saved by ``chart.save(path)``, rebuilt from its config (``weights_only`` load)."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("kind") not in _KINDS:
-        raise ValueError(f"{path} is not a robustreg chart file")
-    chart = _KINDS[blob["kind"]](**blob["config"])
-    chart.load_state_dict(blob["state"])
-    return chart.eval()
-
-
 def train_chart(
     chart: nn.Module, images: Tensor, *, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, seed: int = 0
 ) -> list[float]:

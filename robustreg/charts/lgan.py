@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from .. import _checks
-from .learned import _KINDS, conv_geometry, downsampler
+from .learned import conv_geometry, downsampler
 from .linearize import Linearization, sigmoid_stack
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,6 @@ class LocalizedGAN(nn.Module):
 
     def save(self, path: str | Path) -> None:
         torch.save({"kind": self.kind, "config": self.config, "state": self.state_dict()}, path)
-
-
-_KINDS[LocalizedGAN.kind] = LocalizedGAN  # load_chart's registry (learned.py cannot import this module)
 
 
 class _LocalDecoder:

@@ -21,22 +21,13 @@ convolution (Shi et al., 2016) — a dense convolution to ``s²·C_out`` channel
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import Linearization
+
 SUBPIXEL_MAX_CHANNELS = 4  # a transposed conv with at most this many outputs runs as a sub-pixel conv on the CPU
-
-
-class Linearization(NamedTuple):
-    """``decode(z)`` and the two exact Jacobian products at z: ``jvp(v) = J v``, ``vjp(u) = Jᵀ u``."""
-
-    point: Tensor
-    jvp: Callable[[Tensor], Tensor]
-    vjp: Callable[[Tensor], Tensor]
 
 
 def _subpixel_taps(kernel: int, stride: int, padding: int) -> tuple[Tensor, Tensor, int] | None:

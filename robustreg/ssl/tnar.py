@@ -22,64 +22,20 @@ statistics the products are those of the whole batch, as in VAT).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torch.func import jvp, vjp
 
 from .. import _checks
-from ..func import Operator, gram_solve, missing_double_backward, per_sample, per_sample_normalize, power_steps
+from ..charts.base import Chart, Linearize, chart_at, linearization
+from ..func import Operator, gram_solve, per_sample, per_sample_normalize, power_steps
 from ..modes import inner_mode, unwrap
 from .base import SSLRecord, check_common, check_unlabelled, kl_div, kl_hessian_product
 
 TANGENT_MODES = ("linear", "manifold")
 NORMALIZE_MODES = ("l2", "official")
 NORMAL_MODES = ("projection", "penalty")
-
-# a chart's optional ``linearize(z) -> (decode(z), v ↦ Jv, u ↦ Jᵀu)``
-Linearize = Callable[[Tensor], tuple[Tensor, Operator, Operator]]
-
-
-@runtime_checkable
-class Chart(Protocol):
-    """A chart of the data manifold: batched ``encode(x) -> z`` and ``decode(z) -> x``.
-
-    A *local* chart, whose decoder depends on the point (the Localized GAN's ``G(x, ·)``), may
-    define ``at(x) -> (z, decode)`` instead: the coordinates of x and the decoder of its
-    neighbourhood. :class:`TNAR` uses ``at`` when a chart has it.
-
-    A chart (or the decoder a local chart returns) may also define ``linearize(z) -> (decode(z),
-    v ↦ Jv, u ↦ Jᵀu)``, exact products with ``J = ∂decode/∂z`` at z; :class:`TNAR` then uses them
-    instead of ``torch.func``'s (the charts of :mod:`robustreg.charts` have it, for speed).
-    """
-
-    def encode(self, x: Tensor) -> Tensor: ...
-
-    def decode(self, z: Tensor) -> Tensor: ...
-
-
-def chart_at(chart: object, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor], Linearize | None]:
-    """``(z, decode, linearize)`` of ``chart`` at the batch ``x``: ``chart.at(x)`` for a local
-    chart, otherwise ``(chart.encode(x), chart.decode)``; z is computed without gradients.
-    ``linearize`` is the decoder's (a local one's) or the chart's ``linearize`` method, None when
-    it has none."""
-    with torch.no_grad():
-        if callable(getattr(chart, "at", None)):
-            z, decode = chart.at(x)
-            owner, decoder = decode, "__call__"
-        else:
-            z, decode = chart.encode(x), chart.decode
-            owner, decoder = chart, "decode"
-    linearize = getattr(owner, "linearize", None)
-    if not callable(linearize) or _defined_in(owner, "linearize") is not _defined_in(owner, decoder):
-        linearize = None  # none, or a subclass changed the decoder and inherited a linearize of another one
-    return (z.detach() if isinstance(z, Tensor) else z), decode, linearize
-
-
-def _defined_in(obj: object, name: str) -> type | None:
-    """The class in ``type(obj)``'s MRO that defines ``name`` (None: an instance attribute or none)."""
-    return next((cls for cls in type(obj).__mro__ if name in vars(cls)), None)
 
 
 def _is_chart(chart: object) -> bool:
@@ -236,15 +192,9 @@ class _Residual(NamedTuple):
 
 
 class _Products:
-    """The chart's Jacobian products at z and the two power iterations.
-
-    ``Jᵀu`` is the pullback of one ``vjp`` of the decoder (its linearisation is built once per
-    call). ``Jv`` is the transpose of that linear pullback: the ``vjp`` of ``u ↦ Jᵀu``, again
-    built once. It is exact (the same linear map) and, on the convolutional decoders measured,
-    about 3× cheaper than a forward-mode ``jvp``, which recomputes the decoder's primal pass
-    every time. A decoder whose backward cannot be differentiated falls back to ``jvp``. With
-    ``linearize`` (the chart's, :class:`Chart`) both products are the chart's own.
-    """
+    """The chart's Jacobian products at z (:func:`robustreg.charts.base.linearization`: the
+    chart's own or the generic ``torch.func`` ones, the same way for every chart) and the power
+    iterations that use them."""
 
     def __init__(
         self,
@@ -256,48 +206,20 @@ class _Products:
         shape: tuple[int, ...] | None = None,
     ) -> None:
         """``shape``, when given, is checked to be ``decode(z)``'s (x's), before anything else runs."""
-        self.z, self.cg_iters, self.decode = z, cg_iters, decode
-        self._exact: tuple[Operator, Operator] | None = None
-        if linearize is not None:  # the chart's own products
-            point, jvp_fn, vjp_fn = linearize(z)
+
+        def check(point: Tensor) -> None:
             if shape is not None:
                 _check_chart_output("chart.decode(chart.encode(x))", point, shape)
-            self.point, self._exact = point.detach(), (jvp_fn, vjp_fn)
-            return
 
-        def checked(z: Tensor) -> Tensor:  # the output is checked before vjp looks at it
-            out = decode(z)
-            if shape is not None:
-                _check_chart_output("chart.decode(chart.encode(x))", out, shape)
-            return out
-
-        with torch.enable_grad():
-            point, self._pullback = vjp(checked, z)
-            self.point = point.detach()  # decode(z)
-            try:
-                _, self._transpose = vjp(lambda u: self._pullback(u)[0], torch.zeros_like(self.point))
-            except (NotImplementedError, RuntimeError) as err:
-                if not missing_double_backward(err):
-                    raise
-                self._transpose = None
+        self.z, self.cg_iters, self.decode = z, cg_iters, decode
+        self._linear = linearization(decode, z, linearize, check=check)
+        self.point = self._linear.point.detach()  # decode(z)
 
     def jvp(self, v: Tensor) -> Tensor:
-        if self._exact is not None:
-            return self._exact[0](v).detach()
-        if self._transpose is not None:
-            try:
-                with torch.enable_grad():
-                    return self._transpose(v)[0].detach()
-            except (NotImplementedError, RuntimeError) as err:
-                if not missing_double_backward(err):
-                    raise  # a genuine error is never retried
-                self._transpose = None  # a backward without a derivative: use forward mode from now on
-        return jvp(self.decode, (self.z,), (v,))[1].detach()
+        return self._linear.jvp(v).detach()
 
     def vjp(self, u: Tensor) -> Tensor:
-        if self._exact is not None:
-            return self._exact[1](u).detach()
-        return self._pullback(u)[0].detach()
+        return self._linear.vjp(u).detach()
 
     def gram_solve(self, b: Tensor) -> tuple[Tensor, Tensor]:
         """``(η, Jη)`` with ``η = (JᵀJ)⁻¹ b`` by conjugate gradients."""

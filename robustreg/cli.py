@@ -16,9 +16,22 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
-from rich.text import Text
+from ._extras import missing_extra
+
+try:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+    )  # fmt: skip
+    from rich.text import Text
+except ModuleNotFoundError as err:  # pragma: no cover - exercised in a subprocess without rich
+    raise missing_extra(err, "robustreg.cli (progress bars and help of the recipes)") from err
 
 
 def summary(doc: str | None) -> str:

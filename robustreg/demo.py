@@ -23,10 +23,16 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
 from torch import Tensor, nn
+
+from ._extras import missing_extra
+
+try:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+except ModuleNotFoundError as err:  # pragma: no cover - exercised in a subprocess without rich
+    raise missing_extra(err, "the demo (python -m robustreg.demo)") from err
 
 from . import CW, PGD, PGDAT, TRADES, AutoAttack, FastAT, FreeAT, cli, gradient_masking_report, replay, robust_accuracy
 from .autoattack import INSTALL, available

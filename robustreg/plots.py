@@ -9,12 +9,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._extras import missing_extra
 from .data import RingsSSL
 
 
 def _pyplot():
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ModuleNotFoundError as err:
+        raise missing_extra(err, "robustreg.plots") from err
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,5 +1,5 @@
 """The eigenvalues of a square layer in the complex plane against the unit circle (the MSA
-paper's Fig. 1). Needs matplotlib (``pip install robustreg[plot]``)."""
+paper's Fig. 1). Needs matplotlib, part of the ``recipes`` extra (``pip install 'robustreg[recipes]'``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._extras import missing_extra
 from .spectral import as_matrix
 
 
@@ -30,8 +31,10 @@ def _matrix(layer: nn.Module | Tensor) -> Tensor:
 def plot_eigenvalues(layers: Mapping[str, nn.Module | Tensor], path: str | Path | None = None, *, title: str = ""):
     """Scatter the eigenvalues of each named square layer (or matrix) in the complex plane with
     the unit circle; saves to ``path`` when given. Returns the matplotlib figure."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ModuleNotFoundError as err:
+        raise missing_extra(err, "plot_eigenvalues") from err
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

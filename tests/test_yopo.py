@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustreg import YOPO
-from robustreg.first_layer import FirstLayer, find_first_layer
+from robustreg.adversarial.first_layer import FirstLayer, find_first_layer
 from robustreg.models import Normalize, SmallCNN, preact_resnet18
 
 

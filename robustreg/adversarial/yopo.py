@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
-from ..first_layer import FirstLayer, find_first_layer, inspect_first_layer
 from ..modes import inner_mode
 from ..perturb import Bounds, clamp_to_box
 from .base import AdversarialLoss, Record, accuracy
+from .first_layer import FirstLayer, find_first_layer, inspect_first_layer
 from .trades import kl_start, kl_sum, trades_loss
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def _capture(store: list[Tensor], clone: bool):
     """A forward hook keeping f0's output x1 (for ``∂L/∂x1``). With ``clone`` it passes on a
     copy, so that an in-place op after f0 (``ReLU(inplace=True)``) cannot overwrite x1 or change
     its grad_fn; the copy costs one more x1-sized buffer, so it is made only for models that need
-    it (:func:`robustreg.first_layer.inspect_first_layer`)."""
+    it (:func:`robustreg.adversarial.first_layer.inspect_first_layer`)."""
 
     def hook(module: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
         store.append(out)
@@ -54,7 +54,7 @@ class YOPO(AdversarialLoss):
     step 3's gradients (``first_layer_grad="hamiltonian"``, the paper's Algorithm 1 and the
     official MNIST code) or of ``∇_θ0 L_j`` (``"backprop"``). η persists across the m passes.
     Step 2 costs a forward and a transposed product of f0 alone
-    (:class:`robustreg.first_layer.FirstLayer`); for an affine f0 the direction does not depend
+    (:class:`robustreg.adversarial.first_layer.FirstLayer`); for an affine f0 the direction does not depend
     on η and is computed once per pass.
 
     Note on learning rates: this loss averages the m gradients; the official code sums them and

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vjp
 
-from .func import detached_parameters
-from .models import Normalize
-from .modes import inner_mode
+from ..func import detached_parameters
+from ..models import Normalize
+from ..modes import inner_mode
 
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)

@@ -20,8 +20,8 @@ size and SHA-256 in ``manifest.json``; :func:`verify_manifest` says what, if any
 matches (the recipes' checkpoints use both: see ``docs/recipes.md``).
 
 Example:
-    >>> save_model(model, "runs/mnist", arch="smallcnn", kwargs={"drop": 0.5})  # doctest: +SKIP
-    >>> model, meta = load_model("runs/mnist")                                 # doctest: +SKIP
+    >>> path = save_model(model, "runs/mnist", arch="smallcnn")
+    >>> model, meta = load_model("runs/mnist")
 """
 
 from __future__ import annotations

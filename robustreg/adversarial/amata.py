@@ -153,8 +153,8 @@ class Amata:
     ``reg.last`` is the engine's record with ``K``, ``alpha`` and ``progress`` added.
 
     Example:
-        >>> reg = Amata(PGDAT(model, eps=0.3), k_min=10, k_max=40, tau=0.4, total=epochs)  # doctest: +SKIP
-        >>> for epoch in range(epochs):                                                      # doctest: +SKIP
+        >>> reg = Amata(PGDAT(model, eps=0.3), k_min=10, k_max=40, tau=0.4, total=epochs)
+        >>> for epoch in range(epochs):
         ...     reg.set_epoch(epoch)
         ...     for x, y in loader:
         ...         loss = reg(x, y); opt.zero_grad(); loss.backward(); opt.step()

@@ -68,10 +68,10 @@ class ATTA(AdversarialLoss):
     started from a stored perturbation).
 
     Example:
-        >>> reg = ATTA(model, len(train_set), eps=0.3, alpha=0.01, steps=1)  # doctest: +SKIP
-        >>> for epoch in range(epochs):                                       # doctest: +SKIP
+        >>> reg = ATTA(model, len(train_set), eps=0.3, alpha=0.01, steps=1)
+        >>> for epoch in range(epochs):
         ...     reg.set_epoch(epoch)
-        ...     for x, y, index in loader:      # a dataset that also returns the index
+        ...     for x, y, index in indexed_loader:      # a dataset that also returns the index
         ...         loss = reg(x, y, index); opt.zero_grad(); loss.backward(); opt.step()
     """
 

@@ -39,8 +39,8 @@ class PGDAT(AdversarialLoss):
     ``clean_loss`` and ``clean_acc``.
 
     Example:
-        >>> reg = PGDAT(model, eps=8 / 255, alpha=2 / 255, steps=10)  # doctest: +SKIP
-        >>> loss = reg(x, y); loss.backward(); optimizer.step()        # doctest: +SKIP
+        >>> reg = PGDAT(model, eps=8 / 255, alpha=2 / 255, steps=10)
+        >>> loss = reg(x, y); loss.backward(); optimizer.step()
     """
 
     def __init__(

@@ -96,8 +96,8 @@ class YOPO(AdversarialLoss):
     ``clean_acc``.
 
     Example:
-        >>> reg = YOPO(model, m=5, n=3, first_layer=model.layer_one)  # doctest: +SKIP
-        >>> loss = reg(x, y); loss.backward(); optimizer.step()        # doctest: +SKIP
+        >>> reg = YOPO(model, m=5, n=3, first_layer=model.layer_one)
+        >>> loss = reg(x, y); loss.backward(); optimizer.step()
     """
 
     annealed_k = "m"

@@ -1,9 +1,10 @@
 """Adversarial-training loss objects: PGD-AT, Fast-AT, Free-AT, TRADES, YOPO, ATTA, and Amata's
 annealing of any of them."""
 
+from ..record import Record
 from .amata import Amata, AmataSchedule, amata_schedule
 from .atta import ATTA
-from .base import AdversarialLoss, Record
+from .base import AdversarialLoss
 from .fast import FastAT
 from .free import FreeAT, replay
 from .pgd import PGDAT

@@ -25,7 +25,7 @@ Built once, called per batch::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import ClassVar
 
 import torch
@@ -35,37 +35,7 @@ from torch import Tensor, nn
 from .. import _checks
 from ..modes import check_bn, inner_mode, unwrap
 from ..perturb import Bounds, NormBall, ascend, check_bounds, get_ball, random_start
-
-
-@dataclass(frozen=True)
-class Record:
-    """What the last call used: ``x_adv`` (detached), 0-dim detached ``metrics`` and ``steps``.
-
-    Metrics are kept as tensors so that recording them never forces a device sync;
-    :meth:`as_dict` converts them to floats for logging. ``steps`` is the number of ascent steps
-    the call's attack took (the engine's ``steps``; YOPO's ``n`` per pass), ``None`` for Free-AT,
-    whose perturbation moves in the user's backward instead. ``steps == 0`` is allowed and means
-    no ascent at all: ``x_adv`` is the attack's start (x itself, or the random start) and the
-    loss is the loss there (the clean loss when the start is x); ``repr`` says so.
-    """
-
-    x_adv: Tensor
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-    steps: int | None = None
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.metrics.items()}
-
-    def __getitem__(self, key: str) -> float:
-        return float(self.metrics[key])
-
-    def __repr__(self) -> str:
-        x = f"x_adv=<{tuple(self.x_adv.shape)} {self.x_adv.dtype}>"
-        steps = "" if self.steps is None else f", steps={self.steps}"
-        if self.steps == 0:
-            steps += " (no ascent step: x_adv is the attack's start)"
-        metrics = ", ".join(f"{k}={float(v):.4g}" for k, v in self.metrics.items())
-        return f"Record({x}{steps}, metrics={{{metrics}}})"
+from ..record import Record
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from ..record import Record
 from .spectral import (
     as_matrix,
     conv_circular_norm,
@@ -204,7 +205,7 @@ class MSA:
         self._inputs: dict[nn.Module, tuple[int, ...]] = {}  # convolutions' input sizes, for "operator"
         self._vectors: dict[nn.Module, Tensor] = {}  # warm starts of the power iteration
         self._num_classes: int | None = None
-        self.last: dict[str, object] = {}
+        self.last: Record | None = None
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One MSA iteration on the batch ``(x, y)``; returns the loss before the update (detached).
@@ -249,7 +250,7 @@ class MSA:
                 updates.append((p, new))
             for p, new in updates:  # written only once every update is computed
                 p.copy_(new)
-        self.last = {"loss": loss.detach(), "projected": projected}
+        self.last = Record(metrics={"loss": loss.detach(), "projected": torch.tensor(float(projected))})
         return loss.detach()
 
     def _record_input(self, module: nn.Module, args: tuple, out: Tensor) -> None:

@@ -12,7 +12,6 @@ smoothness regulariser measures. :func:`kl_hessian_product` applies it to a batc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,27 +20,12 @@ from torch import Tensor, nn
 from .. import _checks
 from ..func import detached_parameters, hvp, per_sample, per_sample_normalize
 from ..modes import check_bn
+from ..record import Record
 
 VAT_METHODS = ("finite_difference", "hvp")
 
 
-@dataclass(frozen=True)
-class SSLRecord:
-    """What the last call used: the perturbations by name (detached) and 0-dim detached metrics."""
-
-    perturbations: dict[str, Tensor] = field(default_factory=dict)
-    metrics: dict[str, Tensor] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> Tensor:
-        if name.startswith("__") or name in ("perturbations", "metrics"):
-            raise AttributeError(name)  # not set yet (copy, unpickling): no recursion
-        try:
-            return self.perturbations[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def as_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.metrics.items()}
+SSLRecord = Record  # the one record type (robustreg.record); the old name of the semi-supervised one
 
 
 def check_common(owner: object, positive: tuple[str, ...], integers: dict[str, int]) -> None:

@@ -31,7 +31,8 @@ from .. import _checks
 from ..charts.base import Chart, Linearize, chart_at, linearization
 from ..func import Operator, gram_solve, per_sample, per_sample_normalize, power_steps
 from ..modes import inner_mode, unwrap
-from .base import SSLRecord, check_common, check_unlabelled, kl_div, kl_hessian_product
+from ..record import Record
+from .base import check_common, check_unlabelled, kl_div, kl_hessian_product
 
 TANGENT_MODES = ("linear", "manifold")
 NORMALIZE_MODES = ("l2", "official")
@@ -104,7 +105,7 @@ class TNAR:
         self.normal, self.zeta, self.normalize = normal, zeta, normalize
         self._num_classes: int | None = None
         self._check()
-        self.last: SSLRecord | None = None
+        self.last: Record | None = None
 
     def _check(self) -> None:
         check_common(self, ("eps_tangent", "eps_normal", "xi", "zeta"), {"n_power": 0, "cg_iters": 1})
@@ -168,7 +169,7 @@ class TNAR:
                     nar = kl_div(clean, self.net(x + r_n.to(x.dtype))).mean()
                 loss = loss + self.weights[1] * nar
                 parts["r_normal"], metrics["nar"] = r_n.detach(), nar.detach()
-        self.last = SSLRecord(parts, metrics)
+        self.last = Record(metrics=metrics, perturbations=parts)
         return loss
 
 

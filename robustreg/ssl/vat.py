@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from .. import _checks
 from ..func import per_sample_normalize, power_steps
 from ..modes import inner_mode, unwrap
-from .base import SSLRecord, check_common, check_unlabelled, kl_div, kl_hessian_product
+from ..record import Record
+from .base import check_common, check_unlabelled, kl_div, kl_hessian_product
 
 
 class VAT:
@@ -70,7 +71,7 @@ class VAT:
         self.eps, self.xi, self.n_power, self.method, self.bn = eps, xi, n_power, method, bn
         self._num_classes: int | None = None
         self._check()
-        self.last: SSLRecord | None = None
+        self.last: Record | None = None
 
     def _check(self) -> None:
         check_common(self, ("eps", "xi"), {"n_power": 0})
@@ -96,7 +97,7 @@ class VAT:
         metrics = {"lds": lds.detach()}
         if rayleigh is not None:
             metrics["rayleigh"] = rayleigh.detach().mean()
-        self.last = SSLRecord({"r_adv": r_adv.detach()}, metrics)
+        self.last = Record(metrics=metrics, perturbations={"r_adv": r_adv.detach()})
         return lds
 
     def _direction(self, x: Tensor, clean: Tensor) -> tuple[Tensor, Tensor | None]:

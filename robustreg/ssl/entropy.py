@@ -7,17 +7,19 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..modes import unwrap
+from ..record import Record
 
 
 class EntMin:
     """``reg(x)`` (or ``reg(logits=...)``) returns the mean entropy ``−Σ_c p_c log p_c`` of the
     model's predictions on the batch; its gradient flows through the predictions (VAT+EntMin
     adds it to the VAT loss). The forward runs in the mode the user left the model in. EntMin
-    takes no labels: ``reg(x, y)`` raises ``TypeError``."""
+    takes no labels: ``reg(x, y)`` raises ``TypeError``. ``reg.last.metrics``: ``entropy``."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = _checks.module("model", model)
         self._num_classes: int | None = None
+        self.last: Record | None = None
 
     def __call__(self, x: Tensor | None = None, *labels: object, logits: Tensor | None = None) -> Tensor:
         """The mean prediction entropy. Checked first, changing nothing on failure: no second
@@ -38,4 +40,6 @@ class EntMin:
                 batch = _checks.check_x(x, None).shape[0]
             _checks.check_logits(logits, batch)
         logp = F.log_softmax(logits, dim=1)
-        return -(logp.exp() * logp).sum(1).mean()
+        entropy = -(logp.exp() * logp).sum(1).mean()
+        self.last = Record(metrics={"entropy": entropy.detach()})
+        return entropy

@@ -108,6 +108,12 @@ class FuncLinearization:
                     raise
                 self._transpose = None
 
+    @property
+    def jvp_mode(self) -> str:
+        """How :meth:`jvp` computes ``J v``: ``"transpose"`` (the transposed pullback) or, for a
+        decoder whose backward cannot be differentiated, ``"forward"`` (``torch.func.jvp``)."""
+        return "forward" if self._transpose is None else "transpose"
+
     def jvp(self, v: Tensor) -> Tensor:
         """``J v``."""
         if self._transpose is not None:

@@ -34,9 +34,12 @@ try:
 except ModuleNotFoundError as err:  # pragma: no cover - exercised in a subprocess without rich
     raise missing_extra(err, "the demo (python -m robustreg.demo)") from err
 
-from . import CW, PGD, PGDAT, TRADES, AutoAttack, FastAT, FreeAT, cli, gradient_masking_report, replay, robust_accuracy
-from .autoattack import INSTALL, available
+from . import cli
+from .adversarial import PGDAT, TRADES, FastAT, FreeAT, replay
+from .attacks import CW, PGD
+from .autoattack import INSTALL, AutoAttack, available
 from .data import two_rings
+from .evaluate import gradient_masking_report, robust_accuracy
 
 METHODS = ("natural", "pgdat", "fast", "free", "trades")
 FREE_REPLAYS = 4

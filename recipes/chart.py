@@ -24,17 +24,12 @@ float32 with one Adam step a batch (no ``--mixed-precision``, no ``--grad-accum`
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import skeleton
 import torch
 from torch import Tensor, nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import skeleton
 
 import robustreg
 from robustreg.charts import (

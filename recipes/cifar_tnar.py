@@ -13,11 +13,6 @@ first on the training images (``--chart-epochs``, 10) and saved under ``<out>/ch
 Every option of ``recipes/semisupervised.py`` applies (``--help``).
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import semisupervised
 
 if __name__ == "__main__":

@@ -33,21 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import skeleton
 import torch
 from rich.progress import (
     Progress,
 )
 from torch import Tensor
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import skeleton
 
 import robustreg
 from robustreg import cli

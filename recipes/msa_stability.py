@@ -37,20 +37,16 @@ import contextlib
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import skeleton
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import skeleton
 
 import robustreg
 from robustreg import cli

@@ -45,18 +45,13 @@ worst case ``robust_acc``), ``model/`` and ``checkpoints/`` under ``--out``;
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import skeleton
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import skeleton
 
 import robustreg
 from robustreg.checkpoint import ARCHITECTURES

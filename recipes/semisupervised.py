@@ -39,19 +39,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import chart as chart_recipe
+import skeleton
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import chart as chart_recipe
-import skeleton
 
 import robustreg
 from robustreg import plots

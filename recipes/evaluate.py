@@ -129,8 +129,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     x, y = test_data(run_cfg, args)
     if args.eval_size:
         x, y = x[: args.eval_size], y[: args.eval_size]
-    # a robust run's training ε; a semi-supervised run's "eps" is VAT's ℓ2 radius, not a threat model
-    trained_eps = None if "methods" in run_cfg else run_cfg.get("eps")
+    # the radius the model was trained against, as its run recorded it ("threat_model"; None: none);
+    # a model saved before runs recorded it: a robust run's "eps" (a semi-supervised run's "eps",
+    # with its "methods", is VAT's ℓ2 radius, not a threat model)
+    if "threat_model" in run_cfg:
+        threat = run_cfg["threat_model"] or {}
+        if threat.get("norm", "linf") != "linf":
+            raise SystemExit(f"error: the model was trained against an {threat['norm']} ball; this recipe attacks ℓ∞")
+        trained_eps = threat.get("eps")
+    else:
+        trained_eps = None if "methods" in run_cfg else run_cfg.get("eps")
     eps = args.eps if args.eps is not None else trained_eps or EPS[run_cfg["dataset"]]
     bounds = None if run_cfg["dataset"] == "two-rings" else (0.0, 1.0)
     torch.manual_seed(args.seed)  # the PGD/CW random starts

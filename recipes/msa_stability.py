@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
             "%s: %s", method, json.dumps({k: v for k, v in results["methods"][method].items() if k != "spectral_norms"})
         )
         kwargs = {"num_classes": 10, "in_channels": VISION[cfg.dataset][1][0], "image_size": VISION[cfg.dataset][1][1]}
-        run_cfg = {**dataclasses.asdict(cfg), "method": method, "eps": cfg.eps_train}
+        threat = {"norm": "linf", "eps": cfg.eps_train} if method == "pgd10" else None  # the one trained against one
+        run_cfg = {**dataclasses.asdict(cfg), "method": method, "threat_model": threat}
         save_model(model, out / method / "model", arch="smallcnn", kwargs=kwargs, config=run_cfg)
         results["complete"] = False  # written after every method: a stopped run keeps what it measured
         atomic_write_text(out / "results.json", json.dumps(results, indent=2))

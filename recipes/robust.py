@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     kwargs = model_kwargs(cfg, train[0])
     model = ARCHITECTURES[cfg.arch](**kwargs)
-    run.describe(cfg.arch, kwargs)
+    run.describe(cfg.arch, kwargs, threat_model={"norm": "linf", "eps": cfg.eps})
     engine = cfg.method.removeprefix("amata-")
     lr = cfg.lr * (cfg.yopo_m if engine.startswith("yopo") else 1)  # averaged, not summed, gradients
     if cfg.optimizer == "adam":

@@ -337,15 +337,17 @@ class Run:
         self._tick = time.perf_counter()
         self._bar: Any = None
         self._paused = False
-        self.arch, self.kwargs = "", {}
+        self.arch, self.kwargs, self.threat_model = "", {}, None
 
     # -- set-up ------------------------------------------------------------------------------
-    def describe(self, arch: str, kwargs: dict[str, Any]) -> None:
+    def describe(self, arch: str, kwargs: dict[str, Any], *, threat_model: dict[str, Any] | None = None) -> None:
         """Record the model's architecture (a :data:`robustreg.checkpoint.ARCHITECTURES` name or a chart
         kind) and constructor arguments: written to ``run.json`` now, so that
         ``recipes/evaluate.py <out>/checkpoints/step_N`` can evaluate a checkpoint before the run
-        ends, and to ``model/model.json`` by :meth:`finish`."""
-        self.arch, self.kwargs = arch, kwargs
+        ends, and to ``model/model.json`` by :meth:`finish`. ``threat_model``
+        (``{"norm": …, "eps": …}``), for a model trained against one, goes into the recorded
+        config: ``recipes/evaluate.py`` attacks at that radius by default."""
+        self.arch, self.kwargs, self.threat_model = arch, kwargs, threat_model
         run_json = self.out / "run.json"
         if self.cfg.resume and run_json.is_file() and self.latest_checkpoint() is not None:
             try:  # refused before run.json is rewritten (the checkpoint's own record is checked again)
@@ -355,7 +357,7 @@ class Run:
             if isinstance(saved, dict):
                 self._check_options(saved, run_json)
         if self.main:
-            write_meta(self.out / "run.json", arch=arch, kwargs=kwargs, config=jsonable(dataclasses.asdict(self.cfg)))
+            write_meta(self.out / "run.json", arch=arch, kwargs=kwargs, config=self._recorded_config())
 
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
         """``accelerator.prepare`` the model(s), optimizer(s) and scheduler(s); checkpoints hold them."""
@@ -633,10 +635,14 @@ class Run:
         guard.close()
 
     # -- the end -------------------------------------------------------------------------------
+    def _recorded_config(self) -> dict[str, Any]:
+        """The options as ``run.json`` and ``model/model.json`` record them, with the threat model."""
+        return jsonable(dataclasses.asdict(self.cfg)) | {"threat_model": self.threat_model}
+
     def finish(self, model: nn.Module, *, summary: dict[str, Any], title: str) -> dict[str, Any]:
-        """Save the bare model (``model/``: safetensors + JSON, the architecture given to
-        :meth:`describe`), write ``summary.json``, plot the curves, print the summary table; returns
-        the summary (with the output paths)."""
+        """Save the bare model (``model/``: safetensors + JSON, the architecture and threat model
+        given to :meth:`describe`), write ``summary.json``, plot the curves, print the summary
+        table; returns the summary (with the output paths)."""
         self.accelerator.wait_for_everyone()
         summary = {**summary, "wall_seconds": round(self.wall_s, 2), "processes": self.accelerator.num_processes}
         summary["nonfinite_steps"] = self.nonfinite_total
@@ -644,7 +650,7 @@ class Run:
         if self.main:
             bare = self.accelerator.unwrap_model(model)
             self._refuse_nonfinite(bare, "the final model")
-            cfg = jsonable(dataclasses.asdict(self.cfg))
+            cfg = self._recorded_config()
             save_model(
                 bare, self.out / "model", arch=self.arch, kwargs=self.kwargs, config=cfg, metrics=jsonable(summary)
             )

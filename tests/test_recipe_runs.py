@@ -138,7 +138,9 @@ def test_robust_on_synthetic_mnist_with_yopo_and_evaluate_recipe(tmp_path):
            "64", "--batch-size", "32", "--eval-size", "32", "--eval-pgd", "3", "--checkpoint-every", "1",
            "--out", str(tmp_path)))  # fmt: skip
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["eps"] == 0.3 and load_model(tmp_path / "model")[1]["arch"] == "smallcnn"
+    meta = load_model(tmp_path / "model")[1]
+    assert summary["eps"] == 0.3 and meta["arch"] == "smallcnn"
+    assert meta["config"]["threat_model"] == {"norm": "linf", "eps": 0.3}  # evaluate.py's default radius
     proc = run("evaluate.py", str(tmp_path / "model"), "--pgd", "3", "5", "--cw-steps", "3", "--eval-size", "32")
     ok(proc)
     report = json.loads((tmp_path / "evaluation.json").read_text())
@@ -172,6 +174,23 @@ def test_evaluate_recipe_on_a_two_rings_model_passes_the_masking_checks(tmp_path
     report = json.loads((tmp_path / "ev.json").read_text())
     assert report["eps"] == 0.25 and report["clean_acc"] > 0.9 and report["robust_acc"] > 0.5
     assert report["masking"]["passed"], report["masking"]
+
+
+@pytest.mark.parametrize(
+    ("config", "eps"),
+    [
+        ({"threat_model": {"norm": "linf", "eps": 0.123}}, 0.123),  # what a robust run records
+        ({"threat_model": None, "methods": "vat", "eps": 0.9}, None),  # trained against none: the data set's ε
+        ({"eps": 0.2}, 0.2),  # saved before runs recorded a threat model: a robust run's eps
+        ({"methods": "vat", "eps": 0.9}, None),  # ... and a semi-supervised one's (VAT's radius) is not one
+    ],
+)  # fmt: skip
+def test_evaluate_recipe_attacks_at_the_radius_the_model_was_trained_against(tmp_path, recipe_module, config, eps):
+    model = rings_model(tmp_path / "model", **config)
+    ok(run("evaluate.py", str(model), "--autoattack", "none", "--pgd", "2", "--cw-steps", "2", "--eval-size", "40",
+           "--no-masking"))  # fmt: skip
+    report = json.loads((tmp_path / "evaluation.json").read_text())
+    assert report["eps"] == pytest.approx(eps if eps is not None else recipe_module("evaluate").EPS["two-rings"])
 
 
 def test_evaluate_recipe_shows_a_bar_and_logs_every_attack_on_every_batch(tmp_path):

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from .base import AdversarialLoss, Record
+from ..record import Record
+from .base import AdversarialLoss
 from .free import FreeAT
 
 KINDS = ("linear", "exponential", "constant")

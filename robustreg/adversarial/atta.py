@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from .. import _checks
 from ..func import per_sample
 from ..perturb import Bounds, clamp_to_box
-from .base import AdversarialLoss, Record, accuracy
+from ..record import Record
+from .base import AdversarialLoss, accuracy
 
 log = logging.getLogger(__name__)
 STORAGE = ("input", "cpu")

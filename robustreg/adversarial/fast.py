@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..perturb import Bounds, clamp_to_box
-from .base import AdversarialLoss, Record, accuracy
+from ..record import Record
+from .base import AdversarialLoss, accuracy
 
 
 class FastAT(AdversarialLoss):

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..perturb import Bounds
-from .base import AdversarialLoss, Record, accuracy
+from ..record import Record
+from .base import AdversarialLoss, accuracy
 
 
 class PGDAT(AdversarialLoss):

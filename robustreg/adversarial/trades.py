@@ -10,7 +10,8 @@ from torch import Tensor, nn
 from .. import _checks
 from ..modes import inner_mode
 from ..perturb import Bounds, NormBall, clamp_to_box
-from .base import AdversarialLoss, Record, accuracy
+from ..record import Record
+from .base import AdversarialLoss, accuracy
 
 
 def kl_sum(logits_q: Tensor, p: Tensor) -> Tensor:

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from .. import _checks
 from ..modes import inner_mode
 from ..perturb import Bounds, clamp_to_box
-from .base import AdversarialLoss, Record, accuracy
+from ..record import Record
+from .base import AdversarialLoss, accuracy
 from .first_layer import FirstLayer, find_first_layer, inspect_first_layer
 from .trades import kl_start, kl_sum, trades_loss
 

@@ -35,7 +35,7 @@ except ModuleNotFoundError as err:  # pragma: no cover - exercised in a subproce
     raise missing_extra(err, "the demo (python -m robustreg.demo)") from err
 
 from . import cli
-from .adversarial import PGDAT, TRADES, FastAT, FreeAT, replay
+from .adversarial import PGDAT, TRADES, AdversarialLoss, EpsWarmup, FastAT, FreeAT, replay
 from .attacks import CW, PGD
 from .autoattack import INSTALL, AutoAttack, available
 from .data import two_rings
@@ -73,12 +73,10 @@ def train(method: str, data: tuple[Tensor, Tensor], args: argparse.Namespace, pr
     task = progress.add_task(f"{method:>8}", total=epochs)
     # ε (and α with it) grows linearly over the first quarter of the passes: at the full ε from the
     # start, adversarial training of this MLP collapses to a constant classifier on most seeds
-    full = {k: getattr(loss_fn, k, None) for k in ("eps", "alpha")}
-    warm = max(1, epochs // 4)
+    warmup = EpsWarmup(loss_fn, max(1, epochs // 4)) if isinstance(loss_fn, AdversarialLoss) else None
     for epoch in range(epochs):
-        for key, value in full.items():
-            if value is not None:
-                setattr(loss_fn, key, value * min(1.0, (epoch + 1) / warm))
+        if warmup is not None:
+            warmup.set_epoch(epoch)
         order = torch.randperm(x.shape[0])
         batches = ((x[i], y[i]) for i in order.split(args.batch_size))
         for xb, yb in replay(batches, m):

@@ -1,5 +1,5 @@
 """Adversarial-training loss objects: PGD-AT, Fast-AT, Free-AT, TRADES, YOPO, ATTA, and Amata's
-annealing of any of them."""
+annealing of any of them, and the ε warm-up."""
 
 from ..record import Record
 from .amata import Amata, AmataSchedule, amata_schedule
@@ -9,6 +9,7 @@ from .fast import FastAT
 from .free import FreeAT, replay
 from .pgd import PGDAT
 from .trades import TRADES
+from .warmup import EpsWarmup
 from .yopo import YOPO
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "AdversarialLoss",
     "Amata",
     "AmataSchedule",
+    "EpsWarmup",
     "FastAT",
     "FreeAT",
     "Record",

@@ -13,7 +13,10 @@ For the layers networks start with this product has a closed form much cheaper t
 
 :class:`FirstLayer` recognises a module made of exactly these types (alone or in a plain
 ``nn.Sequential``; subclasses may override ``forward`` and are not trusted) with zero, numeric
-padding, and uses the closed forms; anything else falls back to ``torch.func.vjp``. When f0 is affine (no
+padding, and uses the closed forms; anything else falls back to ``torch.func.vjp``. The closed forms are
+hand-written kernels measured on CPUs (``benchmarks/step_cost.py``); on other devices
+(:data:`robustreg.devices.KERNEL_DEVICES` lists where they run) the same products go through ``torch.func.vjp``
+and autograd, the generic path, until a measurement there says otherwise. When f0 is affine (no
 activation), ``Jᵀp`` does not depend on z and :attr:`FirstLayer.affine` says so, so that a
 caller computes it once.
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vjp
 
+from ..devices import uses_kernels
 from ..func import detached_parameters
 from ..models import Normalize
 from ..modes import inner_mode
@@ -78,8 +82,13 @@ class FirstLayer:
 
     @property
     def fast(self) -> bool:
-        """Whether ``Jᵀp`` uses the closed forms (else ``torch.func.vjp``)."""
+        """Whether ``Jᵀp`` has closed forms here (used for inputs on :data:`robustreg.devices.KERNEL_DEVICES`; other
+        inputs, and modules without them, go through ``torch.func.vjp``)."""
         return self.ops is not None
+
+    def _kernels_for(self, z: Tensor) -> bool:
+        """The device seam: the closed forms for an input on a device they were measured on."""
+        return self.ops is not None and uses_kernels(z)
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.module(z)
@@ -88,7 +97,7 @@ class FirstLayer:
         """``J_{f0}(z)ᵀ p``: the gradient of ``⟨p, f0(z)⟩`` with respect to z, detached."""
         p = p.to(z.dtype)  # under autocast the co-state can arrive in half precision
         with torch.no_grad():
-            if self.ops is None:
+            if not self._kernels_for(z):
                 with detached_parameters(self.module):
                     _, pullback = vjp(self.module, z)
                     return pullback(p)[0]
@@ -100,7 +109,7 @@ class FirstLayer:
         if not names:
             return {}
         p = p.to(z.dtype)
-        if self.ops is not None:
+        if self._kernels_for(z):
             grads: dict[int, Tensor] = {}
             with torch.no_grad():
                 self._reverse(z, p, param_grads=grads)
@@ -121,6 +130,8 @@ class FirstLayer:
         workspace: dict[tuple[int, str], Tensor] = {}
 
         def apply(z: Tensor) -> Tensor:
+            if not self._kernels_for(z):
+                return self.input_vjp(z, p)
             with torch.no_grad():
                 return self._reverse(z, p.to(z.dtype), None, workspace)
 

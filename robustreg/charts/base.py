@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import jvp, vjp
 
+from ..devices import uses_kernels
 from ..func import Operator, missing_double_backward
 
 # a chart's optional ``linearize(z) -> (decode(z), v ↦ Jv, u ↦ Jᵀu)``
@@ -139,9 +140,11 @@ def linearization(
     check: Callable[[Tensor], None] | None = None,
 ) -> Linearization | FuncLinearization:
     """``decode(z)`` and the products ``Jv``, ``Jᵀu`` at z: the chart's own ``linearize(z)`` (from
-    :func:`chart_at`) when it has one, else :class:`FuncLinearization`. Either has ``point``,
-    ``jvp`` and ``vjp``; ``check(point)`` sees ``decode(z)`` first."""
-    if linearize is None:
+    :func:`chart_at`) when it has one and z is on a device of
+    :data:`robustreg.devices.KERNEL_DEVICES` (its written-out products are kernels measured
+    there), else :class:`FuncLinearization`. Either has ``point``, ``jvp`` and ``vjp``;
+    ``check(point)`` sees ``decode(z)`` first."""
+    if linearize is None or not uses_kernels(z):
         return FuncLinearization(decode, z, check=check)
     point, jvp_fn, vjp_fn = linearize(z)
     if check is not None:

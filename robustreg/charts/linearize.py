@@ -16,7 +16,9 @@ a whole step is ``tnar`` against ``tnar-func`` in ``benchmarks/step_cost.py``): 
 ``conv_transpose2d`` (oneDNN) in general, about 1.6× faster than on a contiguous input, and, for
 a layer with at most four output channels (the image layer), the equivalent sub-pixel
 convolution (Shi et al., 2016) — a dense convolution to ``s²·C_out`` channels followed by
-``pixel_shuffle`` — about 2× faster than either. Other devices get ``conv_transpose2d``.
+``pixel_shuffle`` — about 2× faster than either. Both the written-out products and these kernels are used on the
+devices of :data:`robustreg.devices.KERNEL_DEVICES` (TNAR's products go through ``torch.func``
+elsewhere); ``conv_transpose`` itself falls back to ``conv_transpose2d`` on other devices.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..devices import uses_kernels
 from .base import Linearization
 
 SUBPIXEL_MAX_CHANNELS = 4  # a transposed conv with at most this many outputs runs as a sub-pixel conv on the CPU
@@ -70,7 +73,7 @@ def conv_transpose(x: Tensor, layer: nn.ConvTranspose2d, *, bias: bool = True) -
     kernel measured fastest for it on the CPU (module docstring); contiguous output."""
     b = layer.bias if bias else None
     geometry = (layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
-    if x.device.type != "cpu":
+    if not uses_kernels(x):
         return F.conv_transpose2d(x, layer.weight, b, *geometry)
     if layer.out_channels <= SUBPIXEL_MAX_CHANNELS and (dense := subpixel_weight(layer)) is not None:
         weight, pad = dense

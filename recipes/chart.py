@@ -157,17 +157,11 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
                     values = {"loss": loss.detach()}
             guard = None
             done = step + 1
-            if done % 20 == 0 or done == steps:
-                run.log(done, done / per_epoch, **{k: acc.reduce(v, "mean") for k, v in values.items()})
-            else:
-                run.advance(done)
-            if run.due(done, cfg.eval_every, steps) and done < steps:
-                with run.paused():
-                    if run.main:
-                        run.log(done, done / per_epoch, kind="eval", **recon_errors(chart, held.to(acc.device))[0])
-                    acc.wait_for_everyone()
-            if run.due(done, cfg.checkpoint_every, steps):
-                run.checkpoint(done)
+            run.end_step(  # the final evaluation follows the loop
+                done, steps, done / per_epoch, evaluate_at_stop=False,
+                metrics=lambda values=values: values,
+                evaluate=lambda: recon_errors(chart, held.to(acc.device))[0],
+            )  # fmt: skip
     summary: dict[str, Any] = {"kind": cfg.kind, "dataset": cfg.dataset, "steps": steps}
     if run.main:
         held = held.to(acc.device)

@@ -142,15 +142,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     eps = args.eps if args.eps is not None else trained_eps or EPS[run_cfg["dataset"]]
     bounds = None if run_cfg["dataset"] == "two-rings" else (0.0, 1.0)
     torch.manual_seed(args.seed)  # the PGD/CW random starts
-    attacks: dict[str, Any] = {}
-    if args.autoattack != "none":
-        attacks[f"autoattack-{args.autoattack}"] = robustreg.AutoAttack(
-            eps=eps, version=args.autoattack, bounds=bounds, seed=args.seed
-        )
-    for k in args.pgd:
-        alpha = max(eps / 4, 2.5 * eps / k)
-        attacks[f"pgd{k}"] = robustreg.PGD(eps=eps, alpha=alpha, steps=k, restarts=args.restarts, bounds=bounds)
-    attacks["cw"] = robustreg.CW(eps, steps=args.cw_steps, alpha=eps / 10, bounds=bounds)
+    attacks = skeleton.attack_suite(
+        eps, bounds=bounds, autoattack=None if args.autoattack == "none" else args.autoattack,
+        pgd_steps=args.pgd, restarts=args.restarts, cw_steps=args.cw_steps, seed=args.seed,
+    )  # fmt: skip
     default = path.resolve().parent / "evaluation.json" if meta_file is None else path / "evaluation.json"
     out = Path(args.out) if args.out else default
     out.parent.mkdir(parents=True, exist_ok=True)

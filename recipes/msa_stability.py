@@ -5,8 +5,8 @@ the same network (SmallCNN) trained for the same number of epochs three ways,
 
 - ``vanilla``: cross-entropy with Adam (``--lr``);
 - ``msa``: :class:`robustreg.control.MSA` with every Linear/convolution layer held at
-  ‖θ‖₂ ≤ 1 (kernel read as a matrix), proximal weight β (a step of 1/(2β) before the
-  projection). The constrained network's logits are small (each layer is at most
+  ‖θ‖₂ ≤ 1 (kernel read as a matrix), proximal weight β (``--msa-beta``: a step of 1/(2β) before
+  the projection). The constrained network's logits are small (each layer is at most
   1-Lipschitz as a matrix), so its cross-entropy is taken on ``--msa-logit-scale`` × logits
   (10): a temperature, which changes neither the predictions nor the constraint;
 - ``pgd10``: PGD-10 adversarial training (:class:`robustreg.PGDAT`, ε = ``--eps-train``,
@@ -25,10 +25,13 @@ the unit circle (the paper's Fig. 1).
     python recipes/msa_stability.py --dataset cifar10 --data-dir ~/data       # with the files
     python recipes/msa_stability.py --dataset cifar10 --synthetic --epochs 1  # smoke test
 
-Writes ``results.json``, ``eigenvalues.png`` and every trained model (``<method>/model``: safetensors
-+ JSON, which ``recipes/evaluate.py`` evaluates further) to ``--out`` (default
-``runs/msa_<dataset>``). Runs on the CPU (``--threads``); one process: MSA's layer-wise updates are
-not data-parallel. Options and data loading come from the recipes' shared skeleton.
+Each method is a run of the recipes' skeleton under ``<out>/<method>/`` (``run.json``,
+``metrics.jsonl``, ``curves.png``, ``summary.json``, ``model/``, ``checkpoints/``: ``--resume``,
+``--eval-every``, the non-finite guard and the progress bars as in every recipe; MSA writes the
+weights itself, so a non-finite MSA step puts them back). ``results.json`` (written after every
+method) and ``eigenvalues.png`` go to ``--out`` (default ``runs/msa_<dataset>``); each saved
+model is what ``recipes/evaluate.py`` evaluates further. The comparison is of full-precision
+training: ``--mixed-precision`` and ``--grad-accum`` are refused.
 """
 
 from __future__ import annotations
@@ -36,12 +39,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import skeleton
 import torch
@@ -49,160 +49,60 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import robustreg
-from robustreg import cli
-from robustreg.checkpoint import atomic_write_text, save_model
-from robustreg.control import MSA, plot_eigenvalues
+from robustreg.checkpoint import atomic_write_text
+from robustreg.control import CONSTRAINABLE, MSA, plot_eigenvalues, spectral_norm
 from robustreg.data import VISION
 from robustreg.models import SmallCNN
 
-log = logging.getLogger("msa_stability")
 METHODS = ("vanilla", "msa", "pgd10")
-
-
 opt = skeleton.opt
 
 
 @dataclass
-class Config:
-    """Every option, with its default; ``--help`` lists them."""
-
+class MSAConfig(skeleton.RunConfig):
     dataset: str = opt("mnist", "data set", choices=tuple(VISION))
-    data_dir: str = opt("../shared/data", "root of the torchvision data sets (nothing is downloaded)")
-    synthetic: bool = opt(False, "random tensors of the data set's shape (smoke tests)")
-    methods: str = opt("vanilla,msa,pgd10", f"comma-separated, from {', '.join(METHODS)}")
+    methods: str = opt("vanilla,msa,pgd10", f"comma-separated, each trained in turn: {', '.join(METHODS)}")
     epochs: int = opt(3, "training epochs of every method")
     train_size: int = opt(20000, "first N training images (0: all)")
-    test_size: int = opt(1000, "first N test images for the evaluation")
+    eval_size: int = opt(1000, "first N test images of the evaluation", renamed_from="test_size")
     batch_size: int = opt(128, "batch size")
     lr: float = opt(1e-3, "Adam learning rate of vanilla and PGD-10 training")
-    beta: float = opt(5.0, "MSA proximal weight β (step 1/(2β) = 0.1)")
-    alpha: float = opt(0.0, "MSA weight penalty")
+    msa_beta: float = opt(5.0, "MSA proximal weight β (step 1/(2β) = 0.1)", renamed_from="beta")
+    msa_alpha: float = opt(0.0, "MSA weight penalty α", renamed_from="alpha")
     radius: float = opt(1.0, "spectral-norm bound of the MSA layers (the paper: 1)")
     msa_logit_scale: float = opt(10.0, "MSA's loss is CE(scale · logits, y)")
     conv_norm: str = opt("matrix", "MSA's convolution norm", choices=("matrix", "operator"))
     eps_train: float = opt(0.3, "PGD-10 adversarial training radius (ℓ∞)")
     eps_eval: list[float] = opt([0.1, 0.2, 0.3], "ℓ∞ radii of the evaluation")  # noqa: RUF009
     autoattack: str = opt("apgd", "AutoAttack version of the evaluation", choices=("apgd", "standard"))
-    seed: int = opt(0, "seeds the model and the data order")
-    threads: int = opt(0, "torch threads (0: auto, the cores this process may use; docs/recipes.md)")
-    max_steps: int = opt(0, "stop each method's training after this many steps (0: --epochs of them)")
-    max_nonfinite: int = opt(5, "stop after this many non-finite steps in a row (each is skipped)")
-    progress: bool = opt(True, "rich progress bar (--no-progress for logs)")
-    out: str = opt("", "output directory (empty: runs/msa_<dataset>)")
 
 
-def parse(argv: list[str] | None = None) -> Config:
-    cfg = skeleton.parse(Config, argv, __doc__)
+def resolve(cfg: MSAConfig) -> MSAConfig:
+    """Check what the option types do not (before any training)."""
     unknown = set(cfg.methods.split(",")) - set(METHODS)
     if unknown:
-        raise SystemExit(f"error: --methods: unknown {sorted(unknown)}; choose from {METHODS}")
+        raise SystemExit(f"error: --methods: unknown {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    if cfg.mixed_precision != "no" or cfg.grad_accum != 1:
+        raise SystemExit("error: this recipe compares full-precision training: --mixed-precision no, --grad-accum 1")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.eval_size < 1 or not cfg.eps_eval:
+        raise SystemExit("error: --epochs, --batch-size and --eval-size must be >= 1, --eps-eval not empty")
     if not robustreg.autoattack.available():  # before training, not after it
         raise SystemExit(f"error: the evaluation runs AutoAttack (pyautoattack): {robustreg.autoattack.INSTALL}")
     return cfg
 
 
-def load(cfg: Config) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    n_train = cfg.train_size or (512 if cfg.synthetic else 0)
-    return skeleton.load_images(cfg, cfg.dataset, n_train=n_train, n_test=cfg.test_size)
-
-
-def train_one(
-    method: str, cfg: Config, train: tuple[Tensor, Tensor], progress: object = None
-) -> tuple[nn.Module, float, list[float]]:
-    """Train a fresh SmallCNN (same seed for every method); returns it, the training wall time
-    (data shuffling included, evaluation excluded) and the mean loss of every epoch."""
-    torch.manual_seed(cfg.seed)
+def model_kwargs(cfg: MSAConfig) -> dict[str, Any]:
     channels, size, _ = VISION[cfg.dataset][1]
-    model = SmallCNN(in_channels=channels, image_size=size).train()
-    if method == "msa":
-        scale = cfg.msa_logit_scale
-        msa = MSA(
-            model, beta=cfg.beta, alpha=cfg.alpha, radius=cfg.radius, conv_norm=cfg.conv_norm,
-            loss_fn=lambda logits, y: F.cross_entropy(scale * logits, y),
-        )  # fmt: skip
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        objective = (
-            robustreg.PGDAT(model, eps=cfg.eps_train, alpha=cfg.eps_train / 4, steps=10)
-            if method == "pgd10"
-            else (lambda x, y: F.cross_entropy(model(x), y))
-        )
-    x_all, y_all = train
-    gen = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    in_row = step = 0
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(x_all), generator=gen)
-        total, count = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            if cfg.max_steps and step == cfg.max_steps:
-                break
-            idx = order[i : i + cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            step += 1
-            # a non-finite step is skipped: nothing of it applied, running statistics included
-            if method == "msa":  # MSA.step updates the weights itself: they are put back if it went wrong
-                saved = {k: v.clone() for k, v in model.state_dict().items()}
-                loss = msa.step(x, y)
-                fine = _finite([loss, *model.parameters()])
-            else:
-                saved = {k: v.clone() for k, v in model.named_buffers()}
-                opt.zero_grad(set_to_none=True)
-                loss = objective(x, y)
-                loss.backward()
-                fine = _finite([loss.detach(), *(p.grad for p in model.parameters() if p.grad is not None)])
-                if fine:
-                    opt.step()
-            if not fine:
-                model.load_state_dict(saved, strict=False)
-                in_row += 1
-                log.warning("%s step %d: non-finite loss or update, skipped (%d in a row)", method, step, in_row)
-                if in_row >= cfg.max_nonfinite:
-                    raise SystemExit(
-                        f"error: {method}: {in_row} non-finite steps in a row (the last at step {step}); nothing of "
-                        "them was applied. Lower the learning rate (--lr, or --beta for MSA) or check the data."
-                    )
-                continue
-            in_row = 0
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            if progress is not None:
-                bar, task = progress
-                bar.update(task, completed=step, loss=f"loss {total / count:.4f}")
-        if not count:  # --max-steps reached
-            break
-        losses.append(total / count)
-        log.info(
-            "%s epoch %d/%d: loss %.4f (%.0f s)", method, epoch + 1, cfg.epochs, losses[-1], time.perf_counter() - start
-        )
-    return model.eval(), time.perf_counter() - start, losses
+    return {"num_classes": 10, "in_channels": channels, "image_size": size}
 
 
-def total_steps(cfg: Config, n_train: int) -> int:
-    """Training steps of one method: ``--epochs`` passes of ``ceil(n / batch)`` steps, or ``--max-steps``."""
-    full = cfg.epochs * -(-n_train // cfg.batch_size)
-    return min(full, cfg.max_steps) if cfg.max_steps else full
-
-
-def _finite(tensors: list[Tensor]) -> bool:
-    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
-
-
-def evaluate(
-    model: nn.Module,
-    test: tuple[Tensor, Tensor],
-    eps_list: list[float],
-    autoattack: str,
-    seed: int,
-    progress: bool = False,
-) -> dict:
-    """Clean accuracy and accuracy under AutoAttack ``autoattack``, FGSM, PGD-10 (α = ε/4) and
-    CW-ℓ∞ (20 steps) at each ε; ``all`` is their per-sample worst case."""
-    out: dict = {}
-    for eps in eps_list:
+def evaluate(model: nn.Module, test: tuple[Tensor, Tensor], cfg: MSAConfig, progress: bool = False) -> dict[str, Any]:
+    """Clean accuracy and accuracy under AutoAttack ``--autoattack``, FGSM, PGD-10 (α = ε/4) and
+    CW-ℓ∞ (20 steps of ε/8) at each ``--eps-eval``; ``all`` is their per-sample worst case."""
+    out: dict[str, Any] = {}
+    for eps in cfg.eps_eval:
         attacks = {
-            f"autoattack-{autoattack}": robustreg.AutoAttack(eps=eps, version=autoattack, seed=seed),
+            f"autoattack-{cfg.autoattack}": robustreg.AutoAttack(eps=eps, version=cfg.autoattack, seed=cfg.seed),
             "fgsm": robustreg.FGSM(eps),
             "pgd10": robustreg.PGD(eps=eps, alpha=eps / 4, steps=10),
             "cw": robustreg.CW(eps, steps=20, alpha=eps / 8),
@@ -217,67 +117,111 @@ def evaluate(
 
 def norms(model: nn.Module) -> dict[str, float]:
     """‖θ‖₂ of every Linear/convolution weight (kernels as (Cout, Cin·k·k) matrices)."""
-    from robustreg.control import CONSTRAINABLE, spectral_norm
-
     return {n: spectral_norm(m.weight) for n, m in model.named_modules() if isinstance(m, CONSTRAINABLE)}
 
 
-def summary(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k not in ("spectral_norms", "epoch_losses")}
+def train(method: str, cfg: MSAConfig, data: tuple[tuple[Tensor, Tensor], ...], out: Path) -> tuple[nn.Module, dict]:
+    """Train and evaluate one method (a fresh SmallCNN, the same seed for every method) as a
+    skeleton run under ``out/method`` (its options record ``methods`` as this one, so that
+    ``--resume`` continues it whichever ``--methods`` are given); returns the bare model and the
+    run's summary."""
+    train_set, test = data
+    run = skeleton.Run(dataclasses.replace(cfg, out=str(out / method), methods=method), f"msa_{cfg.dataset}_{method}")
+    acc = run.accelerator
+    torch.manual_seed(cfg.seed)
+    kwargs = model_kwargs(cfg)
+    model = SmallCNN(**kwargs)
+    # only PGD-10's model was trained against a threat model (recipes/evaluate.py attacks at its ε)
+    run.describe("smallcnn", kwargs, threat_model={"norm": "linf", "eps": cfg.eps_train} if method == "pgd10" else None)
+    if method == "msa":  # MSA is the optimiser: it writes the weights itself
+        (model,) = run.prepare(model)
+        scale = cfg.msa_logit_scale
+        msa = MSA(
+            model, beta=cfg.msa_beta, alpha=cfg.msa_alpha, radius=cfg.radius, conv_norm=cfg.conv_norm,
+            loss_fn=lambda logits, y: F.cross_entropy(scale * logits, y),
+        )  # fmt: skip
+    else:
+        model, opt = run.prepare(model, torch.optim.Adam(model.parameters(), lr=cfg.lr))
+        eps = cfg.eps_train
+        pgd = robustreg.PGDAT(model, eps=eps, alpha=eps / 4, steps=10) if method == "pgd10" else None
+    run.resume()
+    per_epoch = max(1, len(train_set[0]) // min(cfg.batch_size, len(train_set[0])))
+    total = cfg.epochs * per_epoch
+    stop = run.stop(total)
+    stream = run.batches(list(train_set), cfg.batch_size, stop=stop)
+    test_dev = tuple(t.to(acc.device) for t in test)
+    model.train()
+    with run.progress(stop, f"{method} on {cfg.dataset}"):
+        for step in range(run.start, stop):
+            x, y = next(stream)
+            with run.step_guard(step, model, parameters=method == "msa") as guard:
+                if method == "msa":  # a non-finite loss or update: the weights are put back
+                    loss = msa.step(x, y)
+                    guard.ok(loss, [], values=list(model.parameters()))
+                else:
+                    loss = F.cross_entropy(model(x), y) if pgd is None else pgd(x, y)
+                    opt.zero_grad(set_to_none=True)
+                    acc.backward(loss)
+                    if guard.ok(loss, model.parameters()):  # a non-finite step is skipped, not applied
+                        opt.step()
+            done = step + 1
+            run.end_step(
+                done, stop, done / per_epoch,
+                metrics=lambda loss=loss: {"loss": loss.detach()},
+                evaluate=lambda: {"acc": skeleton.accuracy(acc.unwrap_model(model), test_dev)},
+            )  # fmt: skip
+    bare = acc.unwrap_model(model).eval()
+    summary: dict[str, Any] = {"method": method, "dataset": cfg.dataset, "steps": stop, "planned_steps": total}
+    if run.main:
+        summary |= evaluate(bare, test_dev, cfg, progress=cfg.progress) | {"spectral_norms": norms(bare)}
+    return bare, run.finish(model, summary=summary, title=f"{method}, {cfg.dataset}")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = parse(argv)
-    skeleton.setup_logging(True)
-    torch.set_num_threads(cfg.threads or skeleton.auto_threads(small_model=False))
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = resolve(skeleton.parse(MSAConfig, argv, __doc__))
     out = Path(cfg.out or f"runs/msa_{cfg.dataset}")
-    out.mkdir(parents=True, exist_ok=True)
-    train, test = load(cfg)
-    log.info("data: %d training, %d test images of %s", len(train[0]), len(test[0]), cfg.dataset)
-    results: dict = {"config": dataclasses.asdict(cfg), "torch": torch.__version__, "methods": {}}
-    models = {}
+    n_train = cfg.train_size or (512 if cfg.synthetic else 0)
+    data = skeleton.load_images(cfg, cfg.dataset, n_train=n_train, n_test=cfg.eval_size)
+    results: dict[str, Any] = {"config": skeleton.jsonable(dataclasses.asdict(cfg)), "torch": torch.__version__}
+    results["methods"], models = {}, {}
     for method in cfg.methods.split(","):
-        with _bar(cfg, method, len(train[0])) as progress:
-            model, seconds, losses = train_one(method, cfg, train, progress)
-        models[method] = model
-        results["methods"][method] = {
-            "train_seconds": seconds,
-            "epoch_losses": losses,
-            **evaluate(model, test, cfg.eps_eval, cfg.autoattack, cfg.seed, progress=cfg.progress),
-            "spectral_norms": norms(model),
-        }
-        log.info(
-            "%s: %s", method, json.dumps({k: v for k, v in results["methods"][method].items() if k != "spectral_norms"})
-        )
-        kwargs = {"num_classes": 10, "in_channels": VISION[cfg.dataset][1][0], "image_size": VISION[cfg.dataset][1][1]}
-        threat = {"norm": "linf", "eps": cfg.eps_train} if method == "pgd10" else None  # the one trained against one
-        run_cfg = {**dataclasses.asdict(cfg), "method": method, "threat_model": threat}
-        save_model(model, out / method / "model", arch="smallcnn", kwargs=kwargs, config=run_cfg)
+        models[method], summary = train(method, cfg, data, out)
+        results["methods"][method] = {"train_seconds": summary["wall_seconds"], **summary}
         results["complete"] = False  # written after every method: a stopped run keeps what it measured
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+        if skeleton.is_main():
+            atomic_write_text(out / "results.json", json.dumps(skeleton.jsonable(results), indent=2))
     timing = {m: r["train_seconds"] for m, r in results["methods"].items()}
     if "msa" in timing:
         results["time_ratios"] = {f"msa / {m}": timing["msa"] / timing[m] for m in timing if m != "msa"}
     square = {m: models[m].classifier[4] for m in ("vanilla", "msa") if m in models}
-    if square:
+    if square and skeleton.is_main():
         plot_eigenvalues(square, out / "eigenvalues.png", title=f"classifier.4 (200×200), {cfg.dataset}")
         results["eigenvalues_plot"] = str(out / "eigenvalues.png")
     results["complete"] = True
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    log.info("wrote %s", out / "results.json")
-    table = {m: summary(r) for m, r in results["methods"].items()}
-    print(json.dumps({**table, "time_ratios": results.get("time_ratios")}, indent=1))
+    if skeleton.is_main():
+        atomic_write_text(out / "results.json", json.dumps(skeleton.jsonable(results), indent=2))
+        report(results, out)
     return results
 
 
-@contextmanager
-def _bar(cfg: Config, method: str, n_train: int) -> Iterator[tuple | None]:
-    """A rich bar over the training steps of one method (none with --no-progress)."""
-    if not cfg.progress:
-        yield None
-        return
-    with cli.progress_bar("{task.fields[loss]}") as bar:
-        yield bar, bar.add_task(f"{method}: steps", total=total_steps(cfg, n_train), loss="")
+def report(results: dict[str, Any], out: Path) -> None:
+    """Clean and worst-case accuracy at every radius and the training time, method by method."""
+    from rich.console import Console
+    from rich.table import Table
+
+    methods = results["methods"]
+    radii = [k for k in next(iter(methods.values())) if k.startswith("eps=")]
+    table = Table(title=f"vanilla vs MSA vs PGD-10 ({out}; worst case over the attacks at each ε)")
+    for col in ("method", "clean", *radii, "training time"):
+        table.add_column(col)
+    for method, r in methods.items():
+        cells = [f"{100 * r['clean']:.1f} %", *(f"{100 * r[k]['all']:.1f} %" for k in radii)]
+        table.add_row(method, *cells, f"{r['train_seconds']:.0f} s")
+    console = Console()
+    console.print(table)
+    if "time_ratios" in results:
+        console.print("time ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in results["time_ratios"].items()))
+    console.print(f"all results: {out / 'results.json'}")
 
 
 if __name__ == "__main__":

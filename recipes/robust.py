@@ -18,7 +18,7 @@ Defaults follow the papers (``None`` in ``--help`` means the data set's default)
 
 Method knobs:
 
-- ``pgd``: ``--steps``, ``--alpha``; ``fast``: α = 1.25ε (Wong et al.); ``trades``: ``--beta``
+- ``pgd``: ``--attack-steps``, ``--attack-alpha``; ``fast``: α = 1.25ε (Wong et al.); ``trades``: ``--trades-beta``
   (6; the TRADES paper uses 1 on MNIST);
 - ``free``: each batch replayed ``--replays`` (8) times with δ carried over (Shafahi et al.);
   ``--epochs`` counts passes over the data, of which the paper runs epochs/m;
@@ -26,7 +26,7 @@ Method knobs:
   first-layer steps (10 on the MNISTs, 3 otherwise: the paper's YOPO-5-10 and YOPO-5-3). The
   paper's learning rate is for the sum of the m gradients; ours averages them, so lr is
   multiplied by m;
-- ``atta``: ATTA-k, k = ``--steps`` (1), from each sample's stored perturbation; under several
+- ``atta``: ATTA-k, k = ``--attack-steps`` (1), from each sample's stored perturbation; under several
   processes the stores are gathered after every step, so every process keeps every sample's δ;
 - ``amata-<engine>``: Amata anneals K from ``--k-min`` to ``--k-max`` over the epochs with
   α = τ/K (τ = ``--tau``: 0.4 on the MNISTs, 10·2/255 on CIFAR-10 / SVHN); over Fast-AT it
@@ -61,12 +61,12 @@ DATASETS = ("mnist", "fashionmnist", "cifar10", "svhn", "two-rings")
 ENGINES = ("pgd", "fast", "free", "trades", "yopo", "yopo-trades", "atta")
 METHODS = ("natural", *ENGINES, "amata-pgd", "amata-yopo", "amata-free", "amata-fast", "amata-atta")
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist": dict(arch="smallcnn", eps=0.3, alpha=0.01, steps=40, lr=0.01, weight_decay=0.0, epochs=100,
+    "mnist": dict(arch="smallcnn", eps=0.3, attack_alpha=0.01, attack_steps=40, lr=0.01, weight_decay=0.0, epochs=100,
                   batch_size=128, k_min=10, k_max=40, tau=0.4, bounds=(0.0, 1.0), optimizer="sgd", yopo_n=10),
-    "cifar10": dict(arch="preact_resnet18", eps=8 / 255, alpha=2 / 255, steps=10, lr=0.1, weight_decay=5e-4,
-                    epochs=100, batch_size=128, k_min=2, k_max=10, tau=10 * 2 / 255, bounds=(0.0, 1.0),
-                    optimizer="sgd"),
-    "two-rings": dict(arch="mlp", eps=0.25, alpha=0.0625, steps=7, lr=3e-3, weight_decay=0.0, epochs=20,
+    "cifar10": dict(arch="preact_resnet18", eps=8 / 255, attack_alpha=2 / 255, attack_steps=10, lr=0.1,
+                    weight_decay=5e-4, epochs=100, batch_size=128, k_min=2, k_max=10, tau=10 * 2 / 255,
+                    bounds=(0.0, 1.0), optimizer="sgd"),
+    "two-rings": dict(arch="mlp", eps=0.25, attack_alpha=0.0625, attack_steps=7, lr=3e-3, weight_decay=0.0, epochs=20,
                       batch_size=128, k_min=2, k_max=10, tau=0.5, bounds=None, optimizer="adam",
                       eps_warmup=5),
 }  # fmt: skip
@@ -85,13 +85,15 @@ class RobustConfig(skeleton.RunConfig):
     momentum: float = skeleton.opt(0.9, "SGD momentum")
     weight_decay: float | None = skeleton.opt(None, "weight decay")
     eps: float | None = skeleton.opt(None, "ℓ∞ radius of training and evaluation")
-    alpha: float | None = skeleton.opt(None, "attack step size inside training")
-    steps: int | None = skeleton.opt(None, "attack steps inside training (atta: 1)")
+    attack_alpha: float | None = skeleton.opt(None, "attack step size inside training", renamed_from="alpha")
+    attack_steps: int | None = skeleton.opt(None, "attack steps inside training (atta: 1)", renamed_from="steps")
     eps_warmup: int | None = skeleton.opt(
         None, "epochs over which the training ε grows linearly to --eps", fallback="0"
     )
     random_start: bool = skeleton.opt(True, "training attacks start at random (PGD, TRADES, YOPO, Fast, Free, ATTA)")
-    beta: float = skeleton.opt(6.0, "TRADES' β (TRADES paper: 6 on CIFAR-10, 1 on MNIST)")
+    trades_beta: float = skeleton.opt(
+        6.0, "TRADES' and YOPO-TRADES' β (TRADES paper: 6 on CIFAR-10, 1 on MNIST)", renamed_from="beta"
+    )
     replays: int = skeleton.opt(8, "Free-AT: replays per batch, m (Free-AT paper: 8)")
     yopo_m: int = skeleton.opt(5, "YOPO: full passes per batch, m")
     yopo_n: int | None = skeleton.opt(
@@ -138,21 +140,22 @@ def make_reg(cfg: RobustConfig, model: nn.Module, n_train: int, first: nn.Module
     if engine == "natural":
         return None
     if engine == "pgd":
-        reg = robustreg.PGDAT(model, alpha=cfg.alpha, steps=cfg.steps, **kw)
+        reg = robustreg.PGDAT(model, alpha=cfg.attack_alpha, steps=cfg.attack_steps, **kw)
     elif engine == "fast":
         reg = robustreg.FastAT(model, **kw)
     elif engine == "free":
         reg = robustreg.FreeAT(model, alpha=cfg.eps, **kw)
     elif engine == "trades":
-        reg = robustreg.TRADES(model, alpha=cfg.alpha, steps=cfg.steps, beta=cfg.beta, **kw)
+        reg = robustreg.TRADES(model, alpha=cfg.attack_alpha, steps=cfg.attack_steps, beta=cfg.trades_beta, **kw)
     elif engine in ("yopo", "yopo-trades"):
         objective = "trades" if engine == "yopo-trades" else "ce"
         reg = robustreg.YOPO(
-            model, cfg.yopo_m, cfg.yopo_n, alpha=cfg.alpha, first_layer=first, objective=objective, beta=cfg.beta, **kw
-        )
+            model, cfg.yopo_m, cfg.yopo_n, alpha=cfg.attack_alpha, first_layer=first, objective=objective,
+            beta=cfg.trades_beta, **kw,
+        )  # fmt: skip
     else:  # atta
         reg = robustreg.ATTA(
-            model, n_train, alpha=cfg.alpha, steps=cfg.steps if cfg.steps is not None else 1,
+            model, n_train, alpha=cfg.attack_alpha, steps=cfg.attack_steps if cfg.attack_steps is not None else 1,
             reset_every=cfg.atta_reset or None, **kw,
         )  # fmt: skip
     if cfg.method.startswith("amata-"):
@@ -172,18 +175,12 @@ def periodic_attacks(cfg: RobustConfig) -> dict[str, Any]:
 
 
 def final_attacks(cfg: RobustConfig) -> dict[str, Any]:
-    """AutoAttack ``--final-autoattack`` (seeded by ``--seed``), PGD-k for k in ``--eval-pgd``
-    (α = max(ε/4, 2.5ε/k), the larger of Madry's MNIST step and the usual 2.5ε/k: k·α ≥ 2.5ε) and
-    CW-ℓ∞ (30 steps of ε/10 on the CW margin); the robust accuracy is their per-sample worst case."""
+    """AutoAttack ``--final-autoattack`` (seeded by ``--seed``), PGD-k for k in ``--eval-pgd`` and
+    CW-ℓ∞ (30 steps): :func:`skeleton.attack_suite`, which ``recipes/evaluate.py`` runs too."""
     bounds = DEFAULTS[cfg.dataset]["bounds"]
-    version = cfg.final_autoattack
-    out: dict[str, Any] = {
-        f"autoattack-{version}": robustreg.AutoAttack(eps=cfg.eps, version=version, bounds=bounds, seed=cfg.seed)
-    }
-    for k in cfg.eval_pgd:
-        out[f"pgd{k}"] = robustreg.PGD(eps=cfg.eps, alpha=max(cfg.eps / 4, 2.5 * cfg.eps / k), steps=k, bounds=bounds)
-    out["cw"] = robustreg.CW(cfg.eps, steps=30, alpha=cfg.eps / 10, bounds=bounds)
-    return out
+    return skeleton.attack_suite(
+        cfg.eps, bounds=bounds, autoattack=cfg.final_autoattack, pgd_steps=cfg.eval_pgd, seed=cfg.seed
+    )
 
 
 def evaluate(
@@ -205,15 +202,15 @@ def resolve(cfg: RobustConfig) -> RobustConfig:
         "lr",
         "weight_decay",
         "eps",
-        "alpha",
-        "steps",
+        "attack_alpha",
+        "attack_steps",
         "k_min",
         "k_max",
         "tau",
     )
-    cfg = dataclasses.replace(cfg, **{k: d[k] for k in keys if getattr(cfg, k) is None and k != "steps"})
-    if cfg.steps is None and cfg.method not in ("atta", "amata-atta"):
-        cfg = dataclasses.replace(cfg, steps=d["steps"])
+    cfg = dataclasses.replace(cfg, **{k: d[k] for k in keys if getattr(cfg, k) is None and k != "attack_steps"})
+    if cfg.attack_steps is None and cfg.method not in ("atta", "amata-atta"):
+        cfg = dataclasses.replace(cfg, attack_steps=d["attack_steps"])
     if cfg.arch not in ARCHITECTURES:
         raise SystemExit(f"error: --arch must be one of {', '.join(ARCHITECTURES)}, got {cfg.arch!r}")
     if cfg.dataset == "two-rings" and cfg.arch != "mlp":
@@ -231,6 +228,36 @@ def resolve(cfg: RobustConfig) -> RobustConfig:
     return cfg
 
 
+def make_optimizer(cfg: RobustConfig, model: nn.Module, total: int) -> tuple[Any, Any]:
+    """SGD (``--momentum``) or Adam, the learning rate dropping 10× at 75% and 90% of ``total`` steps.
+    YOPO's learning rate is multiplied by m: the paper sums the m gradients, YOPO averages them."""
+    lr = cfg.lr * (cfg.yopo_m if cfg.method.removeprefix("amata-").startswith("yopo") else 1)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.75 * total), int(0.9 * total)], 0.1)
+
+
+def replays(cfg: RobustConfig, reg: Any) -> int:
+    """How many times a step trains on its batch: Free-AT's m (``--replays``; Amata's K over
+    Free-AT), 1 otherwise."""
+    if cfg.method.removeprefix("amata-") != "free":
+        return 1
+    return reg.replays if isinstance(reg, robustreg.Amata) else cfg.replays
+
+
+def train_metrics(loss: Tensor, reg: Any, lr: float) -> dict[str, Any]:
+    """The logged training metrics: learning rate, loss, the loss's parts and the adversaries'
+    accuracy (``*_loss``, ``*_acc`` of ``reg.last``) and Amata's K and α."""
+    metrics: dict[str, Any] = {"lr": lr, "loss": loss.detach()}
+    if reg is not None and reg.last is not None:
+        last = reg.last.metrics
+        metrics |= {k: v for k, v in last.items() if k.endswith(("_loss", "_acc")) and isinstance(v, Tensor)}
+        metrics |= {k: float(last[k]) for k in ("K", "alpha") if k in last}
+    return metrics
+
+
 def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     cfg = resolve(skeleton.parse(RobustConfig, argv, __doc__, by_dataset=dataset_defaults(), **defaults))
     train, test = load_data(cfg)
@@ -240,79 +267,44 @@ def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
     kwargs = model_kwargs(cfg, train[0])
     model = ARCHITECTURES[cfg.arch](**kwargs)
     run.describe(cfg.arch, kwargs, threat_model={"norm": "linf", "eps": cfg.eps})
-    engine = cfg.method.removeprefix("amata-")
-    lr = cfg.lr * (cfg.yopo_m if engine.startswith("yopo") else 1)  # averaged, not summed, gradients
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     per_epoch = max(1, len(train[0]) // min(cfg.batch_size, len(train[0])))
     total = cfg.epochs * per_epoch
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.75 * total), int(0.9 * total)], 0.1)
-    model, opt, sched = run.prepare(model, opt, sched)
+    model, opt, sched = run.prepare(model, *make_optimizer(cfg, model, total))
     reg = make_reg(cfg, model, len(train[0]), acc.unwrap_model(model).layer_one)
     inner = reg.engine if isinstance(reg, robustreg.Amata) else reg
     # Amata's clock, ATTA's stored perturbations, Free-AT's carried δ
     run.resume({name: obj for name, obj in (("reg", reg), ("engine", inner)) if hasattr(obj, "state_dict")})
-    full = {"eps": inner.eps, "alpha": inner.alpha} if inner is not None else {}
-
-    def warm_up(epoch: int) -> None:  # ε (and a fixed α) grow linearly over the first --eps-warmup epochs
-        if inner is not None and cfg.eps_warmup:
-            f = min(1.0, (epoch + 1) / cfg.eps_warmup)
-            inner.eps = full["eps"] * f
-            if full["alpha"] is not None and not isinstance(reg, robustreg.Amata):
-                inner.alpha = full["alpha"] * f
-
-    index = torch.arange(len(train[0]))
+    # ε (and a fixed α) grow linearly over the first --eps-warmup epochs; then the engine's epoch clock
+    warmup = robustreg.EpsWarmup(reg, cfg.eps_warmup) if reg is not None and cfg.eps_warmup else None
+    clocks = [c for c in (warmup, reg) if hasattr(c, "set_epoch")]
     stop = run.stop(total)
-    stream = run.batches([*train, index], cfg.batch_size, stop=stop)
+    stream = run.batches([*train, torch.arange(len(train[0]))], cfg.batch_size, stop=stop)
     test_dev = tuple(t.to(acc.device) for t in test)
     periodic = periodic_attacks(cfg)
     model.train()
     with run.progress(stop, f"{cfg.method} on {cfg.dataset}"):
         for step in range(run.start, stop):
-            epoch = step // per_epoch
             if step % per_epoch == 0 or step == run.start:
-                warm_up(epoch)
-                if hasattr(reg, "set_epoch"):
-                    reg.set_epoch(epoch)
+                for clock in clocks:
+                    clock.set_epoch(step // per_epoch)
             x, y, idx = next(stream)
-            replays = 1
-            if engine == "free":
-                replays = reg.replays if isinstance(reg, robustreg.Amata) else cfg.replays
-            for _ in range(replays):
+            for _ in range(replays(cfg, reg)):
                 with acc.accumulate(model), run.step_guard(step, model) as guard:
-                    if reg is None:
-                        loss = F.cross_entropy(model(x), y)
-                    else:
-                        loss = reg(x, y, idx) if engine == "atta" else reg(x, y)
+                    loss = F.cross_entropy(model(x), y) if reg is None else reg(x, y, idx)
                     opt.zero_grad(set_to_none=True)
                     acc.backward(loss)
                     if guard.ok(loss, model.parameters()):  # a non-finite step is skipped, not applied
                         opt.step()
             sched.step()
-            if engine == "atta" and acc.num_processes > 1:  # every process keeps every sample's δ
+            if isinstance(inner, robustreg.ATTA) and acc.num_processes > 1:  # every process keeps every δ
                 rows = idx.to(inner.memory.device)
                 inner.remember(acc.gather(idx), acc.gather(inner.memory[rows].to(x.device)))
             done = step + 1
-            if done % 20 == 0 or done == stop:
-                metrics = {"loss": acc.reduce(loss.detach(), "mean")}
-                if reg is not None and reg.last is not None:  # the loss's parts and the adversaries' accuracy
-                    parts = {k: v for k, v in reg.last.metrics.items() if k.endswith(("_loss", "_acc"))}
-                    metrics |= {k: acc.reduce(v, "mean") for k, v in parts.items() if isinstance(v, Tensor)}
-                    metrics |= {k: reg.last.metrics[k] for k in ("K", "alpha") if k in reg.last.metrics}
-                run.log(done, done / per_epoch, lr=sched.get_last_lr()[0], **metrics)
-            else:
-                run.advance(done)
-            if run.due(done, cfg.eval_every, stop):
-                with run.paused():
-                    if run.main:
-                        run.log(
-                            done, done / per_epoch, kind="eval", **evaluate(acc.unwrap_model(model), test_dev, periodic)
-                        )
-                    acc.wait_for_everyone()
-            if run.due(done, cfg.checkpoint_every, stop):
-                run.checkpoint(done)
+            run.end_step(
+                done, stop, done / per_epoch,
+                metrics=lambda loss=loss: train_metrics(loss, reg, sched.get_last_lr()[0]),
+                evaluate=lambda: evaluate(acc.unwrap_model(model), test_dev, periodic),
+            )  # fmt: skip
     summary: dict[str, Any] = {"method": cfg.method, "dataset": cfg.dataset, "epochs": cfg.epochs, "eps": cfg.eps}
     summary |= {"steps": stop, "planned_steps": total}
     if run.main:

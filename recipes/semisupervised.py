@@ -231,20 +231,11 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
                     opt.step()
                 sched.step()
             done = step + 1
-            if done % 50 == 0 or done == stop:
-                metrics = {k: acc.reduce(v, "mean") for k, v in {"loss": loss.detach(), **parts}.items()}
-                run.log(done, done / epoch_len, lr=sched.get_last_lr()[0], **metrics)
-            else:
-                run.advance(done)
-            if run.due(done, cfg.eval_every, stop):
-                with run.paused():
-                    if run.main:
-                        run.log(
-                            done, done / epoch_len, kind="eval", acc=skeleton.accuracy(acc.unwrap_model(model), test)
-                        )
-                    acc.wait_for_everyone()
-            if run.due(done, cfg.checkpoint_every, stop):
-                run.checkpoint(done)
+            run.end_step(
+                done, stop, done / epoch_len, log_every=50,
+                metrics=lambda loss=loss, parts=parts: {"lr": sched.get_last_lr()[0], "loss": loss.detach(), **parts},
+                evaluate=lambda: {"acc": skeleton.accuracy(acc.unwrap_model(model), test)},
+            )  # fmt: skip
     bare = acc.unwrap_model(model)
     final = skeleton.accuracy(bare, test)
     extra: dict[str, Any] = {}

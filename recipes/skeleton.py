@@ -34,10 +34,11 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +68,14 @@ from robustreg.data import load_vision, synthetic_vision
 log = logging.getLogger("robustreg.recipes")
 
 
-def opt(default: Any, help: str, *, choices: Sequence[str] | None = None, fallback: str = "") -> Any:
+def opt(
+    default: Any, help: str, *, choices: Sequence[str] | None = None, fallback: str = "", renamed_from: str = ""
+) -> Any:
     """A dataclass field with its ``--help`` text (and allowed values). ``fallback``: what a field
-    left at None takes on data sets whose defaults table lacks it (e.g. ``"= --eps"``)."""
-    meta = {"help": help, "choices": choices, "fallback": fallback}
+    left at None takes on data sets whose defaults table lacks it (e.g. ``"= --eps"``).
+    ``renamed_from``: the field's former name, still accepted on the command line (with a
+    warning naming the new one) and read from the options of checkpoints written before."""
+    meta = {"help": help, "choices": choices, "fallback": fallback, "renamed_from": renamed_from}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -137,6 +142,11 @@ def parse(
             if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None
                 kind = next(a for a in typing.get_args(kind) if a is not type(None))
             parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
+            if old := f.metadata.get("renamed_from"):
+                parser.add_argument(
+                    "--" + old.replace("_", "-"), dest=f.name, type=kind, choices=choices, action=_Renamed,
+                    default=argparse.SUPPRESS, help=argparse.SUPPRESS, new=flag,
+                )  # fmt: skip
     unknown = set(defaults) - {f.name for f in dataclasses.fields(config_cls)}
     if unknown:
         raise TypeError(f"unknown defaults {sorted(unknown)} for {config_cls.__name__}")
@@ -150,6 +160,55 @@ def parse(
     if getattr(cfg, "max_nonfinite", 1) < 1:
         parser.error(f"--max-nonfinite must be >= 1, got {cfg.max_nonfinite}")
     return cfg
+
+
+class _Renamed(argparse.Action):
+    """An option's former spelling: stores into the new option's field, with a warning on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, new: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        print(f"warning: {option_string} is now {self.new}; the old name will be removed", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def renamed_options(config_cls: type) -> dict[str, str]:
+    """``{former name: field}`` of ``config_cls``'s renamed options."""
+    fields = dataclasses.fields(config_cls)
+    return {f.metadata["renamed_from"]: f.name for f in fields if f.metadata.get("renamed_from")}
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def attack_suite(
+    eps: float,
+    *,
+    bounds: tuple[float, float] | None,
+    autoattack: str | None,
+    pgd_steps: Sequence[int],
+    restarts: int = 1,
+    cw_steps: int = 30,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The recipes' final evaluation (ℓ∞), for :func:`robustreg.robust_accuracy`:
+    ``autoattack-<version>`` (:class:`robustreg.AutoAttack` seeded by ``seed``; None: left out),
+    ``pgd<k>`` for every k in ``pgd_steps`` (α = max(ε/4, 2.5ε/k), the larger of Madry's MNIST
+    step and the usual 2.5ε/k, so k·α ≥ 2.5ε crosses the ball; ``restarts`` each) and ``cw``
+    (CW-ℓ∞, ``cw_steps`` of ε/10 on the CW margin). Their per-sample worst case is the robust
+    accuracy."""
+    attacks: dict[str, Any] = {}
+    if autoattack is not None:
+        attacks[f"autoattack-{autoattack}"] = robustreg.AutoAttack(
+            eps=eps, version=autoattack, bounds=bounds, seed=seed
+        )
+    for k in pgd_steps:
+        alpha = max(eps / 4, 2.5 * eps / k)
+        attacks[f"pgd{k}"] = robustreg.PGD(eps=eps, alpha=alpha, steps=k, restarts=restarts, bounds=bounds)
+    attacks["cw"] = robustreg.CW(eps, steps=cw_steps, alpha=eps / 10, bounds=bounds)
+    return attacks
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -237,18 +296,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class StepGuard:
     """One step's non-finite check (see :meth:`Run.step_guard`)."""
 
-    def __init__(self, run: Run, step: int, modules: list[nn.Module]) -> None:
+    def __init__(self, run: Run, step: int, modules: list[nn.Module], *, parameters: bool = False) -> None:
         self.run, self.step, self.bad = run, step, False
-        self.buffers = [
-            (b, b.detach().clone()) for m in modules for b in m.buffers() if b.is_floating_point()
-        ]  # BatchNorm's running statistics: small
+        # BatchNorm's running statistics and its count of batches (used when momentum=None): small
+        self.buffers = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+        if parameters:  # an optimiser that writes the weights itself (MSA): they are put back too
+            self.buffers += [(p, p.detach().clone()) for m in modules for p in m.parameters()]
 
-    def ok(self, loss: Tensor | None, params: Iterator[Tensor] | Sequence[Tensor]) -> bool:
-        """Whether ``loss`` (if given) and every gradient of ``params`` are finite on every process;
-        if not, the gradients are set to None (an optimizer step then changes nothing)."""
+    def ok(
+        self, loss: Tensor | None, params: Iterator[Tensor] | Sequence[Tensor], *, values: Sequence[Tensor] = ()
+    ) -> bool:
+        """Whether ``loss`` (if given), every gradient of ``params`` and every tensor of ``values``
+        (e.g. weights an optimiser has just written) are finite on every process; if not, the
+        gradients are set to None (an optimizer step then changes nothing)."""
         params = list(params)
         grads = [p.grad for p in params if p.grad is not None]
-        checks = [torch.isfinite(g).all() for g in grads]
+        checks = [torch.isfinite(g).all() for g in [*grads, *values]]
         if loss is not None:
             checks.append(torch.isfinite(loss.detach()).all())
         fine = torch.stack(checks).all().float() if checks else torch.ones(())
@@ -355,7 +418,7 @@ class Run:
             except ValueError:
                 saved = None
             if isinstance(saved, dict):
-                self._check_options(saved, run_json)
+                self.check_options(saved, run_json)
         if self.main:
             write_meta(self.out / "run.json", arch=arch, kwargs=kwargs, config=self._recorded_config())
 
@@ -397,7 +460,7 @@ class Run:
             if not reason:
                 try:
                     state = load_tree(path, "state")
-                    self._check_options(state["config"], path)
+                    self.check_options(state["config"], path)
                     self._load(path, state)
                 except Exception as err:  # whatever a damaged file raises, the candidate is out
                     reason = f"it does not load ({type(err).__name__}: {err})"
@@ -417,10 +480,13 @@ class Run:
             )
         log.info("--resume: no checkpoint in %s, starting from step 0", self.ckpt_dir)
 
-    def _check_options(self, saved: dict[str, Any], where: Path) -> None:
+    def check_options(self, saved: dict[str, Any], where: Path) -> None:
         """Refuse to resume when an option that changes the run differs from ``saved`` (unless
         ``--allow-changed-options``)."""
         now = jsonable(dataclasses.asdict(self.cfg))
+        for former, name in renamed_options(type(self.cfg)).items():  # a checkpoint from before a rename
+            if former in saved and name not in saved:
+                saved = {**saved, name: saved[former]}
         changed = {k: (saved.get(k), v) for k, v in now.items() if k not in FREE_ON_RESUME and saved.get(k) != v}
         if not changed:
             return
@@ -560,6 +626,42 @@ class Run:
     def due(self, step: int, every: int, stop: int) -> bool:
         return step == stop or (every > 0 and step % every == 0)
 
+    def end_step(
+        self,
+        done: int,
+        stop: int,
+        epoch: float,
+        *,
+        metrics: Callable[[], dict[str, Any]],
+        evaluate: Callable[[], dict[str, Any]] | None = None,
+        log_every: int = 20,
+        evaluate_at_stop: bool = True,
+    ) -> None:
+        """Everything after the optimizer step ``done`` (1-based) of ``stop``, the same in every recipe:
+
+        - every ``log_every`` steps and at ``stop``: :meth:`log` the training ``metrics()`` (tensors
+          averaged over the processes, other values as they are); otherwise move the bar;
+        - when ``--eval-every`` is due (and at ``stop``, unless ``evaluate_at_stop=False``: a recipe
+          whose final evaluation follows the loop): ``evaluate()`` on the main process, paused (not
+          timed, its random draws from a fork), logged as ``kind="eval"``;
+        - when ``--checkpoint-every`` is due, and at ``stop``: :meth:`checkpoint`.
+
+        ``metrics`` and ``evaluate`` are called only when due, on every process for ``metrics``
+        (the averaging is collective), on the main one for ``evaluate``."""
+        if done % log_every == 0 or done == stop:
+            acc = self.accelerator
+            values = {k: acc.reduce(v, "mean") if isinstance(v, Tensor) else v for k, v in metrics().items()}
+            self.log(done, epoch, **values)
+        else:
+            self.advance(done)
+        if evaluate is not None and self.due(done, self.cfg.eval_every, stop) and (evaluate_at_stop or done < stop):
+            with self.paused():
+                if self.main:
+                    self.log(done, epoch, kind="eval", **evaluate())
+                self.accelerator.wait_for_everyone()
+        if self.due(done, self.cfg.checkpoint_every, stop):
+            self.checkpoint(done)
+
     def checkpoint(self, step: int) -> None:
         """Write ``checkpoints/step_<step>`` (all processes) and keep the newest ``--keep-checkpoints``.
 
@@ -623,14 +725,16 @@ class Run:
             raise SystemExit(f"error: {what}: {err}; nothing was saved (the previous files are kept)") from None
 
     @contextmanager
-    def step_guard(self, step: int, *modules: nn.Module) -> Iterator[StepGuard]:
+    def step_guard(self, step: int, *modules: nn.Module, parameters: bool = False) -> Iterator[StepGuard]:
         """Skip a non-finite step: ``guard.ok(loss, params)`` says whether the loss and every
         gradient are finite (on every process); when not, the gradients are dropped, so the caller
-        skips ``optimizer.step()``, and on leaving the block the floating buffers of ``modules``
-        (BatchNorm's running statistics) are put back as they were when it was entered. Each skipped
-        step is counted (``nonfinite_steps`` in the summary) and logged; ``--max-nonfinite`` in a
-        row stop the run with an error."""
-        guard = StepGuard(self, step, [self.accelerator.unwrap_model(m) for m in modules])
+        skips ``optimizer.step()``, and on leaving the block the buffers of ``modules``
+        (BatchNorm's running statistics and batch count) are put back as they were when it was entered. With
+        ``parameters=True`` their parameters are put back too: for an optimiser that writes the
+        weights itself inside the block (MSA), checked with ``guard.ok(loss, [], values=weights)``.
+        Each skipped step is counted (``nonfinite_steps`` in the summary) and logged;
+        ``--max-nonfinite`` in a row stop the run with an error."""
+        guard = StepGuard(self, step, [self.accelerator.unwrap_model(m) for m in modules], parameters=parameters)
         yield guard
         guard.close()
 

@@ -48,16 +48,15 @@ from torch import Tensor
 import robustreg
 from robustreg import cli
 from robustreg.checkpoint import ARCHITECTURES, atomic_write_text, load_model
-from robustreg.data import rings_ssl, two_rings
+from robustreg.data import rings_ssl
 
 log = logging.getLogger("robustreg.recipes.evaluate")
-EPS = {"mnist": 0.3, "fashionmnist": 0.3, "cifar10": 8 / 255, "svhn": 8 / 255, "two-rings": 0.25}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument("model", help="a saved model directory (model.json + model.safetensors)")
-    per_dataset = "; ".join(f"{cli.show(v)} {k}" for k, v in EPS.items())
+    per_dataset = "; ".join(f"{cli.show(preset.eps)} {k}" for k, preset in skeleton.PRESETS.items())
     p.add_argument("--eps", type=float, default=None, help=f"ℓ∞ radius (default: the run's, else {per_dataset})")
     p.add_argument(
         "--autoattack", choices=("standard", "apgd", "none"), default="standard",
@@ -93,9 +92,7 @@ def test_data(run_cfg: dict[str, Any], args: argparse.Namespace) -> tuple[Tensor
         if "n_unlabeled" in run_cfg:  # the semi-supervised problem: its unlabeled points
             rings = rings_ssl(run_cfg["n_unlabeled"], labeled_per_class=run_cfg["labels"] // 2, seed=seed)
             return rings.x_unlabeled, rings.y_unlabeled
-        gen = torch.Generator().manual_seed(seed)
-        two_rings(run_cfg.get("train_size") or 4000, generator=gen)  # the training draw comes first
-        return two_rings(run_cfg.get("eval_size") or 1000, generator=gen)  # the run's test draw
+        return skeleton.rings_split(seed, run_cfg.get("train_size") or 4000, run_cfg.get("eval_size") or 1000)[1]
     cfg = SimpleNamespace(
         data_dir=args.data_dir or run_cfg.get("data_dir", "../shared/data"),
         synthetic=run_cfg.get("synthetic", False) if args.synthetic is None else args.synthetic,
@@ -124,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_cfg = meta["config"]
     if "dataset" not in run_cfg:
         raise SystemExit(f"error: {args.model}/model.json records no data set: not a recipe's classifier")
+    if run_cfg["dataset"] not in skeleton.PRESETS:
+        known = ", ".join(skeleton.PRESETS)
+        raise SystemExit(f"error: {args.model}/model.json records data set {run_cfg['dataset']!r}, not one of {known}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = model.to(device)
     x, y = test_data(run_cfg, args)
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trained_eps = threat.get("eps")
     else:
         trained_eps = None if "methods" in run_cfg else run_cfg.get("eps")
-    eps = args.eps if args.eps is not None else trained_eps or EPS[run_cfg["dataset"]]
-    bounds = None if run_cfg["dataset"] == "two-rings" else (0.0, 1.0)
+    eps = args.eps if args.eps is not None else trained_eps or skeleton.PRESETS[run_cfg["dataset"]].eps
+    bounds = skeleton.PRESETS[run_cfg["dataset"]].bounds
     torch.manual_seed(args.seed)  # the PGD/CW random starts
     attacks = skeleton.attack_suite(
         eps, bounds=bounds, autoattack=None if args.autoattack == "none" else args.autoattack,

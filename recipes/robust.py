@@ -55,22 +55,22 @@ from torch import Tensor, nn
 
 import robustreg
 from robustreg.checkpoint import ARCHITECTURES
-from robustreg.data import two_rings
 
 DATASETS = ("mnist", "fashionmnist", "cifar10", "svhn", "two-rings")
 ENGINES = ("pgd", "fast", "free", "trades", "yopo", "yopo-trades", "atta")
 METHODS = ("natural", *ENGINES, "amata-pgd", "amata-yopo", "amata-free", "amata-fast", "amata-atta")
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist": dict(arch="smallcnn", eps=0.3, attack_alpha=0.01, attack_steps=40, lr=0.01, weight_decay=0.0, epochs=100,
-                  batch_size=128, k_min=10, k_max=40, tau=0.4, bounds=(0.0, 1.0), optimizer="sgd", yopo_n=10),
-    "cifar10": dict(arch="preact_resnet18", eps=8 / 255, attack_alpha=2 / 255, attack_steps=10, lr=0.1,
-                    weight_decay=5e-4, epochs=100, batch_size=128, k_min=2, k_max=10, tau=10 * 2 / 255,
-                    bounds=(0.0, 1.0), optimizer="sgd"),
-    "two-rings": dict(arch="mlp", eps=0.25, attack_alpha=0.0625, attack_steps=7, lr=3e-3, weight_decay=0.0, epochs=20,
-                      batch_size=128, k_min=2, k_max=10, tau=0.5, bounds=None, optimizer="adam",
-                      eps_warmup=5),
+_TABLE: dict[str, dict[str, Any]] = {
+    "mnist": dict(arch="smallcnn", attack_alpha=0.01, attack_steps=40, lr=0.01, weight_decay=0.0, epochs=100,
+                  batch_size=128, k_min=10, k_max=40, tau=0.4, optimizer="sgd", yopo_n=10),
+    "cifar10": dict(arch="preact_resnet18", attack_alpha=2 / 255, attack_steps=10, lr=0.1, weight_decay=5e-4,
+                    epochs=100, batch_size=128, k_min=2, k_max=10, tau=10 * 2 / 255, optimizer="sgd"),
+    "two-rings": dict(arch="mlp", attack_alpha=0.0625, attack_steps=7, lr=3e-3, weight_decay=0.0, epochs=20,
+                      batch_size=128, k_min=2, k_max=10, tau=0.5, optimizer="adam", eps_warmup=5),
 }  # fmt: skip
-DEFAULTS["fashionmnist"], DEFAULTS["svhn"] = DEFAULTS["mnist"], {**DEFAULTS["cifar10"], "lr": 0.01}
+_TABLE["fashionmnist"], _TABLE["svhn"] = _TABLE["mnist"], {**_TABLE["cifar10"], "lr": 0.01}
+#: per data set, what ``resolve`` fills into the options left at None (``--help`` lists it); ε is the
+#: data set's preset threat radius (``skeleton.PRESETS``)
+DEFAULTS = {name: {"eps": skeleton.PRESETS[name].eps, **_TABLE[name]} for name in DATASETS}
 
 
 @dataclass
@@ -111,15 +111,9 @@ class RobustConfig(skeleton.RunConfig):
     train_size: int = skeleton.opt(0, "first N training examples (0: all)")
 
 
-def dataset_defaults() -> dict[str, dict[str, Any]]:
-    """What ``resolve`` fills in per data set (``--help`` lists it)."""
-    return {name: {k: v for k, v in DEFAULTS[name].items() if k != "bounds"} for name in DATASETS}
-
-
 def load_data(cfg: RobustConfig) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     if cfg.dataset == "two-rings":
-        gen = torch.Generator().manual_seed(cfg.seed)
-        return two_rings(cfg.train_size or 4000, generator=gen), two_rings(cfg.eval_size or 1000, generator=gen)
+        return skeleton.rings_split(cfg.seed, cfg.train_size or 4000, cfg.eval_size or 1000)
     train, test = skeleton.load_images(cfg, cfg.dataset, n_train=cfg.train_size, n_test=cfg.eval_size)
     return train, test
 
@@ -134,7 +128,7 @@ def model_kwargs(cfg: RobustConfig, x: Tensor) -> dict[str, Any]:
 
 def make_reg(cfg: RobustConfig, model: nn.Module, n_train: int, first: nn.Module) -> Any:
     """The loss object of ``cfg.method`` (None: natural training); ``first`` is YOPO's first layer."""
-    bounds = DEFAULTS[cfg.dataset]["bounds"]
+    bounds = skeleton.PRESETS[cfg.dataset].bounds
     engine = cfg.method.removeprefix("amata-")
     kw = {"eps": cfg.eps, "bounds": bounds, "random_start": cfg.random_start}
     if engine == "natural":
@@ -170,14 +164,14 @@ PERIODIC_STEPS = 40  # the periodic evaluation: never weaker than PGD-40 with k�
 
 def periodic_attacks(cfg: RobustConfig) -> dict[str, Any]:
     """PGD-40 with α = 2.5ε/40 (k·α = 2.5ε: the steps cross the ball), for the curves."""
-    bounds = DEFAULTS[cfg.dataset]["bounds"]
+    bounds = skeleton.PRESETS[cfg.dataset].bounds
     return {f"pgd{PERIODIC_STEPS}": robustreg.PGD(eps=cfg.eps, steps=PERIODIC_STEPS, bounds=bounds)}
 
 
 def final_attacks(cfg: RobustConfig) -> dict[str, Any]:
     """AutoAttack ``--final-autoattack`` (seeded by ``--seed``), PGD-k for k in ``--eval-pgd`` and
     CW-ℓ∞ (30 steps): :func:`skeleton.attack_suite`, which ``recipes/evaluate.py`` runs too."""
-    bounds = DEFAULTS[cfg.dataset]["bounds"]
+    bounds = skeleton.PRESETS[cfg.dataset].bounds
     return skeleton.attack_suite(
         cfg.eps, bounds=bounds, autoattack=cfg.final_autoattack, pgd_steps=cfg.eval_pgd, seed=cfg.seed
     )
@@ -259,7 +253,7 @@ def train_metrics(loss: Tensor, reg: Any, lr: float) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None, **defaults: Any) -> dict[str, Any]:
-    cfg = resolve(skeleton.parse(RobustConfig, argv, __doc__, by_dataset=dataset_defaults(), **defaults))
+    cfg = resolve(skeleton.parse(RobustConfig, argv, __doc__, by_dataset=DEFAULTS, **defaults))
     train, test = load_data(cfg)
     run = skeleton.Run(cfg, f"robust_{cfg.dataset}_{cfg.method}", small_model=cfg.dataset == "two-rings")
     acc = run.accelerator

@@ -63,7 +63,7 @@ from robustreg.checkpoint import (
     write_manifest,
     write_meta,
 )
-from robustreg.data import load_vision, synthetic_vision
+from robustreg.data import load_vision, synthetic_vision, two_rings
 
 log = logging.getLogger("robustreg.recipes")
 
@@ -212,6 +212,33 @@ def attack_suite(
 
 
 # -- data ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What every recipe knows of a data set: its valid input box (None: unbounded) and the usual
+    ℓ∞ threat radius of adversarial training and evaluation on it."""
+
+    bounds: tuple[float, float] | None
+    eps: float
+
+
+#: The recipes' data sets: torchvision's images in [0, 1], two rings' unbounded vectors.
+PRESETS = {
+    "mnist": Preset((0.0, 1.0), 0.3),
+    "fashionmnist": Preset((0.0, 1.0), 0.3),
+    "cifar10": Preset((0.0, 1.0), 8 / 255),
+    "svhn": Preset((0.0, 1.0), 8 / 255),
+    "two-rings": Preset(None, 0.25),
+}
+
+
+def rings_split(seed: int, n_train: int, n_test: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """Two rings with nuisance dimensions (:func:`robustreg.data.two_rings`) for a supervised run:
+    ``n_train`` training points, then ``n_test`` test points, from one generator seeded by
+    ``seed``, so that ``recipes/evaluate.py`` regenerates a run's test points from its options."""
+    gen = torch.Generator().manual_seed(seed)
+    return two_rings(n_train, generator=gen), two_rings(n_test, generator=gen)
 
 
 def load_images(cfg: Any, dataset: str, n_train: int = 0, n_test: int = 0) -> tuple[tuple[Tensor, Tensor], ...]:

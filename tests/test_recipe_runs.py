@@ -190,7 +190,9 @@ def test_evaluate_recipe_attacks_at_the_radius_the_model_was_trained_against(tmp
     ok(run("evaluate.py", str(model), "--autoattack", "none", "--pgd", "2", "--cw-steps", "2", "--eval-size", "40",
            "--no-masking"))  # fmt: skip
     report = json.loads((tmp_path / "evaluation.json").read_text())
-    assert report["eps"] == pytest.approx(eps if eps is not None else recipe_module("evaluate").EPS["two-rings"])
+    assert report["eps"] == pytest.approx(
+        eps if eps is not None else recipe_module("skeleton").PRESETS["two-rings"].eps
+    )
 
 
 def test_evaluate_recipe_shows_a_bar_and_logs_every_attack_on_every_batch(tmp_path):

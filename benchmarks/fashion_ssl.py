@@ -46,6 +46,7 @@ from torch import Tensor, nn
 import robustreg
 from robustreg import cli
 from robustreg.charts import VAE, LocalizedGAN, load_chart, train_chart, train_lgan
+from robustreg.checkpoint import save_model
 from robustreg.data import cycle_batches, label_split, load_vision, synthetic_vision
 from robustreg.models import SmallCNN
 from robustreg.plots import perturbation_grid
@@ -69,7 +70,8 @@ def load(args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def chart_path(args: argparse.Namespace, kind: str) -> Path:
-    return args.out / "charts" / f"{kind}.pt"
+    """Where the chart ``kind`` is saved: a model directory (safetensors + JSON)."""
+    return args.out / "charts" / kind
 
 
 # the LGAN's training settings (train_lgan's defaults, the Jacobian term on 16 of every 64 images)
@@ -118,7 +120,7 @@ def train_one_chart(kind: str, x: Tensor, xt: Tensor, args: argparse.Namespace) 
     info |= {"images": len(x), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
     path = chart_path(args, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    chart.save(path)
+    save_model(chart, path)
     write_json(path.parent / f"{kind}.json", info)
     print(kind, json.dumps(info), flush=True)
 

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 import robustreg
 from robustreg import plots
 from robustreg.charts import RingsChart, load_chart
-from robustreg.checkpoint import ARCHITECTURES, load_model, save_model
+from robustreg.checkpoint import ARCHITECTURES, save_model
 from robustreg.data import label_split, rings_ssl
 
 log = logging.getLogger("robustreg.recipes")
@@ -97,7 +97,9 @@ class SSLConfig(skeleton.RunConfig):
     cg_iters: int = skeleton.opt(4, "CG iterations for (JᵀJ)⁻¹ (TNAR)")
     tangent: str = skeleton.opt("manifold", "tangent perturbation", choices=("manifold", "linear"))
     chart: str | None = skeleton.opt(None, "manifold chart of TAR/NAR/TNAR", choices=CHARTS)
-    chart_path: str = skeleton.opt("", "a saved chart (recipes/chart.py's model/ directory, or a .pt file)")
+    chart_path: str = skeleton.opt(
+        "", "a saved chart: recipes/chart.py's model/ directory (a deprecated .pt chart file still loads)"
+    )
     chart_epochs: int = skeleton.opt(10, "epochs of the chart trained here when --chart-path is empty")
     n_unlabeled: int = skeleton.opt(3000, "two rings: unlabeled points")
     eval_size: int = skeleton.opt(0, "test examples evaluated (0: all)")
@@ -157,7 +159,7 @@ def get_chart(cfg: SSLConfig, data: Data, out: Path) -> Any:
     if cfg.chart_path:
         path = Path(cfg.chart_path)
         try:
-            chart = load_model(path)[0] if path.is_dir() else load_chart(path)
+            chart = load_chart(path)
         except (FileNotFoundError, ValueError) as err:
             raise SystemExit(f"error: --chart-path {path}: {err}") from None
     else:

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,7 @@ import torch
 from torch import nn
 
 from . import models
-from .charts.registry import CHARTS
+from .charts.registry import CHARTS, load_chart_file
 
 FORMAT, VERSION = "robustreg-model", 1
 
@@ -146,6 +147,26 @@ def load_model(
     state = load_file(str(Path(directory) / "model.safetensors"), device=str(map_location))
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def load_chart(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A chart, in eval mode: a directory written by :func:`save_model` (what ``recipes/chart.py``
+    writes), or a file in the deprecated single-file format of ``chart.save(path)`` (read with a
+    ``DeprecationWarning``). Raises ``ValueError`` for a saved classifier and ``FileNotFoundError``
+    for a missing path."""
+    path = Path(path)
+    if path.is_dir():
+        chart, meta = load_model(path, map_location)
+        if meta["arch"] not in CHARTS:
+            raise ValueError(f"{path} holds a {meta['arch']} classifier, not a chart ({', '.join(CHARTS)})")
+        return chart
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a saved chart is a directory (model.json + model.safetensors)")
+    warnings.warn(
+        f"{path}: the single-file chart format is deprecated; re-save it with "
+        "robustreg.checkpoint.save_model(chart, directory)", DeprecationWarning, stacklevel=2,
+    )  # fmt: skip
+    return load_chart_file(path, map_location)
 
 
 def check_finite(model: nn.Module) -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 
 import robustreg
 from robustreg.charts import VAE, LocalizedGAN, MLPAutoEncoder
-from robustreg.checkpoint import ARCHITECTURES, load_model, read_meta, save_model
+from robustreg.checkpoint import ARCHITECTURES, load_chart, load_model, read_meta, save_model
 from robustreg.models import MLP, ConvLarge, SmallCNN
 
 
@@ -52,6 +53,28 @@ def test_charts_save_their_kind_and_config(tmp_path):
         assert type(loaded) is type(chart) and meta["kwargs"] == chart.config
         for a, b in zip(loaded.state_dict().values(), chart.state_dict().values(), strict=True):
             assert torch.equal(a, b)
+
+
+def test_load_chart_reads_the_saved_model_directory_and_the_deprecated_file(tmp_path):
+    torch.manual_seed(0)
+    chart = LocalizedGAN(latent=2, width=4)
+    save_model(chart, tmp_path / "dir")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the directory format: no deprecation
+        loaded = load_chart(tmp_path / "dir")
+    assert type(loaded) is LocalizedGAN and not loaded.training and loaded.config == chart.config
+    with pytest.warns(DeprecationWarning, match="save_model"):
+        chart.save(tmp_path / "old.pt")
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        legacy = load_chart(tmp_path / "old.pt")
+    for a, b, c in zip(loaded.state_dict().values(), legacy.state_dict().values(), chart.state_dict().values(),
+                       strict=True):  # fmt: skip
+        assert torch.equal(a, c) and torch.equal(b, c)
+    save_model(SmallCNN(), tmp_path / "classifier", arch="smallcnn")
+    with pytest.raises(ValueError, match="smallcnn classifier, not a chart"):
+        load_chart(tmp_path / "classifier")
+    with pytest.raises(FileNotFoundError, match="saved chart is a directory"):
+        load_chart(tmp_path / "missing")
 
 
 def test_save_and_load_errors_name_the_problem(tmp_path):

@@ -12,7 +12,9 @@ the one way every chart is linearised.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -150,3 +152,18 @@ def linearization(
     if check is not None:
         check(point)
     return Linearization(point, jvp_fn, vjp_fn)
+
+
+#: What ``chart.save(path)`` says: the chart file format is deprecated for the saved-model directory.
+SAVE_DEPRECATED = (
+    "chart.save(path) writes the deprecated single-file chart format; save charts as models instead, "
+    "robustreg.checkpoint.save_model(chart, directory) (safetensors + JSON, what recipes/chart.py "
+    "writes), and read them with robustreg.charts.load_chart(directory)"
+)
+
+
+def save_chart_file(chart: torch.nn.Module, path: str | Path) -> None:
+    """The deprecated single-file format of ``chart.save(path)``: ``{"kind", "config", "state"}``
+    in a torch file (read back with ``weights_only``). Warns (:data:`SAVE_DEPRECATED`)."""
+    warnings.warn(SAVE_DEPRECATED, DeprecationWarning, stacklevel=3)
+    torch.save({"kind": chart.kind, "config": chart.config, "state": chart.state_dict()}, path)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from .base import save_chart_file
 from .linearize import Linearization, sigmoid_stack
 
 
@@ -95,7 +96,8 @@ class _ConvChart(nn.Module):
         return F.binary_cross_entropy(recon, x, reduction="sum") / x.shape[0]
 
     def save(self, path: str | Path) -> None:
-        torch.save({"kind": self.kind, "config": self.config, "state": self.state_dict()}, path)
+        """Deprecated: ``robustreg.checkpoint.save_model(chart, directory)`` (see :func:`save_chart_file`)."""
+        save_chart_file(self, path)
 
 
 class AutoEncoder(_ConvChart):
@@ -183,7 +185,8 @@ class MLPAutoEncoder(nn.Module):
         return (self.decode(self.encode(x)) - x).pow(2).flatten(1).sum(1).mean()
 
     def save(self, path: str | Path) -> None:
-        torch.save({"kind": self.kind, "config": self.config, "state": self.state_dict()}, path)
+        """Deprecated: ``robustreg.checkpoint.save_model(chart, directory)`` (see :func:`save_chart_file`)."""
+        save_chart_file(self, path)
 
 
 def train_chart(

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from torch.func import jvp, vmap
 
 from .. import _checks
+from .base import save_chart_file
 from .learned import conv_geometry, downsampler
 from .linearize import Linearization, sigmoid_stack
 
@@ -118,7 +119,8 @@ class LocalizedGAN(nn.Module):
         return _orthonormality(self.tangents(x))
 
     def save(self, path: str | Path) -> None:
-        torch.save({"kind": self.kind, "config": self.config, "state": self.state_dict()}, path)
+        """Deprecated: ``robustreg.checkpoint.save_model(chart, directory)`` (see :func:`save_chart_file`)."""
+        save_chart_file(self, path)
 
 
 class _LocalDecoder:

@@ -1,5 +1,6 @@
 """The chart classes by the ``kind`` their files record: one literal registry, read by
-:func:`load_chart` and by :func:`robustreg.checkpoint.load_model` (charts saved as models)."""
+:func:`robustreg.checkpoint.load_model` (charts saved as models) and by the reader of the
+deprecated single-file format."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ CHARTS: dict[str, type[nn.Module]] = {
 }
 
 
-def load_chart(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """A chart saved by ``chart.save(path)``, rebuilt from its config (``weights_only`` load)."""
+def load_chart_file(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A chart in the deprecated single-file format of ``chart.save(path)``, rebuilt from its config
+    (a ``weights_only`` load: no code runs). :func:`robustreg.charts.load_chart` reads both formats."""
     blob = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(blob, dict) or blob.get("kind") not in CHARTS:
         raise ValueError(f"{path} is not a robustreg chart file")

@@ -11,7 +11,7 @@ Defaults follow the papers (``None`` in ``--help`` means the data set's default)
 - CIFAR-10 / SVHN: PreAct-ResNet-18, ε = 8/255, PGD-10 of α = 2/255, SGD at lr 0.1 (SVHN 0.01)
   with weight decay 5e-4 for 100 epochs;
 - the learning rate drops 10× at 75% and 90% of training (TRADES);
-- two rings (generated, 2 + 48 nuisance dimensions, no files, as ``python -m robustreg.demo``): an
+- two rings (generated, 2 + 48 nuisance dimensions, no files, as ``python recipes/demo.py``): an
   MLP, ε = 0.25 unbounded, PGD-7 of ε/4, Adam at 3e-3, 20 epochs of 4000 points, ε growing
   linearly over the first 5 epochs (``--eps-warmup``; without it, training at the full ε from the
   start collapses to a constant classifier on most seeds).

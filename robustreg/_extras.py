@@ -1,5 +1,5 @@
 """The optional dependencies: the library itself imports only torch, torchvision (for the data
-sets), einops and safetensors; the progress bars, plots and the demo need the ``recipes`` extra."""
+sets), einops and safetensors; the progress bars and plots need the ``recipes`` extra (as do the recipes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The demo (``python -m robustreg.demo``), run as users run it, and the README's main job: its
+"""The demo (``python recipes/demo.py``), run as users run it, and the README's main job: its
 recorded figures are the ones the docs quote, and a slow test reruns it."""
 
 import json
@@ -10,12 +10,18 @@ import pytest
 import torch
 
 from robustreg.data import two_rings
-from robustreg.demo import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def main(recipe_module):
+    return recipe_module("demo").main
 
 
 def test_default_demo_shows_natural_training_is_not_robust_and_every_method_is():
     out = subprocess.run(
-        [sys.executable, "-m", "robustreg.demo", "--json"], capture_output=True, text=True, timeout=600
+        [sys.executable, str(ROOT / "recipes" / "demo.py"), "--json"], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout)
@@ -26,7 +32,7 @@ def test_default_demo_shows_natural_training_is_not_robust_and_every_method_is()
         assert res[method]["robust"] > res["natural"]["robust"] + 0.3, (method, res[method])
 
 
-def test_demo_table_output_and_bad_method(capsys):
+def test_demo_table_output_and_bad_method(capsys, main):
     main(["--epochs", "1", "--methods", "natural,pgdat", "--n-train", "256", "--n-test", "128"])
     out = capsys.readouterr().out
     assert "PGD-20" in out and "gradient-masking checks" in out
@@ -41,13 +47,12 @@ def test_two_rings_shapes_and_radii():
     torch.testing.assert_close(r, torch.tensor([1.0, 2.0])[y])
 
 
-def test_demo_pgdat_is_robust_on_another_seed_thanks_to_the_eps_warm_up():
+def test_demo_pgdat_is_robust_on_another_seed_thanks_to_the_eps_warm_up(main):
     # at the full ε from the first step, PGD-AT on seed 1 collapsed to a constant classifier (50.5%)
     res = main(["--json", "--seed", "1", "--methods", "pgdat"])
     assert res["pgdat"]["clean"] > 0.95 and res["pgdat"]["robust"] > 0.8
 
 
-ROOT = Path(__file__).resolve().parents[1]
 MAIN_JOB = json.loads((ROOT / "benchmarks" / "results" / "main_job.json").read_text())
 
 

@@ -69,7 +69,6 @@ def test_the_library_trains_without_any_extra(tmp_path):
     ("statement", "what"),
     [
         ("import robustreg.cli", "robustreg.cli"),
-        ("import robustreg.demo", "the demo"),
         ("from robustreg.plots import image_rows; import torch; image_rows([('x', torch.rand(1, 1, 4, 4))], 'p', 't')",
          "robustreg.plots"),
         ("from robustreg.control import plot_eigenvalues; import torch; plot_eigenvalues({'w': torch.eye(2)})",

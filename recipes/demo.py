@@ -1,6 +1,6 @@
 """The robust-training demo on generated data, in about half a minute on a laptop CPU.
 
-    python -m robustreg.demo
+    python recipes/demo.py
 
 Trains the same MLP on two rings with 48 nuisance dimensions (:func:`robustreg.data.two_rings`)
 naturally and with PGD-AT, Fast-AT, Free-AT and TRADES, then reports clean, AutoAttack (APGD, from
@@ -23,23 +23,17 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 from torch import Tensor, nn
 
-from ._extras import missing_extra
-
-try:
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
-except ModuleNotFoundError as err:  # pragma: no cover - exercised in a subprocess without rich
-    raise missing_extra(err, "the demo (python -m robustreg.demo)") from err
-
-from . import cli
-from .adversarial import PGDAT, TRADES, AdversarialLoss, EpsWarmup, FastAT, FreeAT, replay
-from .attacks import CW, PGD
-from .autoattack import INSTALL, AutoAttack, available
-from .data import two_rings
-from .evaluate import gradient_masking_report, robust_accuracy
+from robustreg import cli
+from robustreg.adversarial import PGDAT, TRADES, AdversarialLoss, EpsWarmup, FastAT, FreeAT, replay
+from robustreg.attacks import CW, PGD
+from robustreg.autoattack import INSTALL, AutoAttack, available
+from robustreg.data import two_rings
+from robustreg.evaluate import gradient_masking_report, robust_accuracy
 
 METHODS = ("natural", "pgdat", "fast", "free", "trades")
 FREE_REPLAYS = 4
@@ -90,7 +84,7 @@ def train(method: str, data: tuple[Tensor, Tensor], args: argparse.Namespace, pr
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(
-        prog="python -m robustreg.demo", description=cli.summary(__doc__), formatter_class=cli.HelpFormatter
+        prog="python recipes/demo.py", description=cli.summary(__doc__), formatter_class=cli.HelpFormatter
     )
     parser.add_argument("--epochs", type=int, default=20, help="training epochs per method")
     parser.add_argument("--eps", type=float, default=0.25, help="ℓ∞ radius for training and evaluation")

@@ -10,7 +10,7 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import charts, control, diagnostics, func, models, ssl
+from . import charts, control, devices, diagnostics, func, models, ssl
 from .adversarial import (
     ATTA,
     PGDAT,
@@ -75,6 +75,7 @@ __all__ = [
     "control",
     "criterion_c",
     "cw_margin",
+    "devices",
     "diagnostics",
     "fosc",
     "func",

@@ -111,3 +111,38 @@ def test_chart_linearization_takes_the_generic_path_off_the_kernel_devices(kind,
     assert isinstance(linearization(decode, z, linearize), FuncLinearization)
     for a, b in zip(with_kernels, tnar(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_kernels_forces_either_path_and_nests():
+    cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")
+    uses = robustreg.devices.uses_kernels
+    with robustreg.devices.kernels("off"):
+        assert not uses(cpu)
+        with robustreg.devices.kernels("on"):
+            assert uses(cpu) and uses(meta)
+            with robustreg.devices.kernels("auto"):  # back to the device rule
+                assert uses(cpu) and not uses(meta)
+        assert not uses(cpu)
+    assert uses(cpu) and not uses(meta)
+    with pytest.raises(RuntimeError), robustreg.devices.kernels("off"):
+        raise RuntimeError  # the block is left by an exception: the setting is undone
+    assert uses(cpu)
+    with pytest.raises(ValueError, match="mode must be one of"), robustreg.devices.kernels("generic"):
+        pass
+    assert uses(cpu)
+
+
+def test_forcing_the_generic_path_on_the_cpu_gives_the_same_yopo(monkeypatch):
+    torch.manual_seed(0)
+    model = Net().double()
+    x, y = torch.rand(6, 1, 9, 9, dtype=D), torch.randint(0, 4, (6,))
+    kernels = yopo_result(model, x, y)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a hand-written kernel ran inside kernels('off')")
+
+    monkeypatch.setattr(FirstLayer, "_reverse", refused)
+    with robustreg.devices.kernels("off"):
+        generic = yopo_result(model, x, y)
+    for a, b in zip([kernels[0], kernels[1], *kernels[2]], [generic[0], generic[1], *generic[2]], strict=True):
+        torch.testing.assert_close(a, b)

@@ -1,15 +1,19 @@
-"""Peak memory of one training step, YOPO against PGD (CPU).
+"""Peak memory of one training step, YOPO against PGD.
 
     python benchmarks/peak_memory.py
+    python benchmarks/peak_memory.py --model preact-resnet18 --batch-size 32 --methods natural,pgd10,yopo5-3
+    python benchmarks/peak_memory.py --device cuda --model wrn-34-10 --amp bf16
 
-Each (method, repeat) runs in a fresh Python process: it builds SmallCNN, runs one warm-up step
+Each (method, repeat) runs in a fresh Python process: it builds the network (``--model``, SmallCNN
+by default; the networks and methods of ``benchmarks/workloads.py``), runs one warm-up step
 on a batch of 2 (so that lazily created kernels and caches exist), reads the process's peak
 resident set size, runs one step on an MNIST-shaped batch of ``--batch-size`` (128), and reports
 how far the peak grew: the memory that step needed at its peak beyond what the process already
 held. The report gives the median over ``--repeats`` processes per method and the ratio
 YOPO-5-3 / PGD-10, the issue's yardstick (≤ 1.25). YOPO never holds more than one pass's graph:
 each pass's graph is freed by ``torch.autograd.grad`` before the next pass starts, and nothing of
-a pass but η outlives it.
+a pass but η outlives it. On CUDA (``--device cuda``) the measure is the peak of allocated memory
+during the step beyond what was allocated before it (``torch.cuda.max_memory_allocated``).
 
 The children run with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc): tensors above 128 KiB are mapped
 and unmapped on their own, so the resident set follows the tensors alive at each moment instead
@@ -32,35 +36,23 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-METHODS = ("natural", "pgd10", "yopo5-3", "yopo5-10")
+DEFAULT_METHODS = ("natural", "pgd10", "yopo5-3", "yopo5-10")
 
 
-def one(method: str, batch_size: int) -> float:
-    """Run in a child process: the growth of peak RSS (MiB) caused by one full-size step."""
-    import robustreg
-    from robustreg.models import SmallCNN
+def one(args: argparse.Namespace) -> float:
+    """Run in a child process: how far one full-size step of ``args.child`` raised the peak, in MiB
+    (CPU: the peak resident set size; CUDA: the peak of allocated memory)."""
+    from workloads import Setup, Trainer, device, make_batch  # the children import what they measure
 
-    torch.manual_seed(0)
-    model = SmallCNN().train()
-    loss_fn = {
-        "natural": lambda x, y: F.cross_entropy(model(x), y),
-        "pgd10": robustreg.PGDAT(model, eps=0.3, alpha=0.01, steps=10),
-        "yopo5-3": robustreg.YOPO(model, m=5, n=3, eps=0.3, alpha=0.01, first_layer=model.layer_one),
-        "yopo5-10": robustreg.YOPO(model, m=5, n=10, eps=0.3, alpha=0.01, first_layer=model.layer_one),
-    }[method]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step(n: int) -> None:
-        x, y = torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x, y).backward()
-        opt.step()
-
-    step(2)
+    setup = Setup(device(args.device), args.amp, False, args.channels_last)
+    trainer = Trainer(args.child, args.model, setup, 0)
+    trainer.step(*make_batch(args.model, 2, setup, 0))  # lazily created kernels and caches
+    x, y = make_batch(args.model, args.batch_size, setup, 0)
+    if setup.device.type == "cuda":
+        return trainer.peak_memory(x, y)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step(batch_size)
+    trainer.step(x, y)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return (after - before) / 1024  # ru_maxrss is in KiB on Linux
 
@@ -73,22 +65,36 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=128, help="batch of the measured step")
     p.add_argument("--glibc-cache", action="store_true", help="measure with glibc's default heap caching")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this path")
+    p.add_argument("--model", default="smallcnn", help="network (benchmarks/workloads.py NETWORKS), with its input")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma list (workloads.METHODS)")
+    p.add_argument("--device", default="cpu", help="cpu (peak RSS) or cuda (peak allocated memory)")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype of the step")
+    p.add_argument("--channels-last", action="store_true", help="channels-last network and batch")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # workloads.py, reporting.py beside this file
     if args.child:
-        print(one(args.child, args.batch_size))
+        print(one(args))
         return {}
+    from workloads import METHODS, NETWORKS
+
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.model not in NETWORKS or not args.methods or set(args.methods) - set(METHODS):
+        p.error(f"--model from {', '.join(NETWORKS)}; --methods from {', '.join(METHODS)}")
     from reporting import progress_bar, write_json  # not in the children: they import what they measure, no more
 
     env = dict(os.environ)
     if not args.glibc_cache:
         env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
-    peaks: dict[str, list[float]] = {m: [] for m in METHODS}
+    peaks: dict[str, list[float]] = {m: [] for m in args.methods}
+    child = ["--batch-size", str(args.batch_size), "--model", args.model, "--device", args.device]
+    child += (["--amp", args.amp] if args.amp else []) + (["--channels-last"] if args.channels_last else [])
     with progress_bar() as bar:
-        task = bar.add_task(f"{len(METHODS)} methods × {args.repeats} processes", total=args.repeats * len(METHODS))
+        methods = len(args.methods)
+        task = bar.add_task(f"{methods} methods × {args.repeats} processes", total=args.repeats * methods)
         for _ in range(args.repeats):
-            for method in METHODS:
-                cmd = [sys.executable, __file__, "--child", method, "--batch-size", str(args.batch_size)]
+            for method in args.methods:
+                cmd = [sys.executable, __file__, "--child", method, *child]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
                 peaks[method].append(float(out.stdout.strip()))
                 bar.advance(task)
@@ -111,13 +117,22 @@ def make_report(args: argparse.Namespace, peaks: dict[str, list[float]], env: di
     return {
         "partial": partial,
         "config": {
+            "model": args.model,
+            "device": args.device,
+            "amp": args.amp,
+            "channels_last": args.channels_last,
+            "measure": "peak allocated memory (CUDA)" if args.device == "cuda" else "peak RSS growth (CPU)",
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "malloc_mmap_threshold": env.get("MALLOC_MMAP_THRESHOLD_"),
             "torch": torch.__version__,
         },
-        "peak_growth_mib": {m: {"median": med[m], "all": peaks[m]} for m in METHODS if m in med},
-        "ratios": {"yopo5-3 / pgd10": ratio("yopo5-3", "pgd10"), "yopo5-10 / pgd10": ratio("yopo5-10", "pgd10")},
+        "peak_growth_mib": {m: {"median": med[m], "all": peaks[m]} for m in args.methods if m in med},
+        "ratios": {
+            "yopo5-3 / pgd10": ratio("yopo5-3", "pgd10"),
+            "yopo3-5 / pgd10": ratio("yopo3-5", "pgd10"),
+            "yopo5-10 / pgd10": ratio("yopo5-10", "pgd10"),
+        },
     }
 
 

@@ -10,13 +10,20 @@ for natural training (plain cross-entropy), PGD-10 and PGD-40 (:class:`robustreg
 cross-entropy + VAT (:class:`robustreg.VAT`, finite-difference or exact-HVP power step) and
 cross-entropy + TNAR (:class:`robustreg.TNAR` with a convolutional VAE chart; the exact normal
 projection, or ``normal="penalty"``),
-on :class:`robustreg.models.SmallCNN` with one MNIST-shaped batch of random
+by default on :class:`robustreg.models.SmallCNN` with one MNIST-shaped batch of random
 images in [0, 1] (``torch.rand(B, 1, 28, 28)``, labels in 0..9), on the CPU, with the MNIST settings
 eps = 0.3 and alpha = 0.01 for PGD and TRADES (Fast-AT and Free-AT use their default step sizes,
 1.25·eps and eps). The model is in train mode (SmallCNN's dropout is active) and the optimizer is SGD
-(lr 0.01, momentum 0.9).
+(lr 0.01, momentum 0.9). ``--model`` takes the CIFAR networks (``preact-resnet18``, ``wrn-34-10``,
+``conv-large``: 3×32×32 batches, ε = 8/255, α = 2/255) or the two-rings ``mlp``; ``--device cuda``
+times with CUDA events; ``--amp bf16|fp16`` runs the step under autocast; ``--compile``
+``torch.compile``s the model (a method that cannot be built or stepped so is left out, the error in
+the report's ``failed``); ``--channels-last``; ``--kernels on|off`` forces the hand-written CPU
+kernels of YOPO's first layer and TNAR's charts (the device seam, :mod:`robustreg.devices`). Every
+method's ATen operations per step (and on CUDA its kernels) are counted once, before timing
+(``workloads.Trainer.count``).
 
-How: every method gets its own SmallCNN, built from the same seed so that all start from the same
+How: every method gets its own network, built from the same seed so that all start from the same
 weights, its own SGD optimizer and its loss object, each built once and reused for every step. All
 methods are timed side by side in one process: after ``--warmup`` untimed rounds, each of the
 ``--repeats`` rounds times every method once (round-robin, with the starting method rotated each
@@ -32,6 +39,8 @@ Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYT
     python benchmarks/step_cost.py
     python benchmarks/step_cost.py --repeats 11 --threads 1 --out step_cost.json
     python benchmarks/step_cost.py --methods natural,fast,free
+    python benchmarks/step_cost.py --model preact-resnet18 --batch-size 32 --methods natural,pgd10,yopo5-3
+    python benchmarks/step_cost.py --device cuda --model wrn-34-10 --amp bf16
 
 The JSON report is the only output on stdout; a progress bar (with an ETA) and a line per round go
 to stderr. With ``--out``, the report is also written there after every timed round, with
@@ -46,96 +55,30 @@ import logging
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 import robustreg
 from robustreg import cli
-from robustreg.charts import VAE
-from robustreg.models import SmallCNN
 
 from reporting import progress_bar, setup_logging, write_json
+from workloads import METHODS, NETWORKS, Setup, Trainer, device, kernel_path, make_batch
 
 log = logging.getLogger("step_cost")
 
-EPS = 0.3  # MNIST ℓ∞ radius
-ALPHA = 0.01  # MNIST PGD / TRADES step size
-LR = 0.01
-MOMENTUM = 0.9
 SEED = 0
-
-Objective = Callable[[Tensor, Tensor], Tensor]
-
-
-def natural(model: nn.Module) -> Objective:
-    """Plain cross-entropy on the clean batch."""
-    return lambda x, y: F.cross_entropy(model(x), y)
-
-
-def vat(model: nn.Module, method: str) -> Objective:
-    """Cross-entropy plus VAT (ε = 2, ξ = 1e-6, one power step) on the same batch, the clean
-    logits shared: a semi-supervised step where every image is also an unlabeled one."""
-    reg = robustreg.VAT(model, eps=2.0, method=method)
-
-    def objective(x: Tensor, y: Tensor) -> Tensor:
-        logits = model(x)
-        return F.cross_entropy(logits, y) + reg(x, logits=logits)
-
-    return objective
-
-
-class _WithoutLinearize:
-    """A chart's encode and decode only: TNAR computes its Jacobian products with torch.func."""
-
-    def __init__(self, chart: nn.Module) -> None:
-        self.encode, self.decode = chart.encode, chart.decode
-
-
-def tnar(model: nn.Module, func: bool = False, **options: Any) -> Objective:
-    """Cross-entropy plus TNAR (ε_t = ε_n = 2, one power step, 4 CG iterations) on the same
-    batch, the clean logits shared, with a convolutional VAE chart (latent 20, width 16: the
-    chart of ``benchmarks/fashion_ssl.py``; its weights are random, which does not change the
-    cost). ``func=True`` hides the chart's ``linearize``, so that the chart's products go
-    through ``torch.func`` (the path of any user chart)."""
-    chart = VAE((1, 28, 28), latent=20, width=16).eval().requires_grad_(False)
-    used = _WithoutLinearize(chart) if func else chart
-    reg = robustreg.TNAR(model, used, eps_tangent=2.0, eps_normal=2.0, tangent="manifold", **options)
-
-    def objective(x: Tensor, y: Tensor) -> Tensor:
-        logits = model(x)
-        return F.cross_entropy(logits, y) + reg(x, logits=logits)
-
-    return objective
-
-
-# name -> builder of the loss object for a given model, in report order.
-BUILDERS: dict[str, Callable[[nn.Module], Objective]] = {
-    "natural": natural,
-    "pgd10": lambda m: robustreg.PGDAT(m, eps=EPS, alpha=ALPHA, steps=10),
-    "pgd40": lambda m: robustreg.PGDAT(m, eps=EPS, alpha=ALPHA, steps=40),
-    "fast": lambda m: robustreg.FastAT(m, eps=EPS),
-    "free": lambda m: robustreg.FreeAT(m, eps=EPS),
-    "trades10": lambda m: robustreg.TRADES(m, eps=EPS, alpha=ALPHA, steps=10),
-    # YOPO with SmallCNN's conv1 + ReLU as f0, as the official MNIST code.
-    "yopo5-3": lambda m: robustreg.YOPO(m, m=5, n=3, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
-    "yopo5-10": lambda m: robustreg.YOPO(m, m=5, n=10, eps=EPS, alpha=ALPHA, first_layer=m.layer_one),
-    "vat": lambda m: vat(m, "finite_difference"),
-    "vat-hvp": lambda m: vat(m, "hvp"),
-    "tnar": tnar,
-    "tnar-func": lambda m: tnar(m, func=True),
-    "tnar-penalty": lambda m: tnar(m, normal="penalty", zeta=0.1),
-}
+#: the methods timed by default (the published table's); ``--methods`` adds any of :data:`METHODS`
+DEFAULT_METHODS = ["natural", "pgd10", "pgd40", "fast", "free", "trades10", "yopo5-3", "yopo5-10", "vat",
+                   "vat-hvp", "tnar", "tnar-func", "tnar-penalty"]  # fmt: skip
 # The issue's yardsticks, computed from the medians: (numerator, denominator, scale of denominator).
 RATIOS = {
     "yopo5-10 / pgd40": ("yopo5-10", "pgd40", 1),
     "yopo5-3 / pgd10": ("yopo5-3", "pgd10", 1),
+    "yopo3-5 / pgd10": ("yopo3-5", "pgd10", 1),
     "yopo5-3 / (5 x natural)": ("yopo5-3", "natural", 5),
     "yopo5-10 / (5 x natural)": ("yopo5-10", "natural", 5),
     "vat / natural": ("vat", "natural", 1),
@@ -144,41 +87,6 @@ RATIOS = {
     "tnar-func / vat": ("tnar-func", "vat", 1),
     "tnar-penalty / vat": ("tnar-penalty", "vat", 1),
 }
-
-
-@dataclass
-class Trainer:
-    """One method's model, optimizer and loss object, built once and stepped repeatedly."""
-
-    name: str
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    objective: Objective
-
-    def step(self, x: Tensor, y: Tensor) -> float:
-        """Run one training step on ``(x, y)``; return its wall-clock time in seconds."""
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.objective(x, y)
-        loss.backward()
-        self.optimizer.step()
-        return time.perf_counter() - start
-
-
-def build(name: str, seed: int) -> Trainer:
-    """A fresh SmallCNN (same seed for every method, so all start equal) with SGD and ``name``'s loss."""
-    torch.manual_seed(seed)
-    model = SmallCNN().train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    return Trainer(name, model, optimizer, BUILDERS[name](model))
-
-
-def make_batch(batch_size: int, seed: int) -> tuple[Tensor, Tensor]:
-    """An MNIST-shaped batch: images uniform in [0, 1] and labels uniform in 0..9."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch_size, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (batch_size,), generator=gen)
-    return x, y
 
 
 def rotated(items: list[Trainer], k: int) -> list[Trainer]:
@@ -241,10 +149,10 @@ def ratios(times: dict[str, list[float]]) -> dict[str, float]:
 
 def parse_methods(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = sorted(set(names) - set(BUILDERS))
+    unknown = sorted(set(names) - set(METHODS))
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown or empty methods {unknown}; choose from {', '.join(BUILDERS)}")
-    return [n for n in BUILDERS if n in names]  # report order, duplicates dropped
+        raise argparse.ArgumentTypeError(f"unknown or empty methods {unknown}; choose from {', '.join(METHODS)}")
+    return [n for n in METHODS if n in names]  # report order, duplicates dropped
 
 
 def positive_int(text: str) -> int:
@@ -268,42 +176,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=positive_int, default=128, help="batch of the timed step")
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this path")
-    p.add_argument("--methods", type=parse_methods, default=list(BUILDERS), help=f"comma list of {','.join(BUILDERS)}")
+    p.add_argument("--methods", type=parse_methods, default=DEFAULT_METHODS, help=f"comma list of {','.join(METHODS)}")
     p.add_argument("--seed", type=int, default=SEED, help="seeds the models and the batch")
+    p.add_argument("--model", choices=list(NETWORKS), default="smallcnn", help="network, with its data set's input")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast dtype (fp16 with a grad scaler)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (a method that fails says why)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last model and batch (images)")
+    p.add_argument(
+        "--kernels", choices=("auto", "on", "off"), default="auto",
+        help="the hand-written CPU kernels (YOPO's first layer, the charts): by device, forced on, or off",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_all(args: argparse.Namespace, setup: Setup) -> tuple[list[Trainer], dict[str, str]]:
+    """Every method's trainer, and for those that cannot be built or stepped (e.g. under
+    ``--compile``) the error, which the report gives instead of a timing."""
+    trainers, failed = [], {}
+    x, y = make_batch(args.model, 2, setup, args.seed)
+    for name in args.methods:
+        try:
+            trainer = Trainer(name, args.model, setup, args.seed)
+            trainer.step(x, y)  # a first step on a tiny batch: compilation and lazy set-up happen here
+        except Exception as err:  # reported, not hidden: the method is left out
+            failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            log.warning("%s left out: %s", name, failed[name])
+            continue
+        trainers.append(trainer)
+    return trainers, failed
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_logging()  # stderr
     args = parse_args(argv)
+    setup = Setup(device(args.device), args.amp, args.compile, args.channels_last)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if "natural" not in args.methods:
         log.warning("natural not in --methods: ratio_to_natural will be null")
-    trainers = [build(name, args.seed) for name in args.methods]
-    x, y = make_batch(args.batch_size, args.seed)
-    load_start = os.getloadavg()
+    with kernel_path(args.kernels):
+        trainers, failed = build_all(args, setup)
+        x, y = make_batch(args.model, args.batch_size, setup, args.seed)
+        ops = {t.name: t.count(x, y) for t in trainers}
+        load_start = os.getloadavg()
 
-    def partial(times: dict[str, list[float]]) -> None:
-        if args.out is not None:
-            write_json(args.out, make_report(args, times, load_start, os.getloadavg(), partial=True))
+        def partial(times: dict[str, list[float]]) -> None:
+            if args.out is not None:
+                report = make_report(args, setup, times, ops, failed, load_start, os.getloadavg(), partial=True)
+                write_json(args.out, report)
 
-    times = measure(trainers, x, y, args.warmup, args.repeats, on_round=partial)
-    report = make_report(args, times, load_start, os.getloadavg(), partial=False)
+        times = measure(trainers, x, y, args.warmup, args.repeats, on_round=partial)
+    report = make_report(args, setup, times, ops, failed, load_start, os.getloadavg(), partial=False)
     if args.out is not None:
         write_json(args.out, report)
     print(json.dumps(report, indent=2))
+    return report
 
 
 def make_report(
     args: argparse.Namespace,
+    setup: Setup,
     times: dict[str, list[float]],
+    ops: dict[str, dict[str, int | None]],
+    failed: dict[str, str],
     load_start: tuple[float, float, float],
     load_end: tuple[float, float, float],
     *,
     partial: bool,
 ) -> dict[str, Any]:
     """The JSON report of ``times``; ``partial`` while rounds are still to run."""
+    net = NETWORKS[args.model]
+    results = summarise(times)
+    for name, counts in ops.items():
+        results[name] |= counts
     return {
         "partial": partial,
         "config": {
@@ -311,26 +257,29 @@ def make_report(
             "robustreg": robustreg.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "device": "cpu",
+            **setup.describe(),
+            "kernels": args.kernels,
             "threads": torch.get_num_threads(),
-            "model": "SmallCNN (train mode)",
-            "input_shape": [args.batch_size, 1, 28, 28],
+            "model": f"{args.model} (train mode)",
+            "input_shape": [args.batch_size, *net.shape],
+            "data": net.data,
             "batch_size": args.batch_size,
             "repeats": args.repeats,
             "warmup": args.warmup,
             "seed": args.seed,
-            "eps": EPS,
-            "alpha_pgd_trades": ALPHA,
-            "optimizer": {"name": "SGD", "lr": LR, "momentum": MOMENTUM},
-            "step": "zero_grad + loss + backward + optimizer.step",
-            "timer": "time.perf_counter",
+            "eps": net.eps,
+            "alpha_pgd_trades_yopo": net.alpha,
+            "optimizer": {"name": "SGD", "lr": 0.01, "momentum": 0.9},
+            "step": "zero_grad + loss + backward + optimizer.step (under autocast with --amp)",
+            "timer": "CUDA events" if setup.device.type == "cuda" else "time.perf_counter",
             "methods": args.methods,
             # 1/5/15-min system load before and after; well above `threads` means other processes competed.
             "cpu_count": os.cpu_count(),
             "loadavg_start": [round(v, 2) for v in load_start],
             "loadavg_end": [round(v, 2) for v in load_end],
         },
-        "results": summarise(times),
+        "results": results,
+        "failed": failed,
         "ratios": ratios(times),
     }
 

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,88 @@ def test_step_cost_reports_each_method_and_its_ratio(tmp_path):
     }  # fmt: skip
     assert report["results"]["natural"]["ratio_to_natural"] == 1.0
     assert all(r["median_s"] > 0 for r in report["results"].values())
+
+
+@pytest.mark.parametrize("model", ["preact-resnet18", "wrn-34-10", "conv-large", "mlp"])
+def test_step_cost_builds_and_steps_every_network(model, tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--repeats", "1", "--warmup", "0",
+           "--batch-size", "2", "--model", model, "--methods", "natural,fast", "--threads", "1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    shape = {"mlp": [2, 50]}.get(model, [2, 3, 32, 32])
+    assert report["config"]["input_shape"] == shape and report["config"]["model"].startswith(model)
+    assert report["failed"] == {} and list(report["results"]) == ["natural", "fast"]
+    for r in report["results"].values():
+        assert r["median_s"] > 0 and r["aten_ops"] > 0 and r["cuda_kernels"] is None
+    # a Fast-AT step is a natural one plus an FGSM forward and backward: more operations
+    assert report["results"]["fast"]["aten_ops"] > report["results"]["natural"]["aten_ops"]
+
+
+def test_step_cost_reports_a_method_that_cannot_run_instead_of_failing(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import step_cost
+
+    import workloads
+
+    def broken(model, net):
+        def objective(x, y):
+            raise RuntimeError("cannot run here")
+
+        return objective
+
+    monkeypatch.setitem(workloads.METHODS, "broken", broken)
+    report = step_cost.main(["--repeats", "1", "--warmup", "0", "--batch-size", "2", "--methods", "natural,broken"])
+    assert report["failed"] == {"broken": "RuntimeError: cannot run here"}
+    assert list(report["results"]) == ["natural"]
+    with pytest.raises(SystemExit, match="--device must be cpu or cuda"):
+        step_cost.main(["--device", "tpu"])
+
+
+def test_peak_memory_measures_any_network_and_method_in_its_own_process(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--repeats", "1", "--batch-size", "8",
+           "--model", "mlp", "--methods", "natural,yopo3-5", "--out", str(tmp_path / "m.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["config"]["model"] == "mlp" and report["config"]["measure"] == "peak RSS growth (CPU)"
+    assert list(report["peak_growth_mib"]) == ["natural", "yopo3-5"]
+    assert all(v["median"] >= 0 for v in report["peak_growth_mib"].values())
+    bad = subprocess.run([*cmd[:2], "--methods", "natural,pgd7"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--methods from" in bad.stderr
+
+
+def test_device_check_smoke_reports_every_section(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--smoke", "--out", str(tmp_path / "d.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["partial"] is False and json.loads((tmp_path / "d.json").read_text()) == report
+    assert report["config"]["device"] == "cpu" and report["skipped"] == []
+    sections = report["sections"]
+    assert list(sections) == ["preact-resnet18", "wrn-34-10", "conv-large"]
+    assert list(sections["preact-resnet18"]["results"]) == [
+        "natural", "pgd10", "yopo5-3", "yopo3-5", "fast", "free", "trades10", "yopo5-3[kernels on]",
+        "yopo5-3[kernels off]",
+    ]  # fmt: skip
+    assert set(sections["preact-resnet18"]["ratios"]) == {
+        "yopo5-3 / pgd10", "yopo3-5 / pgd10", "yopo5-3[kernels on] / yopo5-3[kernels off]",
+    }  # fmt: skip
+    assert set(sections["conv-large"]["ratios"]) == {"ssl-tnar / ssl-vat"}
+    for section in sections.values():
+        assert section["failed"] == {}
+        for r in section["results"].values():
+            assert r["median_s"] > 0 and r["aten_ops"] > 0 and r["peak_mib"] is None  # no CUDA here
+    assert "device check: cpu" in out.stderr and "yopo5-3[kernels on]" in out.stderr
+
+
+def test_device_check_skips_what_the_budget_does_not_allow(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--smoke", "--budget-s", "0.001"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert list(report["sections"]) == ["preact-resnet18"]  # the first section always runs
+    assert report["skipped"] == ["wrn-34-10", "conv-large"] and "skipped (budget)" in out.stderr
 
 
 def _time_to_robust():

@@ -16,7 +16,7 @@ from robustreg import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("robust", "semisupervised", "chart", "msa_stability", "evaluate", "cifar_tnar", "demo")
-BENCHMARKS = ("bad_inputs", "fashion_ssl", "fault_injection", "peak_memory", "step_cost", "threads",
+BENCHMARKS = ("bad_inputs", "device_check", "fashion_ssl", "fault_injection", "peak_memory", "step_cost", "threads",
               "time_to_robust", "two_rings_ssl")  # fmt: skip
 PROGRAMS = [*(f"recipes/{n}.py" for n in RECIPES), *(f"benchmarks/{n}.py" for n in BENCHMARKS)]
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from ..devices import uses_kernels
 from ..modes import inner_mode
 from ..perturb import Bounds, clamp_to_box
 from ..record import Record
@@ -199,8 +200,13 @@ class YOPO(AdversarialLoss):
 
     @staticmethod
     def _chunks(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
-        """Split batch-aligned tensors into chunks of :data:`CHUNK_BYTES` of the last one (the co-state)."""
+        """Per tensor, its chunks along the batch, of :data:`CHUNK_BYTES` of the last one (the
+        co-state): a cache optimisation of the CPU path, so one chunk (the whole batch) off the
+        devices of :data:`robustreg.devices.KERNEL_DEVICES`, where each chunk's small operations
+        would be as many kernel launches."""
         p = tensors[-1]
+        if not uses_kernels(p):
+            return [(t,) for t in tensors]
         rows = max(1, CHUNK_BYTES // max(1, p[0].numel() * p.element_size()))
         count = -(-len(p) // rows)  # ⌈B / rows⌉ chunks, of equal size: 4 × 32 rows, not 3 × 41 + 5
         rows = -(-len(p) // count)

@@ -44,29 +44,18 @@ class Network:
     small: Callable[[], nn.Module] | None = None
 
 
+def _cifar(
+    build: Callable[[], nn.Module], small: Callable[[], nn.Module] | None = None, data: str = "CIFAR-10"
+) -> Network:
+    """A network of 3×32×32 images in [0, 1] (CIFAR-10, SVHN): ε = 8/255, α = 2/255."""
+    return Network(build, (3, 32, 32), 10, 8 / 255, 2 / 255, (0.0, 1.0), data, small)
+
+
 NETWORKS: dict[str, Network] = {
     "smallcnn": Network(SmallCNN, (1, 28, 28), 10, 0.3, 0.01, (0.0, 1.0), "MNIST"),
-    "preact-resnet18": Network(
-        preact_resnet18,
-        (3, 32, 32),
-        10,
-        8 / 255,
-        2 / 255,
-        (0.0, 1.0),
-        "CIFAR-10",
-        small=lambda: PreActResNet(blocks=(1, 1, 1, 1)),
-    ),
-    "wrn-34-10": Network(
-        wide_resnet34_10,
-        (3, 32, 32),
-        10,
-        8 / 255,
-        2 / 255,
-        (0.0, 1.0),
-        "CIFAR-10",
-        small=lambda: WideResNet(depth=10, widen=1),
-    ),
-    "conv-large": Network(ConvLarge, (3, 32, 32), 10, 8 / 255, 2 / 255, (0.0, 1.0), "CIFAR-10 / SVHN"),
+    "preact-resnet18": _cifar(preact_resnet18, small=lambda: PreActResNet(blocks=(1, 1, 1, 1))),
+    "wrn-34-10": _cifar(wide_resnet34_10, small=lambda: WideResNet(depth=10, widen=1)),
+    "conv-large": _cifar(ConvLarge, data="CIFAR-10 / SVHN"),
     "mlp": Network(lambda: MLP(50, 2, hidden=(64, 64)), (50,), 2, 0.25, 0.0625, None, "two rings + 48 nuisance"),
 }
 

@@ -113,7 +113,6 @@ class ATTA(AdversarialLoss):
 
     def _check_config(self) -> None:
         super()._check_config()
-        _checks.nonneg_float("alpha", self.alpha)
         _checks.count("dataset_size", self.dataset_size, minimum=1)
         if self.reset_every is not None:
             _checks.count("reset_every", self.reset_every, minimum=1)

@@ -91,7 +91,7 @@ class AdversarialLoss:
     def _check_config(self) -> None:
         """Validate every hyper-parameter (at construction and before every call)."""
         _checks.nonneg_float("eps", self.eps)
-        if self.alpha is not None:
+        if self.alpha is not None or not self._has_default_alpha():  # None only where a rule gives α
             _checks.nonneg_float("alpha", self.alpha)
         _checks.count("steps", self.steps)
         get_ball(self.norm)
@@ -102,6 +102,12 @@ class AdversarialLoss:
 
     def _default_alpha(self) -> float:
         raise NotImplementedError
+
+    @classmethod
+    def _has_default_alpha(cls) -> bool:
+        """Whether ``alpha=None`` means a rule of the method (Fast-AT's 1.25ε, Free-AT's ε); the
+        engines without one require a float α."""
+        return cls._default_alpha is not AdversarialLoss._default_alpha
 
     @property
     def step_size(self) -> float:

@@ -65,7 +65,6 @@ class PGDAT(AdversarialLoss):
 
     def _check_config(self) -> None:
         super()._check_config()
-        _checks.nonneg_float("alpha", self.alpha)
         _checks.unit_float("clean_weight", self.clean_weight)
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:

@@ -95,7 +95,6 @@ class TRADES(AdversarialLoss):
 
     def _check_config(self) -> None:
         super()._check_config()
-        _checks.nonneg_float("alpha", self.alpha)
         _checks.nonneg_float("beta", self.beta)
 
     def _start(self, x: Tensor) -> Tensor:

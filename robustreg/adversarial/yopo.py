@@ -148,7 +148,6 @@ class YOPO(AdversarialLoss):
     def _check_config(self) -> None:
         _checks.count("n", self.steps)  # the base class's steps, under YOPO's name
         super()._check_config()
-        _checks.nonneg_float("alpha", self.alpha)
         _checks.count("m", self.m, minimum=1)
         _checks.nonneg_float("beta", self.beta)
         if self.objective not in OBJECTIVES:

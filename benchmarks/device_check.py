@@ -188,7 +188,8 @@ def print_table(report: dict[str, Any]) -> None:
     for network, sec in report["sections"].items():
         for name, r in sec["results"].items():
             ratio = next((v for k, v in r.items() if k.startswith("ratio_to_")), None)
-            cells = [f"{1000 * r['median_s']:.1f}", "" if ratio is None else f"{ratio:.2f}", str(r["aten_ops"])]
+            ops = "–" if r["aten_ops"] is None else str(r["aten_ops"])
+            cells = [f"{1000 * r['median_s']:.1f}", "" if ratio is None else f"{ratio:.2f}", ops]
             cells += [str(r["cuda_kernels"] or "–"), "–" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"]
             table.add_row(network, escape(name), *cells)
         for name, error in sec["failed"].items():

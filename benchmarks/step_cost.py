@@ -21,7 +21,10 @@ times with CUDA events; ``--amp bf16|fp16`` runs the step under autocast; ``--co
 the report's ``failed``); ``--channels-last``; ``--kernels on|off`` forces the hand-written CPU
 kernels of YOPO's first layer and TNAR's charts (the device seam, :mod:`robustreg.devices`). Every
 method's ATen operations per step (and on CUDA its kernels) are counted once, before timing
-(``workloads.Trainer.count``).
+(``workloads.Trainer.count``; not under ``--compile``, where the counting mode would bypass the
+compiled graph). Under ``--compile`` on the CPU (SmallCNN) every method compiles but YOPO, which
+refuses the compiled model: it finds its first layer through a forward hook, and the compiled
+graph never calls the layer's own forward.
 
 How: every method gets its own network, built from the same seed so that all start from the same
 weights, its own SGD optimizer and its loss object, each built once and reused for every step. All

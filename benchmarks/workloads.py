@@ -228,7 +228,10 @@ class Trainer:
 
     def count(self, x: Tensor, y: Tensor) -> dict[str, int | None]:
         """The ATen operations one step dispatches (forward, backward and optimizer), and on CUDA
-        the kernels it launches (``None`` elsewhere)."""
+        the kernels it launches (``None`` elsewhere). Not counted under ``torch.compile``
+        (``None``): with a Python dispatch mode active the step would not run the compiled graph."""
+        if self.setup.compile:
+            return {"aten_ops": None, "cuda_kernels": None}
         counter = _OpCounter()
         with counter:
             self._step(x, y)

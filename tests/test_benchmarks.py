@@ -69,6 +69,15 @@ def test_step_cost_reports_a_method_that_cannot_run_instead_of_failing(monkeypat
         step_cost.main(["--device", "tpu"])
 
 
+def test_operations_are_not_counted_under_compile(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import workloads
+
+    setup = workloads.Setup(torch.device("cpu"), compile=True)
+    trainer = workloads.Trainer("natural", "mlp", setup, 0)  # compiled lazily: nothing compiles here
+    assert trainer.count(*workloads.make_batch("mlp", 2, setup, 0)) == {"aten_ops": None, "cuda_kernels": None}
+
+
 def test_peak_memory_measures_any_network_and_method_in_its_own_process(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "peak_memory.py"), "--repeats", "1", "--batch-size", "8",
            "--model", "mlp", "--methods", "natural,yopo3-5", "--out", str(tmp_path / "m.json")]  # fmt: skip

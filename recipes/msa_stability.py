@@ -165,8 +165,8 @@ def train(method: str, cfg: MSAConfig, data: tuple[tuple[Tensor, Tensor], ...], 
                     if guard.ok(loss, model.parameters()):  # a non-finite step is skipped, not applied
                         opt.step()
             done = step + 1
-            run.end_step(
-                done, stop, done / per_epoch,
+            run.end_step(  # the final evaluation follows the loop (its clean accuracy included)
+                done, stop, done / per_epoch, evaluate_at_stop=False,
                 metrics=lambda loss=loss: {"loss": loss.detach()},
                 evaluate=lambda: {"acc": skeleton.accuracy(acc.unwrap_model(model), test_dev)},
             )  # fmt: skip

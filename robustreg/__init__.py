@@ -10,7 +10,7 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import charts, control, devices, diagnostics, func, models, ssl
+from . import charts, control, devices, diagnostics, func, interpret, models, ssl
 from .adversarial import (
     ATTA,
     PGDAT,
@@ -82,6 +82,7 @@ __all__ = [
     "get_ball",
     "gradient_masking_report",
     "inner_mode",
+    "interpret",
     "models",
     "recommended_attacks",
     "replay",

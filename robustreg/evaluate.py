@@ -95,9 +95,11 @@ def _is_pair(data: object) -> bool:
     return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data)
 
 
-def _batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """``data``'s ``(x, y)`` batches; a pair of tensors of different lengths or a value that is not
-    iterable is refused at once, a batch that is not ``(x, y, ...)`` when it is read."""
+def iter_batches(data: Data, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``data``'s ``(x, y)`` batches: an iterable of ``(x, y, ...)`` batches (a DataLoader) as it
+    yields them, a pair of tensors in chunks of ``batch_size``. A pair of tensors of different
+    lengths or a value that is not iterable is refused at once, a batch that is not
+    ``(x, y, ...)`` when it is read. Nothing is checked inside the batches."""
     if _is_pair(data):
         x, y = data
         if x.shape[0] != y.shape[0]:
@@ -117,8 +119,8 @@ def _pair(batch: object) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
-def _num_batches(data: Data, batch_size: int) -> int | None:
-    """How many batches ``data`` yields, or None when it has no length."""
+def count_batches(data: Data, batch_size: int) -> int | None:
+    """How many batches :func:`iter_batches` yields for ``data``, or None when it has no length."""
     if _is_pair(data):
         return math.ceil(data[0].shape[0] / batch_size)
     try:
@@ -127,7 +129,8 @@ def _num_batches(data: Data, batch_size: int) -> int | None:
         return None
 
 
-def _hook(name: str, value: object) -> None:
+def check_hook(name: str, value: object) -> None:
+    """``value`` is callable or None (``TypeError`` naming ``name`` otherwise)."""
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
 
@@ -181,12 +184,12 @@ def robust_accuracy(
     if not attacks or not all(callable(a) for a in attacks.values()):
         raise TypeError("attack must be a callable (model, x, y) -> x_adv or a non-empty mapping of them")
     _checks.count("batch_size", batch_size, minimum=1)
-    _hook("progress", progress)
-    _hook("on_batch", on_batch)
+    check_hook("progress", progress)
+    check_hook("on_batch", on_batch)
     if on_batch is not None:
         warnings.warn("on_batch is deprecated: use progress=, whose events carry the counts", DeprecationWarning, 2)
-    batches = _batches(data, batch_size)
-    return _evaluate(model, batches, attacks, _num_batches(data, batch_size), device, progress, on_batch)
+    batches = iter_batches(data, batch_size)
+    return _evaluate(model, batches, attacks, count_batches(data, batch_size), device, progress, on_batch)
 
 
 def _evaluate(
@@ -374,14 +377,14 @@ def gradient_masking_report(
     if apgd is not None:
         _checks.flag("apgd", apgd)
     run_apgd = available() if apgd is None else apgd
-    _hook("progress", progress)
-    _hook("on_batch", on_batch)
+    check_hook("progress", progress)
+    check_hook("on_batch", on_batch)
     if on_batch is not None:
         warnings.warn("on_batch is deprecated: use progress=, whose events carry the counts", DeprecationWarning, 2)
     if run_apgd:
         load_package()  # apgd=True without the package: the install command, before any work
-    num_batches = _num_batches(data, batch_size)
-    batches = _batches(data, batch_size)
+    num_batches = count_batches(data, batch_size)
+    batches = iter_batches(data, batch_size)
     first = next(batches, None)
     if first is None:
         raise ValueError("data yielded no samples")

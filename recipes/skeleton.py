@@ -133,14 +133,14 @@ def parse(
             fallback = f.metadata.get("fallback", "")
             help_text = f"{help_text} ({cli.by_dataset(f.name, by_dataset, fallback, label=by_label)})"
         kind = hints[f.name]
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
             parser.add_argument(flag, type=item, nargs="+", default=default, help=help_text)
         else:
-            if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:  # X | None
-                kind = next(a for a in typing.get_args(kind) if a is not type(None))
             parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
             if old := f.metadata.get("renamed_from"):
                 parser.add_argument(

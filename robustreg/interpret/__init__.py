@@ -2,10 +2,12 @@
 Convolutional Neural Networks", ICML 2019): saliency maps (:func:`input_gradient`,
 :func:`smooth_grad`), transforms that remove texture or shape (:func:`saturate`,
 :func:`patch_shuffle`), the paper's accuracy on correctly classified images
-(:func:`accuracy_on_correct`) and measures of a map's shape (:func:`gini`, :func:`edge_mass`).
+(:func:`accuracy_on_correct`) and measures of a map's shape (:func:`gini`, :func:`edge_mass`) and the study's figures
+(:func:`plot_saliency`, :func:`plot_transforms`, :func:`plot_accuracy_on_correct`).
 ``recipes/interpret.py`` runs the paper's study; ``docs/interpret.md`` shows what it finds."""
 
 from .measures import OnCorrect, accuracy_on_correct, edge_mass, gini, sobel_magnitude
+from .plot import plot_accuracy_on_correct, plot_saliency, plot_transforms
 from .saliency import input_gradient, saliency_image, smooth_grad
 from .transforms import PatchShuffle, Saturate, patch_shuffle, saturate
 
@@ -18,6 +20,9 @@ __all__ = [
     "gini",
     "input_gradient",
     "patch_shuffle",
+    "plot_accuracy_on_correct",
+    "plot_saliency",
+    "plot_transforms",
     "saliency_image",
     "saturate",
     "smooth_grad",

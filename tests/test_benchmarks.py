@@ -284,3 +284,16 @@ def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):
         assert len(report["times_s"][f"{name}@1"]) == len(report["times_s"][f"{name}@2"]) == 2
         median = report["median_s"]
         assert report["ratio"][name]["2/1"] == pytest.approx(median[f"{name}@2"] / median[f"{name}@1"])
+
+
+def test_smoothgrad_cost_reports_the_ratio_to_n_grad_passes(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "smoothgrad_cost.py"), "--images", "12", "--samples", "4",
+           "--batch-size", "16", "--repeats", "2", "--grad-passes", "2",
+           "--out", str(tmp_path / "sg.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "sg.json").read_text())
+    assert report["partial"] is False and len(report["times"]["smoothgrad_s"]) == 2
+    sg, gp = report["smoothgrad_median_s"], report["grad_pass_median_s"]
+    assert report["ratio_smoothgrad_to_n_grad"] == pytest.approx(sg / (4 * gp))
+    assert "loadavg_end" in report["config"]

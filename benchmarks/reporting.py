@@ -41,3 +41,12 @@ def write_json(path: Path, data: Any) -> None:
     file whole); creates the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def loadavg() -> str:
+    """``/proc/loadavg`` as it reads (the 1, 5 and 15-minute load, runnable/all tasks, last pid), for
+    the conditions of a timing; ``"n/a"`` where there is no such file."""
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "n/a"

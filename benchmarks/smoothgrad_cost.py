@@ -28,14 +28,7 @@ import torch
 from robustreg import cli, interpret
 from robustreg.models import SmallCNN
 
-from reporting import progress_bar, write_json
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "n/a"
+from reporting import loadavg, progress_bar, write_json
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from robustreg import cli
 from robustreg.checkpoint import atomic_write_text
 from robustreg.models import MLP, SmallCNN
 
+from reporting import loadavg
+
 WORKLOADS = ("rings-vat", "rings-trades", "mnist-pgd10", "mnist-vat")
 STEPS_PER_TIMING = {"rings-vat": 20, "rings-trades": 10, "mnist-pgd10": 1, "mnist-vat": 2}
 
@@ -90,13 +92,6 @@ def build(name: str, seed: int) -> Callable[[], None]:
         opt.step()
 
     return sup_step
-
-
-def loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "n/a"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

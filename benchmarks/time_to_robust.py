@@ -73,7 +73,7 @@ from robustreg import cli
 from robustreg.data import load_vision
 from robustreg.models import SmallCNN
 
-from reporting import progress_bar, setup_logging, write_json
+from reporting import loadavg, progress_bar, setup_logging, write_json
 
 log = logging.getLogger("time_to_robust")
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,20 +244,13 @@ def run_all(
     return curves, table
 
 
-def _loadavg() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().strip()
-    except OSError:
-        return "n/a"
-
-
 def stage_train(args: argparse.Namespace) -> dict:
     """Train every method interleaved; ``train.json`` and the snapshots are written as it goes."""
     train, _ = load_mnist(args.data_dir)
     names = args.methods.split(",")
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     config |= {"torch": torch.__version__, "threads": torch.get_num_threads(), "eps": EPS, "alpha": ALPHA}
-    config["loadavg_start"] = _loadavg()
+    config["loadavg_start"] = loadavg()
     report: dict = {"config": config, "curves": {}, "criterion_c": []}
     args.out.mkdir(parents=True, exist_ok=True)
     with progress_bar() as bar:
@@ -267,7 +260,7 @@ def stage_train(args: argparse.Namespace) -> dict:
             on_point=lambda: write_json(args.out / "train.json", report),
             on_step=lambda clocks: bar.update(task, completed=sum(clocks.values())),
         )  # fmt: skip
-    config["loadavg_end"] = _loadavg()
+    config["loadavg_end"] = loadavg()
     write_json(args.out / "train.json", report)
     return report
 
@@ -328,7 +321,7 @@ def stage_score(args: argparse.Namespace) -> None:
                 for snap in todo:
                     start = time.perf_counter()
                     row = score_model(load_snapshot(args.out / snap), test, attack)
-                    row |= {"eval_s": time.perf_counter() - start, "loadavg": _loadavg()}
+                    row |= {"eval_s": time.perf_counter() - start, "loadavg": loadavg()}
                     _score_file(args, snap).parent.mkdir(parents=True, exist_ok=True)
                     write_json(_score_file(args, snap), row)
                     bar.advance(task)
@@ -351,7 +344,7 @@ def stage_score(args: argparse.Namespace) -> None:
                     if key not in row:
                         start = time.perf_counter()
                         row[key] = score_model(model, final_data, curve_attack(key))
-                        row[key] |= {"eval_s": time.perf_counter() - start, "loadavg": _loadavg()}
+                        row[key] |= {"eval_s": time.perf_counter() - start, "loadavg": loadavg()}
                         path.parent.mkdir(parents=True, exist_ok=True)
                         write_json(path, row)
                     bar.advance(task)

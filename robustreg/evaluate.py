@@ -129,6 +129,30 @@ def count_batches(data: Data, batch_size: int) -> int | None:
         return None
 
 
+def model_device(model: nn.Module) -> torch.device | None:
+    """Where an evaluation sends its batches by default: the device of the model's first
+    parameter (None for a model without parameters: batches stay where they are)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else None
+
+
+def clean_pass(
+    model: nn.Module, x: object, y: object, device: torch.device | str | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One batch of an evaluation loop, checked and moved: x a non-empty finite floating batch of the
+    model's dtype, y integer labels ``(B,)``, both sent to ``device``; the model's clean logits
+    ``(B, C)`` (without gradients, in the mode the caller set) with every label in its classes.
+    Returns ``(x, y, logits)``."""
+    x = _checks.check_x(x, None)
+    y = _checks.check_y(y, x.shape[0])
+    x, y = x.to(device), y.to(device)
+    _checks.check_dtype(model, x)
+    with torch.no_grad():  # no gradients: checking the output afterwards changes nothing
+        logits = _checks.check_output(model(x), x.shape[0])
+    _checks.check_classes(y, logits.shape[1])
+    return x, y, logits
+
+
 def check_hook(name: str, value: object) -> None:
     """``value`` is callable or None (``TypeError`` naming ``name`` otherwise)."""
     if value is not None and not callable(value):
@@ -192,6 +216,81 @@ def robust_accuracy(
     return _evaluate(model, batches, attacks, count_batches(data, batch_size), device, progress, on_batch)
 
 
+@dataclass(frozen=True)
+class OnCorrect:
+    """What :func:`accuracy_on_correct` measured.
+
+    Attributes:
+        clean: clean accuracy, ``correct / n``.
+        n: samples evaluated.
+        correct: of these, the ones classified correctly when clean (the denominator below).
+        per_transform: per transform, the fraction of the ``correct`` samples still classified
+            correctly after it (NaN when ``correct`` is 0).
+    """
+
+    clean: float
+    n: int
+    correct: int
+    per_transform: dict[str, float]
+
+
+def accuracy_on_correct(
+    model: nn.Module,
+    data: Data,
+    transforms: Mapping[str, Callable[[Tensor], Tensor]],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    progress: ProgressHook | None = None,
+) -> OnCorrect:
+    """Accuracy on correctly classified images (Zhang and Zhu, ICML 2019, Sec. 4) under each of
+    ``transforms``: of the samples the model classifies correctly when clean, the fraction it still
+    classifies correctly after the transform. It separates what a transform does from what the
+    model got wrong anyway, so that models of different clean accuracy can be compared.
+
+    Args:
+        model: a classifier returning logits, evaluated in eval mode (each module's mode restored
+            afterwards).
+        data: an iterable of ``(x, y, ...)`` batches (a DataLoader) or a pair of tensors.
+        transforms: ``name -> transform``, each a callable on a batch ``x -> x'`` of x's shape
+            (:class:`robustreg.interpret.Saturate`, :class:`robustreg.interpret.PatchShuffle`, a
+            stylisation network, …), applied to whole batches in the mapping's order.
+        batch_size: the chunk size when ``data`` is a pair of tensors.
+        device: where batches go; by default the device of the model's parameters.
+        progress: receives the :class:`ProgressEvent` s of :func:`robust_accuracy`, the transforms
+            in the place of attacks (``correct[name]``: samples classified correctly after the
+            transform, over all samples it has seen).
+
+    Returns:
+        :class:`OnCorrect`.
+
+    Example:
+        >>> res = accuracy_on_correct(model, (x, y), {"saturate-1024": Saturate(1024)})
+        >>> res.per_transform["saturate-1024"]  # doctest: +SKIP
+        0.93
+    """
+    _checks.module("model", model)
+    if not isinstance(transforms, Mapping) or not transforms or not all(callable(t) for t in transforms.values()):
+        raise TypeError("transforms must be a non-empty mapping name -> callable x -> x'")
+    _checks.count("batch_size", batch_size, minimum=1)
+    check_hook("progress", progress)
+    as_attacks: dict[str, Attack] = {name: _ignoring_model(t) for name, t in transforms.items()}
+    kept = dict.fromkeys(transforms, 0)
+    batches = iter_batches(data, batch_size)
+    num_batches = count_batches(data, batch_size)
+    acc = _evaluate(model, batches, as_attacks, num_batches, device, progress, None, kept=kept, what="transform")
+    correct = round(acc.clean * acc.n)
+    per = {name: k / correct if correct else math.nan for name, k in kept.items()}
+    return OnCorrect(acc.clean, acc.n, correct, per)
+
+
+def _ignoring_model(transform: Callable[[Tensor], Tensor]) -> Attack:
+    def attack(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return transform(x)
+
+    return attack
+
+
 def _evaluate(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
@@ -200,11 +299,14 @@ def _evaluate(
     device: torch.device | str | None,
     progress: ProgressHook | None,
     on_batch: Callable[[Accuracy], None] | None,
+    *,
+    kept: dict[str, int] | None = None,
+    what: str = "attack",
 ) -> Accuracy:
-    """The loop of :func:`robust_accuracy`: batches outside, attacks inside, with the hooks."""
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else None
+    """The loop of :func:`robust_accuracy` and :func:`accuracy_on_correct`: batches outside, attacks
+    (``what``) inside, with the hooks; ``kept``, when given, counts per attack the samples correct
+    both clean and under it."""
+    device = model_device(model) if device is None else device
     total = None if num_batches is None else num_batches * len(attacks)
     last = list(attacks)[-1]
     batch = done = samples = finished = clean = robust = 0
@@ -221,13 +323,7 @@ def _evaluate(
     report(None)
     with inner_mode(model, "eval"):
         for x, y in batches:
-            x = _checks.check_x(x, None)
-            y = _checks.check_y(y, x.shape[0])
-            x, y = x.to(device), y.to(device)
-            _checks.check_dtype(model, x)
-            with torch.no_grad():  # eval mode, no gradients: checking the output afterwards changes nothing
-                logits = _checks.check_output(model(x), x.shape[0])
-            _checks.check_classes(y, logits.shape[1])
+            x, y, logits = clean_pass(model, x, y, device)
             ok = logits.argmax(1) == y
             batch += 1
             samples += x.shape[0]
@@ -237,10 +333,12 @@ def _evaluate(
                 x_adv = atk(model, x, y)
                 if not isinstance(x_adv, Tensor) or x_adv.shape != x.shape:
                     shape = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
-                    raise ValueError(f"attack {name!r} must return x_adv of x's shape {tuple(x.shape)}, got {shape}")
+                    raise ValueError(f"{what} {name!r} must return a batch of x's shape {tuple(x.shape)}, got {shape}")
                 with torch.no_grad():
                     hit = model(x_adv).argmax(1) == y
                 correct[name] += int(hit.sum())
+                if kept is not None:
+                    kept[name] += int((hit & ok).sum())
                 attacked[name] += x.shape[0]
                 robust_ok &= hit
                 if name == last:  # the batch is finished: its last event counts it

@@ -85,3 +85,16 @@ def test_interpret_recipe_help_states_the_defaults():
         assert option in text
     assert "0.1 0.2 0.3 mnist" in text and "default: fashionmnist" in text
     assert torch.__version__  # the recipe imports torch like every recipe
+
+
+def test_interpret_recipe_runs_the_cifar10_path_on_generated_images(tmp_path):
+    args = ["--dataset", "cifar10", "--synthetic", "--models", "normal,fgsm", "--eps-fgsm", "0.03", "--epochs", "1",
+            "--train-size", "64", "--val-size", "16", "--batch-size", "32", "--eval-size", "24", "--robust-size", "8",
+            "--eval-l2", "0.5", "--eval-linf", "0.03", "--saliency-size", "4", "--saliency-samples", "2", "--show", "2",
+            "--shuffle", "1", "8", "--threads", "1"]  # fmt: skip
+    ok(run("interpret.py", *args, "--out", str(tmp_path)))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert list(res["models"]) == ["normal", "fgsm-0.03"]
+    for r in res["models"].values():
+        assert set(r["on_correct"]) >= {"shuffle-8", "saturate-1024"} and "l2=0.5" in r and "linf=0.03" in r
+    assert load_model(tmp_path / "normal" / "model")[1]["kwargs"]["in_channels"] == 3

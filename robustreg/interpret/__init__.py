@@ -6,7 +6,8 @@ Convolutional Neural Networks", ICML 2019): saliency maps (:func:`input_gradient
 (:func:`plot_saliency`, :func:`plot_transforms`, :func:`plot_accuracy_on_correct`).
 ``recipes/interpret.py`` runs the paper's study; ``docs/interpret.md`` shows what it finds."""
 
-from .measures import OnCorrect, accuracy_on_correct, edge_mass, gini, sobel_magnitude
+from ..evaluate import OnCorrect, accuracy_on_correct
+from .measures import edge_mass, gini, sobel_magnitude
 from .plot import plot_accuracy_on_correct, plot_saliency, plot_transforms
 from .saliency import input_gradient, saliency_image, smooth_grad
 from .transforms import PatchShuffle, Saturate, patch_shuffle, saturate

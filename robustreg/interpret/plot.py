@@ -25,6 +25,14 @@ def _pyplot(what: str):
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _show(ax, img: Tensor, cmap: str | None = None) -> None:
     """An image ``(C, H, W)`` (1 or 3 channels) or a map ``(H, W)`` on ``ax``, without ticks."""
     img = img.detach().float().cpu()
@@ -54,11 +62,7 @@ def plot_saliency(
             _show(axes[i, j], pictures[j], cmap="inferno")
         axes[i, 0].set_ylabel(name, rotation=0, ha="right", va="center")
     fig.suptitle(title or "saliency |E| (SmoothGrad), by model")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_transforms(images: Tensor, rows: Mapping[str, Tensor], path: str | Path, *, title: str = "") -> Path:
@@ -73,11 +77,7 @@ def plot_transforms(images: Tensor, rows: Mapping[str, Tensor], path: str | Path
             _show(axes[i, j], batch[j])
         axes[i, 0].set_ylabel(name, rotation=0, ha="right", va="center")
     fig.suptitle(title or "the transforms")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_accuracy_on_correct(
@@ -103,8 +103,4 @@ def plot_accuracy_on_correct(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -16,7 +16,7 @@ and as torchvision-style transforms (``transforms.Compose([ToTensor(), Saturate(
 
 The paper's third probe, **stylisation** (Stylized-ImageNet, Geirhos et al. 2019), needs a trained
 style-transfer network that this package does not ship: any callable ``x -> x'`` on a batch can
-stand in its place (:func:`robustreg.interpret.accuracy_on_correct` takes a mapping of them).
+stand in its place (:func:`robustreg.evaluate.accuracy_on_correct` takes a mapping of them).
 """
 
 from __future__ import annotations

@@ -58,6 +58,7 @@ LGAN_DEFAULTS = {"lr": 2e-4, "sigma": 1.0, "locality": 10.0, "orthonormality": 1
 
 @dataclass
 class ChartConfig(skeleton.RunConfig):
+    out: str = skeleton.opt("", "output directory (empty: runs/chart_<dataset>_<kind>)")
     dataset: str = skeleton.opt("fashionmnist", "data set (training split, labels unused)", choices=DATASETS)
     kind: str = skeleton.opt("vae", "chart", choices=KINDS)
     latent: int | None = skeleton.opt(None, "latent dimension")

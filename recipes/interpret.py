@@ -78,6 +78,7 @@ RADII = ("eps_linf", "eps_l2", "eps_fgsm", "eval_linf", "eval_l2")
 
 @dataclass
 class InterpretConfig(skeleton.RunConfig):
+    out: str = opt("", "output directory (empty: runs/interpret_<dataset>; each model in a folder of its own)")
     dataset: str = opt("fashionmnist", "data set", choices=tuple(VISION))
     models: str = opt(",".join(FAMILIES), f"comma-separated families, each trained in turn: {', '.join(FAMILIES)}")
     arch: str = opt("smallcnn", f"network: {', '.join(ARCHITECTURES)}")

@@ -60,6 +60,7 @@ opt = skeleton.opt
 
 @dataclass
 class MSAConfig(skeleton.RunConfig):
+    out: str = opt("", "output directory (empty: runs/msa_<dataset>; each method in a folder of its own)")
     dataset: str = opt("mnist", "data set", choices=tuple(VISION))
     methods: str = opt("vanilla,msa,pgd10", f"comma-separated, each trained in turn: {', '.join(METHODS)}")
     epochs: int = opt(3, "training epochs of every method")

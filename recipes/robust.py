@@ -75,6 +75,7 @@ DEFAULTS = {name: {"eps": skeleton.PRESETS[name].eps, **_TABLE[name]} for name i
 
 @dataclass
 class RobustConfig(skeleton.RunConfig):
+    out: str = skeleton.opt("", "output directory (empty: runs/robust_<dataset>_<method>)")
     dataset: str = skeleton.opt("mnist", "data set", choices=DATASETS)
     method: str = skeleton.opt("pgd", "training method", choices=METHODS)
     arch: str | None = skeleton.opt(None, f"network: {', '.join(ARCHITECTURES)}")

@@ -77,6 +77,7 @@ TNAR_WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0)}
 
 @dataclass
 class SSLConfig(skeleton.RunConfig):
+    out: str = skeleton.opt("", "output directory (empty: runs/ssl_<dataset>; each method in a folder of its own)")
     dataset: str = skeleton.opt("two-rings", "data set", choices=DATASETS)
     methods: str = skeleton.opt("supervised,vat,tnar", f"comma-separated, each trained in turn: {', '.join(METHODS)}")
     labels: int | None = skeleton.opt(None, "labeled examples (equal per class)")

@@ -22,9 +22,9 @@ the report's ``failed``); ``--channels-last``; ``--kernels on|off`` forces the h
 kernels of YOPO's first layer and TNAR's charts (the device seam, :mod:`robustreg.devices`). Every
 method's ATen operations per step (and on CUDA its kernels) are counted once, before timing
 (``workloads.Trainer.count``; not under ``--compile``, where the counting mode would bypass the
-compiled graph). Under ``--compile`` on the CPU (SmallCNN) every method compiles but YOPO, which
-refuses the compiled model: it finds its first layer through a forward hook, and the compiled
-graph never calls the layer's own forward.
+compiled graph). Under ``--compile`` every method runs; YOPO runs the passes that read its first
+layer's output (a forward hook, which a compiled graph never calls) eagerly, so compiling gains it
+nothing.
 
 How: every method gets its own network, built from the same seed so that all start from the same
 weights, its own SGD optimizer and its loss object, each built once and reused for every step. All

@@ -284,3 +284,36 @@ def test_bf16_autocast_with_a_relu_first_layer():
     assert torch.isfinite(loss) and reg.last.x_adv.dtype == torch.float32
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert float((reg.last.x_adv - x).abs().max()) > 0.1
+
+
+@pytest.mark.parametrize("objective", ["ce", "trades"])
+@pytest.mark.parametrize("how", ["torch.compile", "module.compile"])
+def test_yopo_under_torch_compile_equals_the_literal_algorithm(objective, how):
+    """A compiled model never calls f0's forward hook: YOPO runs those passes eagerly, and its
+    gradients are the uncompiled model's (the literal algorithm's for "ce")."""
+    torch.manual_seed(0)
+    model = Net(relu=True).double()
+    eager = copy.deepcopy(model)
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,))
+    if how == "torch.compile":
+        compiled = torch.compile(model, backend="eager")  # the graph capture is what matters, not codegen
+    else:
+        model.compile(backend="eager")
+        compiled = model
+    kw = dict(m=2, n=3, eps=0.2, alpha=0.07, random_start=False, objective=objective)
+    found = YOPO(compiled, m=1, n=1, eps=0.2, alpha=0.07)
+    found(x, y)
+    assert found.first_layer is model.layer_one[0]  # found by tracing the compiled model's module
+    model.zero_grad()
+    reg = YOPO(compiled, first_layer=model.layer_one, **kw)
+    reg(x, y).backward()
+    ref = YOPO(eager, first_layer=eager.layer_one, **kw)
+    ref(x, y).backward()
+    for (k, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=k)
+    torch.testing.assert_close(reg.last.x_adv, ref.last.x_adv)
+    if objective == "ce":
+        expected, _ = slow_yopo(eager, x, y, m=2, n=3, eps=0.2, alpha=0.07, mode="hamiltonian")
+        for k, q in eager.named_parameters():
+            torch.testing.assert_close(q.grad, expected[k], msg=k)

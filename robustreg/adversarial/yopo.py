@@ -3,6 +3,7 @@ Training via Maximal Principle", NeurIPS 2019)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -23,6 +24,15 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("ce", "trades")
 CHUNK_BYTES = 1 << 22  # co-state bytes per chunk of the inner steps (4 MiB: fits in L2/L3)
 FIRST_LAYER_GRADS = ("hamiltonian", "backprop")
+
+
+def _eager() -> contextlib.AbstractContextManager[None]:
+    """Run ``torch.compile``'d modules eagerly inside the block (``torch.compiler.set_stance``; the
+    previous stance comes back on exit). YOPO reads f0's output through a forward hook, which a
+    compiled graph never calls; inside a region torch.compile is itself tracing, nothing is changed."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("force_eager")
 
 
 def _capture(store: list[Tensor], clone: bool):
@@ -92,6 +102,12 @@ class YOPO(AdversarialLoss):
         bn: BatchNorm policy of the m passes (``None``: ``"train"`` for ``"ce"``, as the
             official code, whose passes are training passes; ``"eval"`` for the TRADES attack
             passes, as the official YOPO-TRADES code).
+
+    Under ``torch.compile`` (``torch.compile(model)``, ``model.compile()``, DDP either side) the
+    passes that read f0's output (all m passes of ``"ce"``, the attack passes of ``"trades"``) and
+    the search for f0 run the model eagerly: that output comes from a forward hook, which a
+    compiled graph does not call. The results are those of the uncompiled model; YOPO gains no
+    speed from compiling (TRADES' final loss pass still runs compiled).
 
     ``reg.last.x_adv`` is x + η after the last inner step; ``reg.last.metrics``: ``loss``,
     ``adv_acc`` (of the last pass) and, for TRADES, ``natural_loss``, ``robust_loss``,
@@ -181,10 +197,12 @@ class YOPO(AdversarialLoss):
         return super()._start(x)
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Record]:
-        f0 = self._first_layer(x)
+        with _eager():
+            f0 = self._first_layer(x)
         if self.objective == "trades":
             return self._trades(x, y, f0)
-        return self._ce(x, y, f0)
+        with _eager():
+            return self._ce(x, y, f0)
 
     def _inner_steps(self, f0: FirstLayer, x0: Tensor, eta: Tensor, p: Tensor) -> Tensor:
         """Step 2: n projected ascent steps on ``⟨p, f0(x + η)⟩`` with p frozen.
@@ -284,7 +302,7 @@ class YOPO(AdversarialLoss):
         handle = f0.module.register_forward_hook(_capture(captured, self._clone_x1))
         eta = self._start(x0)
         try:
-            with torch.enable_grad(), inner_mode(net, self.bn):
+            with torch.enable_grad(), inner_mode(net, self.bn), _eager():
                 with torch.no_grad():
                     target = F.softmax(net(x0), dim=1)  # (B, C), fixed during the attack
                 for _ in range(self.m):

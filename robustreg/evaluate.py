@@ -265,7 +265,7 @@ def accuracy_on_correct(
         :class:`OnCorrect`.
 
     Example:
-        >>> res = accuracy_on_correct(model, (x, y), {"saturate-1024": Saturate(1024)})
+        >>> res = accuracy_on_correct(model, (x, y), {"saturate-1024": robustreg.interpret.Saturate(1024)})
         >>> res.per_transform["saturate-1024"]  # doctest: +SKIP
         0.93
     """

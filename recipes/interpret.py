@@ -74,6 +74,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 DEFAULTS["svhn"] = DEFAULTS["cifar10"]
 RADII = ("eps_linf", "eps_l2", "eps_fgsm", "eval_linf", "eval_l2")
+RADIUS_OPTION = {"pgd-linf": "eps_linf", "pgd-l2": "eps_l2", "fgsm": "eps_fgsm"}  # family -> its radii
 
 
 @dataclass
@@ -109,15 +110,24 @@ class InterpretConfig(skeleton.RunConfig):
     show: int = opt(6, "test images in the saliency and transform figures")
 
 
-def model_names(cfg: InterpretConfig) -> list[str]:
-    """The family expanded by radius, in training order (underfit last: its target is theirs)."""
-    names: list[str] = []
-    for family in cfg.models.split(","):
-        if family in ("pgd-linf", "pgd-l2", "fgsm"):
-            names += [f"{family}-{eps:.4g}" for eps in getattr(cfg, "eps_" + family.removeprefix("pgd-"))]
-        elif family != "underfit":
-            names.append(family)
-    return names + (["underfit"] if "underfit" in cfg.models.split(",") else [])
+def models_of(cfg: InterpretConfig) -> dict[str, dict[str, Any] | None]:
+    """The family expanded by radius, in training order (underfit last: its target is theirs):
+    ``name -> threat model`` (``{"norm": …, "eps": …}`` for the adversarially trained, None else)."""
+    families = cfg.models.split(",")
+    out: dict[str, dict[str, Any] | None] = {}
+    for family in families:
+        if family in RADIUS_OPTION:
+            norm = "l2" if family == "pgd-l2" else "linf"
+            for eps in getattr(cfg, RADIUS_OPTION[family]):
+                out[f"{family}-{eps:.4g}"] = {"norm": norm, "eps": eps}
+        elif family == "normal":
+            out[family] = None
+    return out | ({"underfit": None} if "underfit" in families else {})
+
+
+def adversarial(name: str) -> bool:
+    """Whether model ``name`` is one of the adversarially trained (by its name)."""
+    return name.startswith(("pgd-", "fgsm-"))
 
 
 def resolve(cfg: InterpretConfig) -> InterpretConfig:
@@ -129,8 +139,9 @@ def resolve(cfg: InterpretConfig) -> InterpretConfig:
     unknown = set(families) - set(FAMILIES)
     if unknown:
         raise SystemExit(f"error: --models: unknown {sorted(unknown)}; choose from {', '.join(FAMILIES)}")
-    if len(set(model_names(cfg))) != len(model_names(cfg)):
-        raise SystemExit(f"error: --models and the radii name a model twice: {model_names(cfg)}")
+    planned = sum(len(getattr(cfg, RADIUS_OPTION[f])) if f in RADIUS_OPTION else 1 for f in families)
+    if len(models_of(cfg)) != planned:  # a family given twice, or two radii equal to 4 digits
+        raise SystemExit(f"error: --models and the radii name a model twice: {cfg.models}, {', '.join(models_of(cfg))}")
     if cfg.arch not in ARCHITECTURES or cfg.arch == "mlp":
         raise SystemExit(f"error: --arch must be an image network: {', '.join(a for a in ARCHITECTURES if a != 'mlp')}")
     for name in ("epochs", "batch_size", "eval_size", "attack_steps", "underfit_every", "saliency_samples", "show"):
@@ -166,17 +177,10 @@ def style_transform(cfg: InterpretConfig) -> Callable[[Tensor], Tensor] | None:
     return fn
 
 
-def threat_model(name: str) -> dict[str, Any] | None:
-    """The ball a model was trained against (recorded in its run for ``recipes/evaluate.py``)."""
-    if name.startswith(("pgd-", "fgsm-")):
-        family, eps = name.rsplit("-", 1)
-        return {"norm": "l2" if family == "pgd-l2" else "linf", "eps": float(eps)}
-    return None
-
-
-def make_loss(name: str, model: nn.Module, cfg: InterpretConfig) -> Callable[[Tensor, Tensor], Tensor]:
+def make_loss(
+    name: str, threat: dict[str, Any] | None, model: nn.Module, cfg: InterpretConfig
+) -> Callable[[Tensor, Tensor], Tensor]:
     """The training loss of model ``name``: cross-entropy, or an engine at its radius."""
-    threat = threat_model(name)
     if threat is None:
         return lambda x, y: F.cross_entropy(model(x), y)
     bounds, eps = skeleton.PRESETS[cfg.dataset].bounds, threat["eps"]
@@ -194,19 +198,24 @@ def model_kwargs(cfg: InterpretConfig) -> dict[str, Any]:
 
 
 def train(
-    name: str, cfg: InterpretConfig, data: dict[str, tuple[Tensor, Tensor]], out: Path, target: float | None
+    name: str,
+    threat: dict[str, Any] | None,
+    cfg: InterpretConfig,
+    data: dict[str, tuple[Tensor, Tensor]],
+    out: Path,
+    target: float | None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train model ``name`` (a fresh network, the same seed for every model) as a skeleton run under
-    ``out/name``; ``target``: underfit's validation accuracy to stop at. Returns the bare model
-    and the run's summary (with its validation accuracy)."""
+    """Train model ``name`` (a fresh network, the same seed for every model; adversarially against
+    ``threat``) as a skeleton run under ``out/name``; ``target``: underfit's validation accuracy to
+    stop at. Returns the bare model and the run's summary (with its validation accuracy)."""
     run = skeleton.Run(dataclasses.replace(cfg, out=str(out / name), models=name), f"interpret_{cfg.dataset}_{name}")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
     kwargs = model_kwargs(cfg)
     model = ARCHITECTURES[cfg.arch](**kwargs)
-    run.describe(cfg.arch, kwargs, threat_model=threat_model(name))
+    run.describe(cfg.arch, kwargs, threat_model=threat)
     model, opt_ = run.prepare(model, torch.optim.Adam(model.parameters(), lr=cfg.lr))
-    loss_fn = make_loss(name, model, cfg)
+    loss_fn = make_loss(name, threat, model, cfg)
     run.resume()
     train_set, val = data["train"], tuple(t.to(acc.device) for t in data["val"])
     per_epoch = max(1, len(train_set[0]) // min(cfg.batch_size, len(train_set[0])))
@@ -318,11 +327,11 @@ def underfit_target(cfg: InterpretConfig, results: dict[str, Any], out: Path) ->
     (of this invocation, else of their ``summary.json`` under ``--out``)."""
     if cfg.underfit_target:
         return cfg.underfit_target
-    accs = {n: r["val_acc"] for n, r in results.items() if threat_model(n) is not None}
+    accs = {n: r["val_acc"] for n, r in results.items() if adversarial(n)}
     if not accs:
         for path in sorted(out.glob("*/summary.json")):
             summary = json.loads(path.read_text())
-            if threat_model(summary.get("model", "")) is not None and summary.get("val_acc") is not None:
+            if adversarial(summary.get("model", "")) and summary.get("val_acc") is not None:
                 accs[summary["model"]] = summary["val_acc"]
     if not accs:
         raise SystemExit("error: underfit matches the AT models' validation accuracy: train some, or --underfit-target")
@@ -343,9 +352,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {"train": (train_all[0][:cut], train_all[1][:cut]), "val": (train_all[0][cut:], train_all[1][cut:])}
     results: dict[str, Any] = {"config": skeleton.jsonable(dataclasses.asdict(cfg)), "torch": torch.__version__}
     results["models"], models = {}, {}
-    for name in model_names(cfg):
+    for name, threat in models_of(cfg).items():
         target = underfit_target(cfg, results["models"], out) if name == "underfit" else None
-        models[name], summary = train(name, cfg, data, out, target)
+        models[name], summary = train(name, threat, cfg, data, out, target)
         if skeleton.is_main():
             summary |= evaluate(models[name], cfg, test)
         results["models"][name] = {"train_seconds": summary["wall_seconds"], **summary}

@@ -67,6 +67,7 @@ def test_interpret_recipe_refuses_bad_options_before_training(tmp_path):
         ("--models", "normal,resnet"): "unknown ['resnet']",
         ("--models", "underfit", "--out", str(tmp_path / "u")): "underfit matches",
         ("--eps-linf", "0"): "radius",
+        ("--eps-linf", "0.1", "0.10001"): "name a model twice",
         ("--style-transform", "no_such_module_xyz:f"): "--style-transform",
         ("--saturation", "0"): "--saturation",
         ("--arch", "mlp"): "--arch",

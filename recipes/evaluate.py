@@ -1,18 +1,19 @@
 """Evaluate any recipe's saved model: clean accuracy, AutoAttack (standard by default, from the
-authors' ``pyautoattack``) beside robustreg's PGD-k (with restarts) and CW-ℓ∞, the per-sample worst
-case over all of them, and the gradient-masking report (FGSM ≥ PGD-10 ≥ PGD-50, restarts never
-help the model, an unbounded attack reaches 0%, PGD-50 has converged, and robustreg's strongest
-attack is within a point of APGD).
+authors' ``pyautoattack``) beside robustreg's PGD-k (with restarts) and CW, in the ℓ∞ or ℓ2 ball
+the model was trained against (``--norm``, ``--eps``), the per-sample worst case over all of them,
+and the gradient-masking report (FGSM ≥ PGD-10 ≥ PGD-50, restarts never help the model, an
+unbounded attack reaches 0%, PGD-50 has converged, and robustreg's strongest attack is within a
+point of APGD).
 
 AutoAttack needs the ``eval`` extra (``pip install -e ".[eval]"``); without it the recipe stops and
 says so. ``--autoattack none`` runs robustreg's attacks alone: the report then marks its robust
 accuracy as not AutoAttack-grade.
 
-The model directory (``<out>/model`` of ``recipes/robust.py``, ``recipes/semisupervised.py`` or
-``recipes/msa_stability.py``) holds safetensors weights and a JSON of architecture and run
-options; the data set, its split and the default ε come from there. A checkpoint directory
-(``<out>/checkpoints/step_N``, also of a run still going) works too: its architecture is read from
-``<out>/run.json``.
+The model directory (``<out>/model`` of ``recipes/robust.py``, ``recipes/semisupervised.py``,
+``recipes/msa_stability.py`` or ``recipes/interpret.py``) holds safetensors weights and a JSON of
+architecture and run options; the data set, its split and the default threat model come from
+there. A checkpoint directory (``<out>/checkpoints/step_N``, also of a run still going) works too:
+its architecture is read from ``<out>/run.json``.
 
     python recipes/evaluate.py runs/robust_mnist_pgd/model --data-dir ../shared/data
     python recipes/evaluate.py runs/robust_cifar10_trades/model --pgd 20 100 --restarts 5 --eps 0.03137
@@ -57,7 +58,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument("model", help="a saved model directory (model.json + model.safetensors)")
     per_dataset = "; ".join(f"{cli.show(preset.eps)} {k}" for k, preset in skeleton.PRESETS.items())
-    p.add_argument("--eps", type=float, default=None, help=f"ℓ∞ radius (default: the run's, else {per_dataset})")
+    p.add_argument(
+        "--norm", choices=("linf", "l2"), default=None,
+        help="threat model (default: the one the model was trained against, else linf)",
+    )  # fmt: skip
+    p.add_argument(
+        "--eps", type=float, default=None,
+        help=f"radius (default: the run's when --norm is its norm, else the ℓ∞ preset: {per_dataset}; ℓ2: required)",
+    )  # fmt: skip
     p.add_argument(
         "--autoattack", choices=("standard", "apgd", "none"), default="standard",
         help="AutoAttack version (apgd: APGD-CE + APGD-T only; none: robustreg's attacks alone)",
@@ -65,7 +73,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of every attack")
     p.add_argument("--pgd", type=int, nargs="+", default=[20, 40], help="PGD steps to run (α = max(ε/4, 2.5ε/k))")
     p.add_argument("--restarts", type=int, default=1, help="random restarts of every PGD attack")
-    p.add_argument("--cw-steps", type=int, default=30, help="steps of the CW-ℓ∞ (margin) attack")
+    p.add_argument("--cw-steps", type=int, default=30, help="steps of the CW (margin) attack")
     p.add_argument("--eval-size", type=int, default=1000, help="test examples (0: all)")
     p.add_argument("--masking", action=argparse.BooleanOptionalAction, default=True, help="gradient-masking report")
     p.add_argument("--data-dir", default=None, help="data root (default: the run's)")
@@ -134,27 +142,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # with its "methods", is VAT's ℓ2 radius, not a threat model)
     if "threat_model" in run_cfg:
         threat = run_cfg["threat_model"] or {}
-        if threat.get("norm", "linf") != "linf":
-            raise SystemExit(f"error: the model was trained against an {threat['norm']} ball; this recipe attacks ℓ∞")
-        trained_eps = threat.get("eps")
+        trained_norm, trained_eps = threat.get("norm", "linf"), threat.get("eps")
     else:
-        trained_eps = None if "methods" in run_cfg else run_cfg.get("eps")
-    eps = args.eps if args.eps is not None else trained_eps or skeleton.PRESETS[run_cfg["dataset"]].eps
+        trained_norm, trained_eps = "linf", None if "methods" in run_cfg else run_cfg.get("eps")
+    norm = args.norm or trained_norm
+    if norm != trained_norm:
+        trained_eps = None  # a radius of another ball means nothing here
+    eps = args.eps if args.eps is not None else trained_eps
+    if eps is None and norm == "l2":
+        raise SystemExit("error: an ℓ2 evaluation of a model not trained in an ℓ2 ball needs its radius: --eps")
+    eps = skeleton.PRESETS[run_cfg["dataset"]].eps if eps is None else eps
     bounds = skeleton.PRESETS[run_cfg["dataset"]].bounds
     torch.manual_seed(args.seed)  # the PGD/CW random starts
     attacks = skeleton.attack_suite(
         eps, bounds=bounds, autoattack=None if args.autoattack == "none" else args.autoattack,
-        pgd_steps=args.pgd, restarts=args.restarts, cw_steps=args.cw_steps, seed=args.seed,
+        pgd_steps=args.pgd, restarts=args.restarts, cw_steps=args.cw_steps, seed=args.seed, norm=norm,
     )  # fmt: skip
     default = path.resolve().parent / "evaluation.json" if meta_file is None else path / "evaluation.json"
     out = Path(args.out) if args.out else default
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": str(args.model), "arch": meta["arch"], "dataset": run_cfg["dataset"]}
-    report |= {"eps": eps, "attacks": {k: repr(v) for k, v in attacks.items()}, "partial": True, "stage": "attacks"}
+    report |= {"norm": norm, "eps": eps, "attacks": {k: repr(v) for k, v in attacks.items()}}
+    report |= {"partial": True, "stage": "attacks"}
     if args.autoattack == "none":
         report["warning"] = "no AutoAttack: robust_acc is robustreg's PGD/CW only, not an AutoAttack-grade figure"
     write_json(out, report)
-    log.info("%d test examples, eps %.4g, attacks %s; partial results in %s", len(x), eps, ", ".join(attacks), out)
+    names = ", ".join(attacks)
+    log.info("%d test examples, %s eps %.4g, attacks %s; partial results in %s", len(x), norm, eps, names, out)
 
     with progress(args.progress) as bar:
         watch = Watch("attacks", "running", report, out, bar)
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.masking:
             watch = Watch("masking report", "masking_running", report, out, bar)
             masking = robustreg.gradient_masking_report(
-                model, (x, y), eps=eps, bounds=bounds, batch_size=100, apgd=args.autoattack != "none",
+                model, (x, y), eps=eps, norm=norm, bounds=bounds, batch_size=100, apgd=args.autoattack != "none",
                 progress=watch,
             )  # fmt: skip
             report.pop("masking_running", None)

@@ -192,22 +192,23 @@ def attack_suite(
     restarts: int = 1,
     cw_steps: int = 30,
     seed: int = 0,
+    norm: str = "linf",
 ) -> dict[str, Any]:
-    """The recipes' final evaluation (ℓ∞), for :func:`robustreg.robust_accuracy`:
-    ``autoattack-<version>`` (:class:`robustreg.AutoAttack` seeded by ``seed``; None: left out),
-    ``pgd<k>`` for every k in ``pgd_steps`` (α = max(ε/4, 2.5ε/k), the larger of Madry's MNIST
-    step and the usual 2.5ε/k, so k·α ≥ 2.5ε crosses the ball; ``restarts`` each) and ``cw``
-    (CW-ℓ∞, ``cw_steps`` of ε/10 on the CW margin). Their per-sample worst case is the robust
-    accuracy."""
+    """The recipes' final evaluation in the ``norm`` ball (``"linf"`` or ``"l2"``) of radius ``eps``,
+    for :func:`robustreg.robust_accuracy`: ``autoattack-<version>`` (:class:`robustreg.AutoAttack`
+    seeded by ``seed``; None: left out), ``pgd<k>`` for every k in ``pgd_steps`` (α = max(ε/4,
+    2.5ε/k), the larger of Madry's MNIST step and the usual 2.5ε/k, so k·α ≥ 2.5ε crosses the
+    ball; ``restarts`` each) and ``cw`` (``cw_steps`` of ε/10 on the CW margin). Their per-sample
+    worst case is the robust accuracy."""
     attacks: dict[str, Any] = {}
     if autoattack is not None:
         attacks[f"autoattack-{autoattack}"] = robustreg.AutoAttack(
-            eps=eps, version=autoattack, bounds=bounds, seed=seed
+            eps=eps, norm=norm, version=autoattack, bounds=bounds, seed=seed
         )
     for k in pgd_steps:
         alpha = max(eps / 4, 2.5 * eps / k)
-        attacks[f"pgd{k}"] = robustreg.PGD(eps=eps, alpha=alpha, steps=k, restarts=restarts, bounds=bounds)
-    attacks["cw"] = robustreg.CW(eps, steps=cw_steps, alpha=eps / 10, bounds=bounds)
+        attacks[f"pgd{k}"] = robustreg.PGD(eps=eps, alpha=alpha, steps=k, restarts=restarts, norm=norm, bounds=bounds)
+    attacks["cw"] = robustreg.CW(eps, steps=cw_steps, alpha=eps / 10, norm=norm, bounds=bounds)
     return attacks
 
 

@@ -43,6 +43,14 @@ def test_interpret_recipe_trains_the_family_and_measures_each_model(tmp_path):
     assert res["models"]["underfit"]["underfit_target"] == min(at)
     for plot in ("saliency_clean", "saliency_saturated", "saturation", "shuffle", "transforms"):
         assert (tmp_path / f"{plot}.png").stat().st_size > 5000, plot
+    # recipes/evaluate.py attacks an ℓ2 model in its own ball by default
+    quick = ["--autoattack", "none", "--pgd", "2", "--cw-steps", "2", "--eval-size", "16", "--no-masking"]
+    ok(run("evaluate.py", str(tmp_path / "pgd-l2-2" / "model"), *quick, "--out", str(tmp_path / "ev.json")))
+    report = json.loads((tmp_path / "ev.json").read_text())
+    assert (report["norm"], report["eps"], report["partial"]) == ("l2", 2.0, False)
+    assert "norm='l2'" in report["attacks"]["pgd2"] and "norm='l2'" in report["attacks"]["cw"]
+    proc = run("evaluate.py", str(tmp_path / "normal" / "model"), *quick, "--norm", "l2")
+    assert proc.returncode != 0 and "--eps" in proc.stderr
 
 
 def test_underfit_stops_at_its_target_and_a_resumed_run_stops_there_again(tmp_path):

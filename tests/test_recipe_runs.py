@@ -177,15 +177,16 @@ def test_evaluate_recipe_on_a_two_rings_model_passes_the_masking_checks(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("config", "eps"),
+    ("config", "eps", "norm"),
     [
-        ({"threat_model": {"norm": "linf", "eps": 0.123}}, 0.123),  # what a robust run records
-        ({"threat_model": None, "methods": "vat", "eps": 0.9}, None),  # trained against none: the data set's ε
-        ({"eps": 0.2}, 0.2),  # saved before runs recorded a threat model: a robust run's eps
-        ({"methods": "vat", "eps": 0.9}, None),  # ... and a semi-supervised one's (VAT's radius) is not one
+        ({"threat_model": {"norm": "linf", "eps": 0.123}}, 0.123, "linf"),  # what a robust run records
+        ({"threat_model": {"norm": "l2", "eps": 0.7}}, 0.7, "l2"),  # interpret.py's PGD-ℓ2 models
+        ({"threat_model": None, "methods": "vat", "eps": 0.9}, None, "linf"),  # trained against none: the preset
+        ({"eps": 0.2}, 0.2, "linf"),  # saved before runs recorded a threat model: a robust run's eps
+        ({"methods": "vat", "eps": 0.9}, None, "linf"),  # ... and a semi-supervised one's (VAT's radius) is not one
     ],
 )  # fmt: skip
-def test_evaluate_recipe_attacks_at_the_radius_the_model_was_trained_against(tmp_path, recipe_module, config, eps):
+def test_evaluate_recipe_attacks_in_the_ball_the_model_was_trained_against(tmp_path, recipe_module, config, eps, norm):
     model = rings_model(tmp_path / "model", **config)
     ok(run("evaluate.py", str(model), "--autoattack", "none", "--pgd", "2", "--cw-steps", "2", "--eval-size", "40",
            "--no-masking"))  # fmt: skip
@@ -193,6 +194,10 @@ def test_evaluate_recipe_attacks_at_the_radius_the_model_was_trained_against(tmp
     assert report["eps"] == pytest.approx(
         eps if eps is not None else recipe_module("skeleton").PRESETS["two-rings"].eps
     )
+    assert report["norm"] == norm and f"norm='{norm}'" in report["attacks"]["pgd2"]
+    if norm == "linf":  # an ℓ2 evaluation of a model trained in another ball needs its radius
+        proc = run("evaluate.py", str(model), "--autoattack", "none", "--norm", "l2", "--no-masking")
+        assert proc.returncode != 0 and "--eps" in proc.stderr
 
 
 def test_evaluate_recipe_shows_a_bar_and_logs_every_attack_on_every_batch(tmp_path):

@@ -37,7 +37,8 @@ Each model is a run of the recipes' skeleton under ``<out>/<model>/`` (``metrics
 ``curves.png``, ``summary.json``, ``model/``, ``checkpoints/``, ``--resume``); ``--out`` (default
 ``runs/interpret_<dataset>``) gets ``results.json`` (rewritten after every model: a stopped run
 keeps what it measured), ``saliency_clean.png`` and ``saliency_saturated.png`` (Fig. 2),
-``saturation.png`` (Fig. 5), ``shuffle.png`` (Fig. 7) and ``transforms.png`` (Figs. 1, 4, 6).
+``saturation.png`` (Fig. 5), ``shuffle.png`` (Fig. 7), ``transforms.png`` (Figs. 1, 4, 6) and
+``results.md`` (the tables).
 """
 
 from __future__ import annotations
@@ -400,31 +401,62 @@ def figures(
     return paths
 
 
+def _pct(v: Any) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The paper's Table 1 with the probes' headline numbers, model by model: ``(columns, rows)``."""
+    models = results["models"]
+    radii = [k for k in next(iter(models.values())) if k.startswith(("linf=", "l2="))]
+    columns = ["model", "clean", *radii, "saturate-1024", "shuffle-4", "Gini", "edge mass", "training time"]
+    rows = []
+    for name, r in models.items():
+        on, sal = r.get("on_correct", {}), r.get("saliency", {}).get("clean", {})
+        cells = [name, _pct(r.get("clean")), *(_pct(r.get(k)) for k in radii)]
+        cells += [_pct(on.get("saturate-1024")), _pct(on.get("shuffle-4"))]
+        cells += [f"{sal[k]:.3f}" if k in sal else "—" for k in ("gini", "edge_mass")]
+        rows.append([*cells, f"{r['train_seconds']:.0f} s"])
+    return columns, rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """``results.md``: :func:`table`, then accuracy on correct under every transform and the saliency
+    measures on saturated inputs, as Markdown tables."""
+    columns, rows = table(results)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    models = results["models"]
+    transforms = list(next(iter(models.values())).get("on_correct", {}))
+    if transforms:
+        lines += ["", "Accuracy on correctly classified images:", ""]
+        lines += ["| model | " + " | ".join(transforms) + " |", "|" + " --- |" * (len(transforms) + 1)]
+        for name, r in models.items():
+            lines.append(f"| {name} | " + " | ".join(_pct(r["on_correct"].get(t)) for t in transforms) + " |")
+    lines += ["", "SmoothGrad maps, mean over the saliency images (clean / saturated-1024 inputs):", ""]
+    lines += ["| model | Gini | edge mass | Gini (saturated) | edge mass (saturated) |", "|" + " --- |" * 5]
+    for name, r in models.items():
+        sal = r.get("saliency", {})
+        cells = [f"{sal[k][m]:.3f}" if k in sal else "—" for k in ("clean", "saturated") for m in ("gini", "edge_mass")]
+        lines.append(f"| {name} | " + " | ".join([cells[0], cells[1], cells[2], cells[3]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def report(results: dict[str, Any], out: Path) -> None:
-    """The paper's Table 1 with the probes' headline numbers, model by model."""
+    """Print :func:`table` and write ``results.md`` (:func:`markdown`)."""
     from rich.console import Console
     from rich.table import Table
 
-    models = results["models"]
-    first = next(iter(models.values()))
-    radii = [k for k in first if k.startswith(("linf=", "l2="))]
-    table = Table(title=f"interpretation study ({out}); robust: AutoAttack {results['config']['autoattack']}")
-    columns = ["model", "clean", *radii, "saturate-1024", "shuffle-4", "gini", "edge mass", "training time"]
+    columns, rows = table(results)
+    rich_table = Table(title=f"interpretation study ({out}); robust: AutoAttack {results['config']['autoattack']}")
     for col in columns:
-        table.add_column(col)
-
-    def pct(v: Any) -> str:
-        return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
-
-    for name, r in models.items():
-        on, sal = r.get("on_correct", {}), r.get("saliency", {}).get("clean", {})
-        gini = f"{sal['gini']:.3f}" if "gini" in sal else "—"
-        edge = f"{sal['edge_mass']:.3f}" if "edge_mass" in sal else "—"
-        cells = [pct(r.get("clean")), *(pct(r.get(k)) for k in radii), pct(on.get("saturate-1024"))]
-        table.add_row(name, *cells, pct(on.get("shuffle-4")), gini, edge, f"{r['train_seconds']:.0f} s")
+        rich_table.add_column(col)
+    for row in rows:
+        rich_table.add_row(*row)
+    atomic_write_text(out / "results.md", markdown(results))
     console = Console()
-    console.print(table)
-    console.print(f"all results: {out / 'results.json'}")
+    console.print(rich_table)
+    console.print(f"all results: {out / 'results.json'}, tables: {out / 'results.md'}")
 
 
 if __name__ == "__main__":

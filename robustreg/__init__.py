@@ -10,7 +10,7 @@ A regularizer is a loss object built once and called per batch::
 See ``docs/contract.md`` for what every loss object guarantees.
 """
 
-from . import charts, control, devices, diagnostics, func, interpret, models, ssl
+from . import bayes, charts, control, devices, diagnostics, func, interpret, models, ssl
 from .adversarial import (
     ATTA,
     PGDAT,
@@ -70,6 +70,7 @@ __all__ = [
     "ProgressEvent",
     "Record",
     "amata_schedule",
+    "bayes",
     "charts",
     "clamp_to_box",
     "control",

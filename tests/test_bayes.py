@@ -1,0 +1,186 @@
+"""robustreg.bayes: SGAdaLD against its update written out and its noise against the stated
+variance (statistically, seeded); the SGLD adversary against a Gaussian it must sample, against
+its energy's gradient written out, and as an attack."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustreg.bayes import SGAdaLD, SGLDAdversary, mean_log_likelihood, squared_l2
+
+from .conftest import assert_same, snapshot
+
+# -- SGAdaLD ------------------------------------------------------------------------------------
+
+
+def quadratic_grads(theta: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """∇ of Σ a·θ²/2 + θ³/3 (a gradient that changes along the path)."""
+    return a * theta + theta.square()
+
+
+@pytest.mark.parametrize("v0", [None, 0.5])
+def test_sgadald_without_noise_and_tau_infinite_is_preconditioned_sgd(v0):
+    torch.manual_seed(0)
+    a = torch.rand(7, dtype=torch.float64) + 0.5
+    theta = nn.Parameter(torch.randn(7, dtype=torch.float64))
+    opt = SGAdaLD([theta], lr=0.3, tau=math.inf, temperature=0.0, eps=1e-8, v0=v0)
+    ref = theta.detach().numpy().copy()
+    v = None
+    for _ in range(5):
+        theta.grad = quadratic_grads(theta.detach(), a)
+        opt.step()
+        g = quadratic_grads(torch.from_numpy(ref), a).numpy()
+        v = (g**2 if v0 is None else np.full(7, v0)) if v is None else v  # frozen at its start
+        ref = ref - 0.3**2 * g / np.sqrt(v + 1e-8)
+        np.testing.assert_allclose(theta.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sgadald_running_average_of_the_squared_gradient():
+    torch.manual_seed(1)
+    a = torch.rand(5, dtype=torch.float64) + 0.5
+    theta = nn.Parameter(torch.randn(5, dtype=torch.float64))
+    opt = SGAdaLD([theta], lr=0.2, tau=4.0, temperature=0.0)
+    ref, v = theta.detach().numpy().copy(), None
+    for _ in range(6):
+        theta.grad = quadratic_grads(theta.detach(), a)
+        opt.step()
+        g = quadratic_grads(torch.from_numpy(ref), a).numpy()
+        v = g**2 if v is None else (1 - 1 / 4) * v + (1 / 4) * g**2
+        ref = ref - 0.2**2 * g / np.sqrt(v + 1e-8)
+    np.testing.assert_allclose(theta.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(opt.state[theta]["v"].numpy(), v, rtol=1e-12)
+
+
+def test_sgadald_noise_has_the_stated_variance_and_is_clamped_where_it_would_be_negative():
+    n = 40_000
+    lr, c, temp, eps = 0.1, 0.5, 2.0, 1e-8
+    g0 = torch.linspace(0.05, 8.0, n, dtype=torch.float64)  # σ² = 0.002/g0² − 10⁻⁴ changes sign at g0 ≈ 4.5
+    theta = nn.Parameter(torch.zeros(n, dtype=torch.float64))
+    opt = SGAdaLD([theta], lr=lr, tau=math.inf, friction=c, temperature=temp, eps=eps,
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    theta.grad = g0.clone()
+    opt.step()
+    inv = 1 / (g0.square() + eps)
+    drift = -(lr**2) * inv.sqrt() * g0
+    var = temp * 2 * c * lr**3 * inv - lr**4
+    xi = theta.detach() - drift
+    pos = var > 0
+    assert 1000 < int(pos.sum()) < n - 1000 and opt.state[theta]["clamped"] == int((~pos).sum())
+    assert torch.equal(xi[~pos], torch.zeros_like(xi[~pos]))  # no noise where σ² ≤ 0
+    z = (xi[pos] / var[pos].sqrt()).numpy()
+    m = len(z)
+    assert abs(z.mean()) < 4 / math.sqrt(m)
+    assert abs(z.var() - 1) < 4 * math.sqrt(2 / m)
+    assert abs(np.mean(z[:-1] * z[1:])) < 4 / math.sqrt(m)  # independent draws
+
+
+def test_sgadald_is_seeded_by_its_generator_and_rejects_bad_arguments():
+    def run(seed):
+        p = nn.Parameter(torch.ones(10))
+        opt = SGAdaLD([p], lr=0.1, friction=10.0, generator=torch.Generator().manual_seed(seed))
+        p.grad = torch.ones(10)
+        opt.step()
+        return p.detach()
+
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+    p = [nn.Parameter(torch.ones(2))]
+    for kwargs, err, word in [
+        ({"lr": 0}, ValueError, "lr"),
+        ({"lr": 0.1, "tau": 0.5}, ValueError, "tau"),
+        ({"lr": 0.1, "temperature": -1}, ValueError, "temperature"),
+        ({"lr": 0.1, "friction": math.nan}, ValueError, "friction"),
+        ({"lr": 0.1, "v0": -1}, ValueError, "v0"),
+        ({"lr": 0.1, "generator": 1}, TypeError, "generator"),
+    ]:
+        with pytest.raises(err, match=word):
+            SGAdaLD(p, **kwargs)
+
+
+# -- the SGLD adversary -------------------------------------------------------------------------
+
+
+def test_sgld_samples_the_gaussian_its_energy_defines():
+    """log p(y|x̃) = −a·x̃² and cost α(x̃ − x)²: U = (α − a)x̃² − 2αx·x̃ + const, so
+    x̃ ~ N(αx/(α − a), T/(2(α − a))): the mean moves *away* from the likelihood's peak (the
+    adversary lowers the log-likelihood), pulled back by the cost."""
+    a, alpha, temp, x0 = 1.0, 2.0, 0.5, 1.0
+    n = 20_000
+    x = torch.full((n, 1), x0, dtype=torch.float64)
+    y = torch.zeros(n, dtype=torch.long)
+    adv = SGLDAdversary(steps=1500, step_size=0.005, alpha=alpha, temperature=temp, bounds=None,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    samples, _ = adv.sample(lambda xa, _y: -a * xa[:, 0].square(), x, y)
+    mean, var = alpha * x0 / (alpha - a), temp / (2 * (alpha - a))
+    # ULA's stationary variance is σ²/(1 − η(α − a)) (0.5% here) plus sampling error
+    assert abs(float(samples.mean()) - mean) < 0.02
+    assert abs(float(samples.var()) / var - 1) < 0.03
+
+
+def test_sgld_steps_descend_the_written_out_energy_over_the_posterior_samples():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double() for _ in range(3)]
+    x = torch.rand(5, 3, 2, 2, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    adv = SGLDAdversary(steps=3, step_size=0.2, alpha=0.7, temperature=0.0, bounds=None)
+    got, y_rep = adv.sample(mean_log_likelihood(models), x, y)
+    xa = x.clone()
+    for _ in range(3):  # U = (1/S)Σ_s log softmax(f_s(x̃))_y + α‖x̃ − x‖², written out per model
+        xa.requires_grad_(True)
+        u = sum(F.log_softmax(m(xa), 1)[torch.arange(5), y].sum() for m in models) / 3
+        u = u + 0.7 * (xa - x).square().sum()
+        (g,) = torch.autograd.grad(u, xa)
+        xa = (xa - 0.2 * g).detach()
+    torch.testing.assert_close(got, xa)
+    assert torch.equal(y_rep, y)
+    written = sum(F.log_softmax(m(got), 1)[torch.arange(5), y] for m in models) / 3
+    written = written + 0.7 * (got - x).flatten(1).square().sum(1)
+    torch.testing.assert_close(adv.energy(mean_log_likelihood(models), got, x, y), written)
+    torch.testing.assert_close(squared_l2(got, x), (got - x).flatten(1).square().sum(1))
+
+
+def test_sgld_chains_are_independent_copies_of_the_batch():
+    x, y = torch.rand(4, 1, 3, 3), torch.tensor([0, 1, 0, 1])
+    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 2))
+    adv = SGLDAdversary(steps=2, step_size=0.05, temperature=1.0, chains=3, generator=torch.Generator().manual_seed(0))
+    xa, ya = adv.sample(mean_log_likelihood([model]), x, y)
+    assert xa.shape == (12, 1, 3, 3) and torch.equal(ya, y.repeat(3))
+    assert not torch.equal(xa[:4], xa[4:8])  # each chain its own noise
+    assert xa.min() >= 0 and xa.max() <= 1
+
+
+def test_sgld_as_an_attack_raises_the_loss_and_changes_nothing_in_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 3)
+    )
+    model.train()
+    snap = snapshot(model)
+    x, y = torch.rand(32, 1, 4, 4), torch.randint(0, 3, (32,))
+    adv = SGLDAdversary(steps=10, step_size=0.05, alpha=0.1, generator=torch.Generator().manual_seed(1))
+    xa = adv(model, x, y)
+    assert xa.shape == x.shape and xa.min() >= 0 and xa.max() <= 1
+    assert_same(model, snap)
+    with torch.no_grad():
+        model.eval()
+        assert F.cross_entropy(model(xa), y) > F.cross_entropy(model(x), y)
+
+
+def test_sgld_rejects_bad_arguments():
+    for kwargs, err, word in [
+        ({"steps": -1}, ValueError, "steps"),
+        ({"step_size": 0}, ValueError, "step_size"),
+        ({"alpha": -1}, ValueError, "alpha"),
+        ({"temperature": math.inf}, ValueError, "temperature"),
+        ({"chains": 0}, ValueError, "chains"),
+        ({"cost": 3}, TypeError, "cost"),
+        ({"bn": "sometimes"}, ValueError, "bn"),
+        ({"generator": 0}, TypeError, "generator"),
+    ]:
+        with pytest.raises(err, match=word):
+            SGLDAdversary(**kwargs)
+    with pytest.raises(ValueError, match="bounds"):
+        SGLDAdversary()(nn.Linear(4, 2), torch.full((2, 4), 2.0), torch.tensor([0, 1]))

@@ -2,6 +2,7 @@
 variance (statistically, seeded); the SGLD adversary against a Gaussian it must sample, against
 its energy's gradient written out, and as an attack."""
 
+import copy
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg.bayes import SGAdaLD, SGLDAdversary, mean_log_likelihood, squared_l2
+from robustreg.bayes import BAL, SGAdaLD, SGLDAdversary, mean_log_likelihood, squared_l2
 
 from .conftest import assert_same, snapshot
 
@@ -184,3 +185,109 @@ def test_sgld_rejects_bad_arguments():
             SGLDAdversary(**kwargs)
     with pytest.raises(ValueError, match="bounds"):
         SGLDAdversary()(nn.Linear(4, 2), torch.full((2, 4), 2.0), torch.tensor([0, 1]))
+
+
+# -- BAL ----------------------------------------------------------------------------------------
+
+
+def small_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 3)).double()
+
+
+def test_bal_predicts_the_average_of_the_chains_probabilities_and_attacks_see_the_average():
+    model = small_net()
+    bal = BAL(model, data_size=100, chains=3)
+    with torch.no_grad():
+        for s, member in enumerate(bal.chains):  # distinct members
+            for p in member.parameters():
+                p.add_(0.3 * s * torch.randn_like(p))
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    expected = sum(F.softmax(m(x), 1) for m in bal.chains) / 3
+    torch.testing.assert_close(bal.predict(x), expected)
+    # the ensemble's output is log of that average, and its gradient is the average's
+    xg = x.clone().requires_grad_(True)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    (g,) = torch.autograd.grad(F.cross_entropy(bal.ensemble(xg), y), xg)
+    xw = x.clone().requires_grad_(True)
+    avg = sum(F.softmax(m(xw), 1) for m in bal.chains) / 3
+    (gw,) = torch.autograd.grad(F.nll_loss(avg.log(), y), xw)
+    torch.testing.assert_close(g, gw)
+
+
+def test_bal_step_is_the_gibbs_iteration_written_out():
+    """Without noise (T = 0 in both samplers) and with V̂ frozen (τ = ∞), one iteration is: x̃ by
+    gradient descent on the energy over the chains, then each chain's preconditioned step on
+    N·CE(x̃) + λ/2‖θ‖²."""
+    model = small_net()
+    x = torch.rand(5, 1, 4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    adv = SGLDAdversary(steps=4, step_size=0.05, alpha=0.5, temperature=0.0)
+    bal = BAL(model, data_size=50, chains=2, adversary=adv, lr=0.05, tau=math.inf, temperature=0.0,
+              prior_precision=0.1)  # fmt: skip
+    with torch.no_grad():
+        for p in bal.chains[1].parameters():
+            p.mul_(1.1)
+    for opt in bal.optimizers:  # V̂ = 1: the step is −η²·g itself, sensitive to every detail of x̃
+        opt.param_groups[0]["v0"] = 1.0
+    chains = [copy.deepcopy(m) for m in bal.chains]
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = bal.step(x, y)
+    xa = x.clone()
+    for _ in range(4):
+        xa.requires_grad_(True)
+        u = sum(F.log_softmax(m(xa), 1)[torch.arange(5), y].sum() for m in chains) / 2 + 0.5 * (xa - x).square().sum()
+        (g,) = torch.autograd.grad(u, xa)
+        xa = (xa - 0.05 * g).detach().clamp(0, 1)
+    ces = []
+    for member, ref in zip(bal.chains, chains, strict=True):
+        ce = F.cross_entropy(ref(xa), y)
+        ces.append(ce.detach())
+        energy = 50 * ce + 0.05 * sum(p.square().sum() for p in ref.parameters())
+        grads = torch.autograd.grad(energy, list(ref.parameters()))
+        for p, q, gq in zip(member.parameters(), ref.parameters(), grads, strict=True):
+            torch.testing.assert_close(p.detach(), q.detach() - 0.05**2 * gq / math.sqrt(1 + 1e-8))
+    torch.testing.assert_close(loss, torch.stack(ces).mean())
+    for p, b in zip(model.parameters(), before, strict=True):  # the user's model is never changed
+        assert torch.equal(p.detach(), b)
+
+
+def test_bal_chains_are_seeded_and_leave_the_users_model_alone():
+    x, y = torch.rand(8, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+
+    def run(seed):
+        model = small_net()
+        model.eval()
+        snap = snapshot(model)
+        adv = SGLDAdversary(steps=2, step_size=0.05, generator=torch.Generator().manual_seed(seed))
+        bal = BAL(model, data_size=100, chains=2, adversary=adv, lr=0.05, temperature=1.0, friction=5.0, seed=seed)
+        for _ in range(3):
+            loss = bal.step(x, y)
+        assert torch.isfinite(loss)
+        assert_same(model, snap)
+        return [p.detach().clone() for m in bal.chains for p in m.parameters()]
+
+    a, b, c = run(1), run(1), run(2)
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c, strict=True))
+
+
+def test_bal_state_round_trips_and_bad_arguments_are_refused():
+    bal = BAL(small_net(), data_size=10, chains=2, seed=0)
+    x, y = torch.rand(4, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    bal.step(x, y)
+    other = BAL(small_net(seed=5), data_size=10, chains=2, seed=0)
+    other.load_state_dict(bal.state_dict())
+    torch.testing.assert_close(other.predict(x), bal.predict(x))
+    for kwargs, err, word in [
+        ({"data_size": 0}, ValueError, "data_size"),
+        ({"data_size": 10, "chains": 0}, ValueError, "chains"),
+        ({"data_size": 10, "adversary": "pgd"}, TypeError, "adversary"),
+        ({"data_size": 10, "theta_steps": 0}, ValueError, "theta_steps"),
+        ({"data_size": 10, "prior_precision": -1.0}, ValueError, "prior_precision"),
+        ({"data_size": 10, "lr": 0.0}, ValueError, "lr"),
+    ]:
+        with pytest.raises(err, match=word):
+            BAL(small_net(), **kwargs)
+    with pytest.raises(ValueError, match="class 5"):
+        bal.step(x, torch.tensor([0, 1, 5, 0]))

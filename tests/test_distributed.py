@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from robustreg import PGDAT, TRADES, YOPO, FastAT
+from robustreg.bayes import BAL, SGLDAdversary
 from robustreg.control import MSA
 
 from .conftest import free_port
@@ -61,6 +62,10 @@ def worker(rank: int, world: int, port: int, out: str) -> None:
         for _ in range(2):
             msa.step(x[share], y[share])
         grads["msa"] = [p.detach().clone() for p in model.parameters()]
+        bal = make_bal()  # BAL: each chain's gradient averaged over the ranks, the same noise on both
+        for _ in range(2):
+            bal.step(x[share], y[share])
+        grads["bal"] = [p.detach().clone() for m in bal.chains for p in m.parameters()]
         if rank == 0:
             torch.save(grads, out)
     finally:
@@ -86,6 +91,22 @@ def test_ddp_gradients_equal_single_process(name, ddp_grads):
         reg._start = lambda x0: noise
     reg(x, y).backward()
     for a, b in zip(ddp_grads[name], (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def make_bal() -> BAL:
+    adversary = SGLDAdversary(steps=2, step_size=0.05, temperature=0.0, bounds=None)  # deterministic data
+    return BAL(make_model(), data_size=8, chains=2, adversary=adversary, lr=0.05, friction=3.0, temperature=1.0,
+               seed=7)  # fmt: skip
+
+
+def test_ddp_bal_chains_equal_single_process(ddp_grads):
+    x, y = batch()
+    bal = make_bal()
+    for _ in range(2):
+        bal.step(x, y)
+    mine = [p.detach() for m in bal.chains for p in m.parameters()]
+    for a, b in zip(ddp_grads["bal"], mine, strict=True):
         torch.testing.assert_close(a, b)
 
 

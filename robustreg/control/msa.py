@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from .._distributed import all_reduce_mean
 from ..record import Record
 from .spectral import (
     as_matrix,
@@ -236,7 +236,7 @@ class MSA:
                 h.remove()
         # A parameter the forward did not use has no Hamiltonian term: left as it is (as SGD does).
         used = [(t, g) for t, g in zip(params, grads, strict=True) if g is not None]
-        params, grads = [t for t, _ in used], _all_reduce_mean([g for _, g in used])
+        params, grads = [t for t, _ in used], all_reduce_mean([g for _, g in used])
         projected, updates = 0, []
         default = LayerRule(self.alpha, self.beta, False)  # a module added after construction
         with torch.no_grad():
@@ -282,13 +282,3 @@ class MSA:
                 )
             )  # fmt: skip
         return out
-
-
-def _all_reduce_mean(grads: list[Tensor]) -> list[Tensor]:
-    """Average gradients over processes when ``torch.distributed`` runs with several."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return grads
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    return [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)]

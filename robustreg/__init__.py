@@ -26,7 +26,7 @@ from .adversarial import (
     amata_schedule,
     replay,
 )
-from .attacks import CW, FGSM, PGD, cw_margin
+from .attacks import CW, CWL2, FGSM, PGD, cw_margin
 from .autoattack import AutoAttack
 from .diagnostics import CriterionC, criterion_c, fosc
 from .evaluate import (
@@ -47,6 +47,7 @@ __all__ = [
     "ATTA",
     "BALLS",
     "CW",
+    "CWL2",
     "FGSM",
     "PGD",
     "PGDAT",

@@ -1,5 +1,6 @@
 """Evaluation attacks: FGSM, PGD-k with cross-entropy or CW margin, random restarts (their
-projected-ascent loop, shared with every training engine, is :func:`robustreg.perturb.ascend`).
+projected-ascent loop, shared with every training engine, is :func:`robustreg.perturb.ascend`),
+and the Carlini–Wagner ℓ2 minimal-perturbation attack (:class:`CWL2`).
 
 PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018)
 maximises a per-sample loss ℓ over the threat model S(x) (see :mod:`robustreg.perturb`):
@@ -193,3 +194,107 @@ def CW(
         eps=eps, alpha=alpha, steps=steps, norm=norm, loss="cw", kappa=kappa,
         restarts=restarts, bounds=bounds, bn=bn,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CWL2:
+    """The Carlini–Wagner ℓ2 attack (Carlini and Wagner, "Towards Evaluating the Robustness of Neural
+    Networks", IEEE S&P 2017): per sample, the smallest ℓ2 perturbation found that misclassifies.
+
+    For each sample, with x' = lo + (hi − lo)·(tanh(w) + 1)/2 inside the box (``bounds``; x' = w
+    without one),
+
+        minimise_w  ‖x' − x‖₂² + c·max(z_y(x') − max_{j≠y} z_j(x'), −κ)
+
+    by ``steps`` steps of Adam (``lr``) from x' = x, for each of ``search_steps`` values of c: from
+    ``c`` (the first), ×10 while no step has misclassified the sample, then bisection between the
+    largest c that failed and the smallest that succeeded. Over all steps of all searches the
+    misclassifying x' of smallest ℓ2 norm is kept.
+
+    Args:
+        eps: None: return that x' (x itself where nothing misclassified: a minimal-perturbation
+            attack); a radius: return it only where ``‖x' − x‖₂ ≤ eps``, x elsewhere (accuracy
+            under an ℓ2 budget, for :func:`robustreg.robust_accuracy`).
+        c: the first trade-off constant (> 0).
+        kappa: the confidence κ ≥ 0 of the margin.
+        steps: Adam steps per value of c (≥ 1).
+        lr: Adam's learning rate (> 0).
+        search_steps: values of c tried (≥ 1).
+        bounds: valid input box, ``None`` for unbounded inputs.
+        bn: BatchNorm policy of the attack passes (``"eval"``).
+
+    ``attack(model, x, y)`` returns the batch (detached); gradients are taken with
+    ``torch.autograd.grad`` with respect to w alone (``.grad`` of the model is never touched).
+    """
+
+    eps: float | None = None
+    c: float = 1e-2
+    kappa: float = 0.0
+    steps: int = 100
+    lr: float = 0.01
+    search_steps: int = 9
+    bounds: Bounds = (0.0, 1.0)
+    bn: str = "eval"
+
+    def __post_init__(self) -> None:
+        if self.eps is not None:
+            _checks.nonneg_float("eps", self.eps)
+        _checks.positive_float("c", self.c)
+        _checks.nonneg_float("kappa", self.kappa)
+        _checks.count("steps", self.steps, minimum=1)
+        _checks.positive_float("lr", self.lr)
+        _checks.count("search_steps", self.search_steps, minimum=1)
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+        check_bn(self.bn)
+
+    def _to_input(self, w: Tensor) -> Tensor:
+        if self.bounds is None:
+            return w
+        lo, hi = self.bounds
+        return lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+
+    def _from_input(self, x: Tensor) -> Tensor:
+        if self.bounds is None:
+            return x.clone()
+        lo, hi = self.bounds
+        u = ((x - lo) / (hi - lo) * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6)  # atanh(±1) = ±inf
+        return torch.atanh(u)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The smallest misclassifying ``x'`` found per sample (see the class docstring); checked
+        first, changing nothing on failure, as :class:`PGD`."""
+        _checks.module("model", model)
+        x = _checks.check_x(x, self.bounds).detach()
+        y = _checks.check_y(y, x.shape[0])
+        net = unwrap(model)
+        _checks.check_classes(y, _checks.num_classes(net, x))
+        b = x.shape[0]
+        c = torch.full((b,), self.c, dtype=x.dtype, device=x.device)
+        lower, upper = torch.zeros_like(c), torch.full_like(c, math.inf)
+        best_l2, best = torch.full_like(c, math.inf), x.clone()
+        w0 = self._from_input(x)
+        with inner_mode(net, self.bn), torch.enable_grad():
+            for _ in range(self.search_steps):
+                w = w0.clone().requires_grad_(True)
+                opt = torch.optim.Adam([w], lr=self.lr)
+                succeeded = torch.zeros(b, dtype=torch.bool, device=x.device)
+                for _ in range(self.steps):
+                    x_adv = self._to_input(w)
+                    logits = net(x_adv)
+                    l2 = (x_adv - x).flatten(1).square().sum(1)
+                    gap = cw_margin(logits, y)  # max_{j≠y} z_j − z_y
+                    (grad,) = torch.autograd.grad((l2 + c * (-gap).clamp(min=-self.kappa)).sum(), w)
+                    with torch.no_grad():
+                        fooled = (gap > 0) & (gap >= self.kappa)  # misclassified, by κ at least
+                        better = fooled & (l2 < best_l2)
+                        best_l2 = torch.where(better, l2, best_l2)
+                        best = torch.where(per_sample(better, x), x_adv, best)
+                        succeeded |= fooled
+                    w.grad = grad
+                    opt.step()
+                upper = torch.where(succeeded, torch.minimum(upper, c), upper)
+                lower = torch.where(succeeded, lower, torch.maximum(lower, c))
+                c = torch.where(torch.isinf(upper), c * 10, (lower + upper) / 2)
+        if self.eps is not None:
+            best = torch.where(per_sample(best_l2.sqrt() <= self.eps, x), best, x)
+        return best.detach()

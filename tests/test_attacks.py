@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustreg import CW, FGSM, PGD, cw_margin
+from robustreg import CW, CWL2, FGSM, PGD, cw_margin
 from robustreg.attacks import keep_worst
 
 from .conftest import TinyConvBN
@@ -138,3 +138,53 @@ def test_attack_argument_errors():
         PGD(bn="batch")
     with pytest.raises(ValueError, match="outside the model's classes"):
         PGD(eps=0.1)(TinyConvBN(classes=3), torch.rand(2, 1, 8, 8), torch.tensor([0, 3]))
+
+
+def test_cwl2_on_a_linear_model_finds_the_closed_form_distance_to_the_boundary():
+    """Two classes, f(x) = Wx + b, no box: the smallest ℓ2 perturbation that flips sample i is
+    |m_i|/‖w_y − w_o‖ along w_o − w_y (m the logit margin); CW-ℓ2 must reach it from above."""
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 2).double()
+    x = torch.randn(10, 6, dtype=torch.float64)
+    with torch.no_grad():
+        y = lin(x).argmax(1)  # correctly classified by construction
+        d = lin.weight[1] - lin.weight[0]
+        margin = (lin(x)[:, 1] - lin(x)[:, 0]).abs()
+    closest = margin / d.norm()
+    x_adv = CWL2(c=0.1, steps=300, lr=0.05, search_steps=12, bounds=None)(lin, x, y)
+    dist = (x_adv - x).norm(dim=1)
+    with torch.no_grad():
+        assert (lin(x_adv).argmax(1) != y).all()
+    assert (dist >= closest * (1 - 1e-6)).all()  # nothing closer misclassifies
+    assert (dist <= closest * 1.03 + 1e-3).all(), dist / closest
+
+
+def test_cwl2_with_a_budget_returns_x_where_the_smallest_perturbation_is_too_large():
+    torch.manual_seed(1)
+    lin = nn.Linear(4, 2).double()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = lin(x).argmax(1)
+        closest = (lin(x)[:, 1] - lin(x)[:, 0]).abs() / (lin.weight[1] - lin.weight[0]).norm()
+    eps = float(closest.median())
+    x_adv = CWL2(eps=eps, c=0.1, steps=300, lr=0.05, search_steps=10, bounds=None)(lin, x, y)
+    moved = (x_adv - x).norm(dim=1) > 0
+    assert moved[closest < eps / 1.03].all() and not moved[closest > eps].any()  # found within 3% (above)
+    assert ((x_adv - x).norm(dim=1) <= eps + 1e-9).all()
+
+
+def test_cwl2_stays_in_the_box_and_leaves_the_model_alone(conv_batch):
+    model, x, y = conv_batch
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    state = copy.deepcopy(model.state_dict())
+    x_adv = CWL2(steps=10, search_steps=2)(model, x, y)
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    assert model.training and all(bool((p.grad == 1).all()) for p in model.parameters())
+    for kwargs, word in [({"c": 0}, "c"), ({"steps": 0}, "steps"), ({"lr": -1}, "lr"), ({"eps": -1}, "eps"),
+                         ({"search_steps": 0}, "search_steps"), ({"kappa": -1}, "kappa")]:  # fmt: skip
+        with pytest.raises(ValueError, match=word):
+            CWL2(**kwargs)

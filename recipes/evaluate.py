@@ -48,7 +48,7 @@ from torch import Tensor
 
 import robustreg
 from robustreg import cli
-from robustreg.checkpoint import ARCHITECTURES, atomic_write_text, load_model
+from robustreg.checkpoint import ARCHITECTURES, ENSEMBLES, atomic_write_text, load_model
 from robustreg.data import rings_ssl
 
 log = logging.getLogger("robustreg.recipes.evaluate")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model, meta = load_model(path, meta_file=meta_file)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    if meta["arch"] not in ARCHITECTURES:
+    if meta["arch"] not in ARCHITECTURES and meta["arch"] not in ENSEMBLES:
         raise SystemExit(f"error: {path} holds a {meta['arch']} chart, not a classifier")
     run_cfg = meta["config"]
     if "dataset" not in run_cfg:

@@ -52,11 +52,28 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "conv_large": models.ConvLarge,
     "preact_resnet18": models.preact_resnet18,
     "wide_resnet34_10": models.wide_resnet34_10,
+    "bal_cnn": models.BALCNN,
 }
 
 
+def posterior_ensemble(member_arch: str, member_kwargs: dict[str, Any], members: int) -> nn.Module:
+    """A :class:`robustreg.bayes.PosteriorEnsemble` of ``members`` networks ``member_arch(**member_kwargs)``
+    (an entry of :data:`ARCHITECTURES`): how a saved BAL or BNN posterior is rebuilt."""
+    from .bayes import PosteriorEnsemble
+
+    if member_arch not in ARCHITECTURES:
+        raise ValueError(f"member_arch must be one of {sorted(ARCHITECTURES)}, got {member_arch!r}")
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise ValueError(f"members must be an int >= 1, got {members!r}")
+    return PosteriorEnsemble([ARCHITECTURES[member_arch](**member_kwargs) for _ in range(members)])
+
+
+#: classifiers made of other registered ones (rebuilt from their members' entries)
+ENSEMBLES: dict[str, Callable[..., nn.Module]] = {"posterior_ensemble": posterior_ensemble}
+
+
 def _registry() -> dict[str, Callable[..., nn.Module]]:
-    return {**ARCHITECTURES, **CHARTS}
+    return {**ARCHITECTURES, **ENSEMBLES, **CHARTS}
 
 
 def save_model(

@@ -8,6 +8,8 @@
   ``layer_one = Linear + ReLU`` for YOPO.
 - :class:`ConvLarge`: the 13-layer "Conv-Large" CNN of the VAT and TNAR papers' CIFAR-10 /
   SVHN semi-supervised experiments (Laine & Aila 2017; Miyato et al. 2018).
+- :class:`BALCNN`: the two-convolution MNIST network of Bayesian Adversarial Learning (Ye and
+  Zhu 2018).
 - :func:`wide_resnet34_10`: WideResNet-34-10 for CIFAR-10 (Zagoruyko & Komodakis 2016), the
   network of Madry et al., TRADES and YOPO's WRN experiments. The TRADES file also builds a
   ``sub_block1`` that its forward never calls; it is left out here (an unused block breaks
@@ -265,3 +267,29 @@ class ConvLarge(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, num_classes)
         return self.fc(self.features(self.layer_one(self.normalize(x))))
+
+
+class BALCNN(nn.Module):
+    """The MNIST network of Bayesian Adversarial Learning (Ye and Zhu, NeurIPS 2018, Sec. 5)::
+
+        conv 3×3, 32; ReLU → max-pool 2 → conv 3×3, 32; ReLU → max-pool 2 → dropout
+        → fc ``hidden``; ReLU → fc num_classes
+
+    (the paper gives the layers, not the widths of its dropout and first fc: ``drop=0.5`` and
+    ``hidden=128`` here). ``layer_one`` is the first convolution (for YOPO)."""
+
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, hidden: int = 128, drop: float = 0.5
+    ) -> None:
+        super().__init__()
+        side = ((image_size - 2) // 2 - 2) // 2  # two valid 3×3 convolutions, two poolings
+        if side < 1:
+            raise ValueError(f"image_size must be >= 10, got {image_size}")
+        self.layer_one = nn.Conv2d(in_channels, 32, 3)
+        self.features = nn.Sequential(
+            nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(drop), nn.Flatten()
+        )
+        self.classifier = nn.Sequential(nn.Linear(32 * side * side, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W) -> (B, num_classes)
+        return self.classifier(self.features(self.layer_one(x)))

@@ -1,0 +1,59 @@
+"""recipes/bal.py run as users run it (a subprocess) on synthetic images: ERM first, the others
+from its weights, BAL's posterior ensemble saved and evaluated end to end, the errors."""
+
+import json
+
+import torch
+
+from robustreg.bayes import PosteriorEnsemble
+from robustreg.checkpoint import load_model
+
+from ._recipes import ok, run
+
+TINY = ["--dataset", "mnist", "--synthetic", "--erm-epochs", "1", "--epochs", "1", "--train-size", "120",
+        "--batch-size", "40", "--eval-size", "30", "--robust-size", "8", "--chains", "2", "--attack-steps", "2",
+        "--fgsm-eps", "0", "0.1", "--cw-eps", "1", "2", "--cw-steps", "4", "--cw-search", "2",
+        "--threads", "1"]  # fmt: skip
+
+
+def test_bal_recipe_trains_erm_then_the_others_from_it_and_saves_the_ensemble(tmp_path):
+    ok(run("bal.py", *TINY, "--models", "erm,pgd,bnn,bal", "--sweep-chains", "1", "--out", str(tmp_path)))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert list(res["models"]) == ["erm", "pgd", "bnn", "bal", "bal-S1"] and res["complete"]
+    for name, r in res["models"].items():
+        assert set(r["fgsm"]) == {"0", "0.1"} and r["fgsm"]["0"] == r["clean"], name
+        assert set(r["cw_l2"]) == set(r["cw_one_step"]) == {"1", "2"}
+        assert r["cw_l2"]["2"] <= r["cw_l2"]["1"] <= r["clean"]  # a larger budget never helps the model
+        assert 0 <= r["autoattack-apgd=0.1"] <= 1 and r["seconds_per_step"] > 0
+    assert res["models"]["bal"]["chains"] == 2 and res["models"]["bal-S1"]["chains"] == 1
+    assert "masking=0.1" in res["models"]["bal"] and "masking=0.1" not in res["models"]["pgd"]
+    ensemble, meta = load_model(tmp_path / "bal" / "model")
+    assert isinstance(ensemble, PosteriorEnsemble) and len(ensemble.members) == 2
+    assert meta["arch"] == "posterior_ensemble" and meta["kwargs"]["member_arch"] == "bal_cnn"
+    probs = ensemble(torch.rand(3, 1, 28, 28)).exp()
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    # the PGD model started from ERM's weights (one epoch of 3 steps cannot have moved them far)
+    erm, pgd = load_model(tmp_path / "erm" / "model")[0], load_model(tmp_path / "pgd" / "model")[0]
+    gap = max((a - b).abs().max().item() for a, b in zip(erm.parameters(), pgd.parameters(), strict=True))
+    assert gap < 0.05
+    for plot in ("fgsm", "cw_l2", "chains"):
+        assert (tmp_path / f"{plot}.png").stat().st_size > 5000, plot
+    assert "| bal |" in (tmp_path / "results.md").read_text()
+    # the ensemble is a classifier recipes/evaluate.py attacks end to end
+    quick = ["--autoattack", "none", "--pgd", "2", "--cw-steps", "2", "--eval-size", "10", "--no-masking"]
+    quick += ["--eps", "0.1"]
+    ok(run("evaluate.py", str(tmp_path / "bal" / "model"), *quick, "--out", str(tmp_path / "ev.json")))
+    assert json.loads((tmp_path / "ev.json").read_text())["arch"] == "posterior_ensemble"
+
+
+def test_bal_recipe_refuses_bad_options_and_a_missing_erm(tmp_path):
+    cases = {
+        ("--models", "erm,wrm"): "unknown ['wrm']",
+        ("--chains", "3", "--sweep-chains", "3"): "named twice",
+        ("--sgadald-lr", "0"): "--sgadald-lr",
+        ("--tau", "0.5"): "--tau",
+        ("--models", "bal", "--out", str(tmp_path / "none")): "train erm first",
+    }
+    for extra, message in cases.items():
+        proc = run("bal.py", *TINY, "--out", str(tmp_path / "x"), *extra)
+        assert proc.returncode != 0 and message in proc.stderr, (extra, proc.stderr[-2000:])

@@ -35,7 +35,9 @@ round), so that drift in machine speed hits all methods alike. Each step is time
 the ratio of the median to natural training's median. The system load average before and after is
 recorded in ``config``: other processes competing for the cores inflate the timings (longest steps most).
 ``ratios`` gives the YOPO yardsticks: YOPO-5-10 / PGD-40, YOPO-5-3 / PGD-10 and YOPO-5-n / (5 × natural),
-VAT's: a CE + VAT step / a supervised (natural) step, and TNAR's: a CE + TNAR step / a CE + VAT step.
+VAT's: a CE + VAT step / a supervised (natural) step, and TNAR's: a CE + TNAR step / a CE + VAT step;
+BAL's (``--model bal-cnn --methods pgd15,bal1,bal3,bal5,bal10``): one BAL iteration (S_θ chains,
+M = 15) / a PGD-15 step, and its scaling with S_θ.
 
 Run from the repository root (after ``pip install -e .``; otherwise prefix ``PYTHONPATH=.``)::
 
@@ -91,6 +93,10 @@ RATIOS = {
     "tnar-penalty / vat": ("tnar-penalty", "vat", 1),
     "ssl-vat / ssl-ce": ("ssl-vat", "ssl-ce", 1),
     "ssl-tnar / ssl-vat": ("ssl-tnar", "ssl-vat", 1),
+    "bal5 / pgd15": ("bal5", "pgd15", 1),
+    "bal1 / pgd15": ("bal1", "pgd15", 1),
+    "bal10 / bal5": ("bal10", "bal5", 1),
+    "bal5 / bal1": ("bal5", "bal1", 1),
 }
 
 

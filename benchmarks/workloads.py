@@ -21,8 +21,18 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import robustreg
+from robustreg.bayes import BAL, SGLDAdversary
 from robustreg.charts import VAE, MLPAutoEncoder
-from robustreg.models import MLP, ConvLarge, PreActResNet, SmallCNN, WideResNet, preact_resnet18, wide_resnet34_10
+from robustreg.models import (
+    BALCNN,
+    MLP,
+    ConvLarge,
+    PreActResNet,
+    SmallCNN,
+    WideResNet,
+    preact_resnet18,
+    wide_resnet34_10,
+)
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 LR, MOMENTUM = 0.01, 0.9
@@ -57,6 +67,8 @@ NETWORKS: dict[str, Network] = {
     "wrn-34-10": _cifar(wide_resnet34_10, small=lambda: WideResNet(depth=10, widen=1)),
     "conv-large": _cifar(ConvLarge, data="CIFAR-10 / SVHN"),
     "mlp": Network(lambda: MLP(50, 2, hidden=(64, 64)), (50,), 2, 0.25, 0.0625, None, "two rings + 48 nuisance"),
+    # Bayesian adversarial learning's MNIST network and its training radius (recipes/bal.py)
+    "bal-cnn": Network(BALCNN, (1, 28, 28), 10, 0.1, 2.5 * 0.1 / 15, (0.0, 1.0), "MNIST"),
 }
 
 
@@ -102,6 +114,23 @@ def _yopo(m: int, n: int) -> Callable[[nn.Module, Network], Objective]:
     return build
 
 
+def _bal(chains: int) -> Callable[[nn.Module, Network], Objective]:
+    """One BAL iteration (S_θ = ``chains``, M = 15 Langevin steps, S_x̃ = 1), recipes/bal.py's
+    defaults. BAL steps its own chains (copies of the model); what it returns to the trainer is a
+    zero loss on the model, whose backward and SGD step cost a few microseconds."""
+
+    def build(model: nn.Module, net: Network) -> Objective:
+        adversary = SGLDAdversary(steps=15, step_size=0.01, bounds=net.bounds)
+        bal = BAL(model, data_size=60_000, chains=chains, adversary=adversary, lr=0.03, seed=0)
+
+        def objective(x: Tensor, y: Tensor) -> Tensor:
+            return bal.step(x, y) + 0 * sum(p.sum() for p in model.parameters())
+
+        return objective
+
+    return build
+
+
 def _ssl(reg: Callable[[nn.Module, Network], Any] | None) -> Callable[[nn.Module, Network], Objective]:
     """A semi-supervised step on one batch: its first fifth labeled (32 of 160, the VAT and TNAR
     papers' 32 + 128), the rest unlabeled, one forward of both; CE on the labeled logits plus the
@@ -133,6 +162,7 @@ METHODS: dict[str, Callable[[nn.Module, Network], Objective]] = {
     "natural": lambda model, net: lambda x, y: F.cross_entropy(model(x), y),
     "pgd10": lambda model, net: robustreg.PGDAT(model, eps=net.eps, alpha=net.alpha, steps=10, bounds=net.bounds),
     "pgd40": lambda model, net: robustreg.PGDAT(model, eps=net.eps, alpha=net.alpha, steps=40, bounds=net.bounds),
+    "pgd15": lambda model, net: robustreg.PGDAT(model, eps=net.eps, alpha=net.alpha, steps=15, bounds=net.bounds),
     "fast": lambda model, net: robustreg.FastAT(model, eps=net.eps, bounds=net.bounds),
     "free": lambda model, net: robustreg.FreeAT(model, eps=net.eps, bounds=net.bounds),
     "trades10": lambda model, net: robustreg.TRADES(model, eps=net.eps, alpha=net.alpha, steps=10, bounds=net.bounds),
@@ -147,6 +177,10 @@ METHODS: dict[str, Callable[[nn.Module, Network], Objective]] = {
     "ssl-ce": _ssl(None),
     "ssl-vat": _ssl(lambda model, net: robustreg.VAT(model, eps=2.0)),
     "ssl-tnar": _ssl(_tnar_reg),
+    "bal1": _bal(1),
+    "bal3": _bal(3),
+    "bal5": _bal(5),
+    "bal10": _bal(10),
 }
 
 

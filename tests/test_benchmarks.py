@@ -49,6 +49,18 @@ def test_step_cost_builds_and_steps_every_network(model, tmp_path):
     assert report["results"]["fast"]["aten_ops"] > report["results"]["natural"]["aten_ops"]
 
 
+def test_step_cost_times_bal_against_pgd15_on_its_network(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "step_cost.py"), "--repeats", "1", "--warmup", "0",
+           "--batch-size", "4", "--model", "bal-cnn", "--methods", "pgd15,bal1,bal5", "--threads", "1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    assert report["failed"] == {} and set(report["ratios"]) == {"bal5 / pgd15", "bal1 / pgd15", "bal5 / bal1"}
+    # one BAL iteration runs S_θ chains' Langevin passes and updates: more operations with more chains
+    ops = {m: report["results"][m]["aten_ops"] for m in ("pgd15", "bal1", "bal5")}
+    assert ops["bal5"] > 3 * ops["bal1"] > 0 and ops["pgd15"] > 0
+
+
 def test_step_cost_reports_a_method_that_cannot_run_instead_of_failing(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import step_cost

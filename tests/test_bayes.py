@@ -291,3 +291,19 @@ def test_bal_state_round_trips_and_bad_arguments_are_refused():
             BAL(small_net(), **kwargs)
     with pytest.raises(ValueError, match="class 5"):
         bal.step(x, torch.tensor([0, 1, 5, 0]))
+
+
+def test_a_saved_posterior_ensemble_loads_back_as_it_was(tmp_path):
+    from robustreg.checkpoint import load_model, posterior_ensemble, save_model
+    from robustreg.models import BALCNN
+
+    bal = BAL(BALCNN(), data_size=10, chains=3, seed=0)
+    kwargs = {"member_arch": "bal_cnn", "member_kwargs": {}, "members": 3}
+    save_model(bal.ensemble, tmp_path / "m", arch="posterior_ensemble", kwargs=kwargs, config={})
+    loaded = load_model(tmp_path / "m")[0]
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded.eval()(x), bal.ensemble.eval()(x))
+    with pytest.raises(ValueError, match="member_arch"):
+        posterior_ensemble("resnet", {}, 2)
+    with pytest.raises(ValueError, match="members"):
+        posterior_ensemble("bal_cnn", {}, 0)

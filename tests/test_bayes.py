@@ -307,3 +307,18 @@ def test_a_saved_posterior_ensemble_loads_back_as_it_was(tmp_path):
         posterior_ensemble("resnet", {}, 2)
     with pytest.raises(ValueError, match="members"):
         posterior_ensemble("bal_cnn", {}, 0)
+
+
+def test_bal_a_non_finite_gradient_changes_neither_weights_nor_sampler_state():
+    bal = BAL(small_net(), data_size=10, chains=2, seed=0)
+    x, y = torch.rand(4, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    bal.step(x, y)
+    state = [o.state_dict()["state"][0]["v"].clone() for o in bal.optimizers]
+    with torch.no_grad():
+        bal.chains[1][1].weight[0, 0] = math.inf  # chain 1's forward, hence its gradient, goes non-finite
+    inf_weights = [p.detach().clone() for p in bal.ensemble.parameters()]
+    assert math.isnan(bal.step(x, y).item())
+    for p, q in zip(bal.ensemble.parameters(), inf_weights, strict=True):
+        assert torch.equal(p.detach(), q)  # chain 0 did not move either
+    for o, v in zip(bal.optimizers, state, strict=True):
+        assert torch.equal(o.state_dict()["state"][0]["v"], v)

@@ -19,6 +19,7 @@ One iteration (:meth:`BAL.step`) on a mini-batch ``(x, y)``:
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -122,28 +123,36 @@ class BAL:
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One Gibbs iteration on the batch; returns the mean over chains of their adversarial
-        cross-entropy before their last SGAdaLD step, detached."""
+        cross-entropy before their last SGAdaLD step, detached. A non-finite gradient in any chain
+        (a NaN step) updates nothing, neither weights nor SGAdaLD's state, and returns NaN."""
         x = _checks.check_x(x, self.adversary.bounds)
         y = _checks.check_y(y, x.shape[0])
         members = self.chains
         _checks.check_classes(y, _checks.classes_of(members[0], x))
         with inner_mode(self.ensemble, self.adversary.bn):
             x_adv, y_adv = self.adversary.sample(mean_log_likelihood(members), x, y)
-        losses = []
-        for member, opt in zip(members, self.optimizers, strict=True):
-            for _ in range(self.theta_steps):
+        ces: list[Tensor] = []
+        for _ in range(self.theta_steps):
+            ces, updates = [], []
+            for member in members:  # every chain's gradient first: a non-finite one changes nothing
                 params = [p for p in member.parameters() if p.requires_grad]
                 ce = F.cross_entropy(member(x_adv), y_adv)
                 energy = self.data_size * ce
                 if self.prior_precision:
                     energy = energy + 0.5 * self.prior_precision * sum(p.square().sum() for p in params)
-                grads = torch.autograd.grad(energy, params)
-                for p, g in zip(params, all_reduce_mean(list(grads)), strict=True):
+                grads = all_reduce_mean(list(torch.autograd.grad(energy, params)))
+                ces.append(ce.detach())
+                updates.append((params, grads))
+            if not all(bool(torch.isfinite(g).all()) for _, grads in updates for g in grads):
+                # neither the weights nor SGAdaLD's V̂ move: the caller sees a NaN loss and skips the step
+                return torch.full((), math.nan, dtype=x_adv.dtype, device=x_adv.device)
+            for (params, grads), opt in zip(updates, self.optimizers, strict=True):
+                for p, g in zip(params, grads, strict=True):
                     p.grad = g
                 opt.step()
                 for p in params:
                     p.grad = None
-            losses.append(ce.detach())
+        losses = ces
         return torch.stack(losses).mean()
 
     @torch.no_grad()

@@ -71,7 +71,9 @@ class BALConfig(skeleton.RunConfig):
     eps_train: float = opt(0.1, "ℓ∞ radius of FGSM, IFGSM and PGD training")
     attack_steps: int = opt(15, "M: IFGSM/PGD steps and BAL's Langevin steps (the paper: 15)")
     chains: int = opt(5, "S_θ: weight chains of BAL and BNN (the paper: 5)")
-    sweep_chains: list[int] = opt([1, 3, 10], "S_θ of the extra BAL models bal-S<k> (empty: none)")  # noqa: RUF009
+    sweep_chains: list[int] = opt(  # noqa: RUF009
+        [1, 3, 10], "S_θ of the extra BAL models bal-S<k> (--sweep-chains alone: none)", empty=True
+    )
     data_chains: int = opt(1, "S_x̃: adversarial chains per sample (the paper: 1)")
     sgld_step: float = opt(0.01, "η₁, the Langevin step of the data sampler")
     sgld_alpha: float = opt(1.0, "α, the weight of the cost ‖x̃ − x‖²")

@@ -69,13 +69,20 @@ log = logging.getLogger("robustreg.recipes")
 
 
 def opt(
-    default: Any, help: str, *, choices: Sequence[str] | None = None, fallback: str = "", renamed_from: str = ""
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | None = None,
+    fallback: str = "",
+    renamed_from: str = "",
+    empty: bool = False,
 ) -> Any:
     """A dataclass field with its ``--help`` text (and allowed values). ``fallback``: what a field
     left at None takes on data sets whose defaults table lacks it (e.g. ``"= --eps"``).
     ``renamed_from``: the field's former name, still accepted on the command line (with a
-    warning naming the new one) and read from the options of checkpoints written before."""
-    meta = {"help": help, "choices": choices, "fallback": fallback, "renamed_from": renamed_from}
+    warning naming the new one) and read from the options of checkpoints written before.
+    ``empty``: a list option that may be given no values (``--flag`` alone: the empty list)."""
+    meta = {"help": help, "choices": choices, "fallback": fallback, "renamed_from": renamed_from, "empty": empty}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -139,7 +146,8 @@ def parse(
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
-            parser.add_argument(flag, type=item, nargs="+", default=default, help=help_text)
+            nargs = "*" if f.metadata.get("empty") else "+"
+            parser.add_argument(flag, type=item, nargs=nargs, default=default, help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=default, choices=choices, help=help_text)
             if old := f.metadata.get("renamed_from"):

@@ -273,12 +273,22 @@ def test_bal_chains_are_seeded_and_leave_the_users_model_alone():
 
 
 def test_bal_state_round_trips_and_bad_arguments_are_refused():
-    bal = BAL(small_net(), data_size=10, chains=2, seed=0)
+    def make(seed):
+        adversary = SGLDAdversary(steps=2, generator=torch.Generator().manual_seed(7))
+        return BAL(small_net(seed=seed), data_size=10, chains=2, seed=0, adversary=adversary)
+
+    bal = make(0)
     x, y = torch.rand(4, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
     bal.step(x, y)
-    other = BAL(small_net(seed=5), data_size=10, chains=2, seed=0)
+    other = make(5)
     other.load_state_dict(bal.state_dict())
     torch.testing.assert_close(other.predict(x), bal.predict(x))
+    # the generators are in the state: the next step draws the same noise (a resumed run continues exactly)
+    bal.step(x, y), other.step(x, y)
+    for p, q in zip(bal.ensemble.parameters(), other.ensemble.parameters(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="random generators"):
+        BAL(small_net(), data_size=10, chains=2).load_state_dict(bal.state_dict())
     for kwargs, err, word in [
         ({"data_size": 0}, ValueError, "data_size"),
         ({"data_size": 10, "chains": 0}, ValueError, "chains"),

@@ -2,13 +2,14 @@
 from its weights, BAL's posterior ensemble saved and evaluated end to end, the errors."""
 
 import json
+import shutil
 
 import torch
 
 from robustreg.bayes import PosteriorEnsemble
 from robustreg.checkpoint import load_model
 
-from ._recipes import ok, run
+from ._recipes import interrupt, ok, rows, run, same_weights
 
 TINY = ["--dataset", "mnist", "--synthetic", "--erm-epochs", "1", "--epochs", "1", "--train-size", "120",
         "--batch-size", "40", "--eval-size", "30", "--robust-size", "8", "--chains", "2", "--attack-steps", "2",
@@ -57,3 +58,18 @@ def test_bal_recipe_refuses_bad_options_and_a_missing_erm(tmp_path):
     for extra, message in cases.items():
         proc = run("bal.py", *TINY, "--out", str(tmp_path / "x"), *extra)
         assert proc.returncode != 0 and message in proc.stderr, (extra, proc.stderr[-2000:])
+
+
+def test_a_resumed_bal_run_continues_exactly(tmp_path):
+    # the chains, SGAdaLD's V̂ and the samplers' random generators are all in the checkpoint
+    args = [*TINY, "--models", "erm,bal", "--sweep-chains", "--robust-size", "0", "--no-masking",
+            "--epochs", "2", "--checkpoint-every", "2", "--keep-checkpoints", "3"]  # fmt: skip
+    ok(run("bal.py", *args, "--out", str(tmp_path / "full")))
+    shutil.copytree(tmp_path / "full" / "erm", tmp_path / "cut" / "erm")
+    interrupt(tmp_path / "full" / "bal", tmp_path / "cut" / "bal", at=2)  # of 6 steps
+    ok(run("bal.py", *args, "--resume", "--out", str(tmp_path / "cut")))
+    full, cut = tmp_path / "full" / "bal", tmp_path / "cut" / "bal"
+    assert rows(full / "metrics.jsonl", "train") == rows(cut / "metrics.jsonl", "train")
+    same_weights(full / "model", cut / "model")
+    results = [json.loads((tmp_path / d / "results.json").read_text())["models"]["bal"] for d in ("full", "cut")]
+    assert results[0]["fgsm"] == results[1]["fgsm"] and results[0]["cw_l2"] == results[1]["cw_l2"]

@@ -163,11 +163,30 @@ class BAL:
         with inner_mode(self.ensemble, "eval"):
             return self.ensemble(x).exp()
 
+    def _generators(self) -> list[torch.Generator | None]:
+        return [self.adversary.generator, *(o.generator for o in self.optimizers)]
+
     def state_dict(self) -> dict:
-        """The chains and their samplers' state (for checkpoints)."""
-        return {"ensemble": self.ensemble.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers]}
+        """The chains, their samplers' state and the states of the random generators of the
+        adversary and the samplers (for checkpoints: a resumed run draws the noise it would have
+        drawn; torch's global generator, used where none was given, is the caller's to save)."""
+        return {
+            "ensemble": self.ensemble.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "generators": [None if g is None else g.get_state() for g in self._generators()],
+        }
 
     def load_state_dict(self, state: dict) -> None:
+        gens, saved = self._generators(), state.get("generators")
+        if saved is not None and [s is None for s in saved] != [g is None for g in gens]:
+            raise ValueError(
+                f"the state's random generators ({sum(s is not None for s in saved)} of {len(saved)}) do not "
+                f"match this BAL's ({sum(g is not None for g in gens)} of {len(gens)}): build it with the same "
+                "chains, seed and adversary generator"
+            )
         self.ensemble.load_state_dict(state["ensemble"])
         for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(s)
+            opt.load_state_dict(copy.deepcopy(s))  # torch's would share V̂ with ``state``'s owner
+        for g, s in zip(gens, saved or [], strict=False):
+            if g is not None:
+                g.set_state(s.cpu())  # a generator's state is a CPU byte tensor, whatever its device

@@ -20,7 +20,8 @@ normalised gradient step of length ε on the CW margin: at δ = 0 the CW objecti
 no gradient) and the standard Carlini–Wagner ℓ2 attack (:class:`robustreg.CWL2`, one run per model,
 read at every radius); and, on the first ``--robust-size`` images, AutoAttack (``--autoattack``) at
 every ``--eval-linf``, the strong evaluation (with ``--masking``, the gradient-masking report on the
-BAL ensembles too: an ensemble can mask gradients).
+BAL ensembles too: an ensemble can mask gradients). ``--val-size N`` evaluates on N held-out
+training images instead of the test set: choose hyperparameters there, then run on the test set.
 
     python recipes/bal.py --dataset mnist --data-dir ../shared/data
     python recipes/bal.py --dataset fashionmnist --data-dir ../shared/data
@@ -83,7 +84,11 @@ class BALConfig(skeleton.RunConfig):
     friction: float = opt(0.05, "C, SGAdaLD's friction")
     temperature: float = opt(1e-5, "T of the weight sampler (the paper: 1e-5)")
     prior_precision: float = opt(0.0, "λ of the Gaussian prior N(0, λ⁻¹I) (0: flat)")
-    eval_size: int = opt(1000, "first N test images of the FGSM and CW-ℓ2 curves")
+    val_size: int = opt(
+        0, "N > 0: evaluate on N held-out training images (after the training ones) instead of the test set, "
+        "to choose hyperparameters without looking at it",
+    )  # fmt: skip
+    eval_size: int = opt(1000, "first N evaluation images (test, or --val-size) of the FGSM and CW-ℓ2 curves")
     fgsm_eps: list[float] = opt([0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15], "FGSM radii (ℓ∞)")  # noqa: RUF009
     cw_eps: list[float] = opt([0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "CW-ℓ2 radii")  # noqa: RUF009
     cw_steps: int = opt(100, "Adam steps of the standard CW-ℓ2 per value of c")
@@ -109,6 +114,8 @@ def resolve(cfg: BALConfig) -> BALConfig:
     for name in ("erm_epochs", "epochs", "batch_size", "chains", "data_chains", "eval_size", "cw_steps", "cw_search"):
         if getattr(cfg, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.val_size < 0:
+        raise SystemExit(f"error: --val-size must be >= 0, got {cfg.val_size}")
     if min(cfg.sweep_chains, default=1) < 1:
         raise SystemExit("error: --sweep-chains must be >= 1")
     positive = ("lr", "eps_train", "sgld_step", "sgadald_lr")
@@ -266,9 +273,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.out or f"runs/bal_{cfg.dataset}")
     n_train = cfg.train_size or (512 if cfg.synthetic else 0)
     train_set, test = skeleton.load_images(
-        cfg, cfg.dataset, n_train=n_train, n_test=max(cfg.eval_size, cfg.robust_size)
-    )
+        cfg, cfg.dataset, n_train=n_train + cfg.val_size if n_train else 0,
+        n_test=max(cfg.eval_size, cfg.robust_size),
+    )  # fmt: skip
+    if cfg.val_size:  # the evaluation set is held-out training images: the test set is not used
+        cut = n_train or len(train_set[0]) - cfg.val_size
+        if cut < 1:
+            raise SystemExit(f"error: --val-size {cfg.val_size} leaves no training images of {len(train_set[0])}")
+        train_set, test = (train_set[0][:cut], train_set[1][:cut]), (train_set[0][cut:], train_set[1][cut:])
     results: dict[str, Any] = {"config": skeleton.jsonable(dataclasses.asdict(cfg)), "torch": torch.__version__}
+    results["split"] = "validation" if cfg.val_size else "test"
     results["models"] = {}
     erm: nn.Module | None = None
     for name in model_names(cfg):
@@ -308,7 +322,7 @@ def figures(results: dict[str, Any], cfg: BALConfig, out: Path) -> dict[str, str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = results["models"]
+    models, split = results["models"], results["split"]
     paths = {}
     for key, title, xlabel in (
         ("fgsm", "FGSM", "ε (ℓ∞)"), ("cw_l2", "CW-ℓ2 (standard, solid) and one-step (dashed)", "ε (ℓ2)"),
@@ -323,7 +337,7 @@ def figures(results: dict[str, Any], cfg: BALConfig, out: Path) -> dict[str, str
             if key == "cw_l2":
                 one = r["cw_one_step"]
                 ax.plot([float(e) for e in one], [100 * v for v in one.values()], ls="--", color=color)
-        ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"{title}, {cfg.dataset}", ylim=(-2, 102))
+        ax.set(xlabel=xlabel, ylabel=f"{split} accuracy (%)", title=f"{title}, {cfg.dataset}", ylim=(-2, 102))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -339,7 +353,7 @@ def figures(results: dict[str, Any], cfg: BALConfig, out: Path) -> dict[str, str
         ax.plot(ks, [100 * sweep[k]["fgsm"][top] for k in ks], marker="o", label=f"FGSM ε = {top}")
         for key in (k for k in sweep[ks[0]] if k.startswith("autoattack-")):
             ax.plot(ks, [100 * sweep[k][key] for k in ks], marker="s", label=key.replace("=", ", ε = "))
-        ax.set(xlabel="S_θ (weight chains)", ylabel="test accuracy (%)", title=f"BAL against S_θ, {cfg.dataset}")
+        ax.set(xlabel="S_θ (weight chains)", ylabel=f"{split} accuracy (%)", title=f"BAL against S_θ, {cfg.dataset}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -618,7 +618,7 @@ class Run:
     def log(self, step: int, epoch: float, kind: str = "train", **metrics: Any) -> None:
         """Append ``{"step", "epoch", "wall", "kind", **metrics}`` to ``metrics.jsonl`` (main
         process) and show the metrics on the progress bar. ``step`` counts completed steps."""
-        values = {k: float(v) if isinstance(v, Tensor) else v for k, v in metrics.items()}
+        values = {k: float(v.detach()) if isinstance(v, Tensor) else v for k, v in metrics.items()}
         row = {"step": step, "epoch": round(epoch, 4), "wall": round(self.wall(), 3), "kind": kind, **values}
         if kind == "train" and self.nonfinite_total:
             row["nonfinite_steps"] = self.nonfinite_total

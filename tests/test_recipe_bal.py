@@ -54,6 +54,7 @@ def test_bal_recipe_refuses_bad_options_and_a_missing_erm(tmp_path):
         ("--sgadald-lr", "0"): "--sgadald-lr",
         ("--tau", "0.5"): "--tau",
         ("--models", "bal", "--out", str(tmp_path / "none")): "train erm first",
+        ("--val-size", "-1"): "--val-size",
     }
     for extra, message in cases.items():
         proc = run("bal.py", *TINY, "--out", str(tmp_path / "x"), *extra)
@@ -73,3 +74,10 @@ def test_a_resumed_bal_run_continues_exactly(tmp_path):
     same_weights(full / "model", cut / "model")
     results = [json.loads((tmp_path / d / "results.json").read_text())["models"]["bal"] for d in ("full", "cut")]
     assert results[0]["fgsm"] == results[1]["fgsm"] and results[0]["cw_l2"] == results[1]["cw_l2"]
+
+
+def test_val_size_evaluates_on_held_out_training_images_not_the_test_set(tmp_path):
+    ok(run("bal.py", *TINY, "--models", "erm", "--val-size", "20", "--robust-size", "0", "--out", str(tmp_path)))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["split"] == "validation" and res["models"]["erm"]["eval_n"] == 20  # the test set has 256
+    assert json.loads((tmp_path / "erm" / "summary.json").read_text())["steps"] == 3  # still 120 training images

@@ -565,6 +565,8 @@ def ssl_cases() -> list[Case]:
         tnar("cg_iters = 0", ValueError, "cg_iters", kwargs={"cg_iters": 0}),
         tnar('tangent="curved"', ValueError, "tangent", kwargs={"tangent": "curved"}),
         tnar('normalize="linf"', ValueError, "normalize", kwargs={"normalize": "linf"}),
+        tnar('normal_start="tangent"', ValueError, "normal_start", kwargs={"normal_start": "tangent"}),
+        tnar('normal="official", zeta=-1', ValueError, "zeta", kwargs={"normal": "official", "zeta": -1.0}),
         Case(
             "TNAR",
             "chart without encode/decode",

@@ -103,6 +103,8 @@ def test_bad_chart_and_arguments():
         ({"normal": "orthogonal"}, "normal"),
         ({"normalize": "linf"}, "normalize"),
         ({"zeta": 0.0}, "zeta"),
+        ({"zeta": float("nan"), "normal": "official"}, "zeta"),
+        ({"normal_start": "tangent"}, "normal_start"),
     ]:
         args = {"eps_tangent": 0.1, "eps_normal": 0.1, **kwargs}
         with pytest.raises(ValueError, match=match):
@@ -122,21 +124,58 @@ def test_no_side_effects_on_the_model():
     assert per_sample_dot(x, x).shape == (4,)
 
 
-def test_official_normalisation_bounds_the_largest_entry_and_keeps_the_directions():
+@pytest.mark.parametrize("tangent", ["linear", "manifold"])
+def test_official_scaling_puts_eps_t_in_latent_units_and_eps_n_on_the_largest_entry(tangent):
     model, chart, x = setup()
     out = {}
     for normalize in ("l2", "official"):
         torch.manual_seed(4)
-        reg = TNAR(model, chart, eps_tangent=0.6, eps_normal=0.2, n_power=3, normalize=normalize)
+        reg = TNAR(model, chart, eps_tangent=0.6, eps_normal=0.2, n_power=3, normalize=normalize, tangent=tangent)
         reg(x)
         out[normalize] = reg.last
     official, l2 = out["official"], out["l2"]
-    torch.testing.assert_close(official.r_tangent.abs().amax(1), torch.full((4,), 0.6, dtype=D))
+    # the tangent step is A·(ε_t·η) with max|η| = 1: the latent step has largest entry exactly ε_t
+    latent = torch.linalg.lstsq(chart.a, official.r_tangent.t()).solution.t()
+    torch.testing.assert_close(chart.decode(latent) - chart.b, official.r_tangent)  # in span(A), exactly A·latent
+    torch.testing.assert_close(latent.abs().amax(1), torch.full((4,), 0.6, dtype=D))
     torch.testing.assert_close(official.r_normal.abs().amax(1), torch.full((4,), 0.2, dtype=D))
-    for name in ("r_tangent", "r_normal"):  # the same directions, another size
+    for name in ("r_tangent", "r_normal"):  # the same directions (the same draws), another size
         a, b = getattr(official, name), getattr(l2, name)
         torch.testing.assert_close(a / a.norm(dim=1, keepdim=True), b / b.norm(dim=1, keepdim=True))
-        assert bool((a.norm(dim=1) > b.norm(dim=1)).all())  # ‖r‖∞ = ε < ‖r‖₂ in 5 dimensions
+    assert not torch.allclose(official.r_tangent.norm(dim=1), l2.r_tangent.norm(dim=1))
+
+
+@pytest.mark.parametrize("normalize", ["l2", "official"])
+def test_official_normal_step_is_the_written_out_formula(normalize):
+    model, chart, x = setup()
+    zeta, hessians = 0.5, kl_hessians(model, x)
+    torch.manual_seed(8)
+    reg = TNAR(model, chart, eps_tangent=0.4, eps_normal=0.3, n_power=1, method="hvp", normal="official",
+               zeta=zeta, normalize=normalize)  # fmt: skip
+    reg(x)
+    torch.manual_seed(8)
+    _, d0 = torch.randn(4, 2, dtype=D), torch.randn(4, 5, dtype=D)  # the tangent start, then the normal one
+    r_t, r_n = reg.last.r_tangent, reg.last.r_normal
+    for i, h in enumerate(hessians):
+        r_hat = r_t[i] / r_t[i].abs().max()  # the official normalizevector: divide by the largest entry
+        d = h @ d0[i] - zeta * torch.dot(r_hat, d0[i]) * r_hat + zeta * d0[i]
+        size = d.abs().max() if normalize == "official" else d.norm()
+        torch.testing.assert_close(r_n[i], 0.3 * d / size)
+    # without TAR the tangent direction is still computed (the step needs r̂): the same draws, the same r_n
+    torch.manual_seed(8)
+    alone = TNAR(model, chart, eps_tangent=0.4, eps_normal=0.3, n_power=1, method="hvp", normal="official",
+                 zeta=zeta, normalize=normalize, weights=(0.0, 1.0))  # fmt: skip
+    alone(x)
+    torch.testing.assert_close(alone.last.r_normal, r_n)
+    assert "r_tangent" not in alone.last.perturbations
+    # zeta=None is the official code's 1e-3
+    runs = []
+    for z in (None, 1e-3):
+        torch.manual_seed(8)
+        reg = TNAR(model, chart, eps_tangent=0.4, eps_normal=0.3, method="hvp", normal="official", zeta=z)
+        reg(x)
+        runs.append(reg.last.r_normal)
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("zeta", [0.05, 0.3])
@@ -165,7 +204,8 @@ def test_normal_iteration_from_the_tangent_residual_or_from_a_random_start():
     directions = {}
     for weights in ((1.0, 1.0), (0.0, 1.0)):  # TNAR starts NAR from P⊥HJη, NAR alone from P⊥(random)
         torch.manual_seed(6)
-        reg = TNAR(model, chart, eps_tangent=0.2, eps_normal=0.3, n_power=100, weights=weights, method="hvp")
+        reg = TNAR(model, chart, eps_tangent=0.2, eps_normal=0.3, n_power=100, weights=weights, method="hvp",
+                   normal_start="residual")  # fmt: skip
         reg(x)
         directions[weights] = reg.last.r_normal
     both, alone = directions[(1.0, 1.0)], directions[(0.0, 1.0)]
@@ -173,10 +213,33 @@ def test_normal_iteration_from_the_tangent_residual_or_from_a_random_start():
     # a constant classifier has H = 0: the residual vanishes and the start falls back to P⊥(random)
     flat = nn.Sequential(nn.Linear(5, 3)).to(D)
     nn.init.zeros_(flat[0].weight)
-    reg = TNAR(flat, chart, eps_tangent=0.2, eps_normal=0.3, n_power=1)
+    reg = TNAR(flat, chart, eps_tangent=0.2, eps_normal=0.3, n_power=1, normal_start="residual")
     reg(x)
     torch.testing.assert_close(reg.last.r_normal.norm(dim=1), torch.full((4,), 0.3, dtype=D))
     torch.testing.assert_close(reg.last.r_normal @ a, torch.zeros(4, 2, dtype=D), atol=1e-9, rtol=0)
+
+
+def test_random_normal_start_is_the_default_reproducible_by_seed_and_not_the_residual():
+    model, chart, x = setup()
+    pn = torch.eye(5, dtype=D) - chart.a @ torch.linalg.solve(chart.a.t() @ chart.a, chart.a.t())
+
+    def normal(seed, **kwargs):
+        torch.manual_seed(seed)
+        reg = TNAR(model, chart, eps_tangent=0.2, eps_normal=0.3, n_power=1, method="hvp", **kwargs)
+        reg(x)
+        return reg.last.r_normal
+
+    assert TNAR(model, chart, eps_tangent=0.2, eps_normal=0.3).normal_start == "random"
+    torch.testing.assert_close(normal(3), normal(3), rtol=0, atol=0)
+    assert not torch.allclose(normal(3), normal(4))
+    assert not torch.allclose(normal(3), normal(3, normal_start="residual"))
+    # one step from P⊥d, d the draw after the tangent start: r_n ∝ P⊥ H P⊥ d
+    torch.manual_seed(3)
+    _, d = torch.randn(4, 2, dtype=D), torch.randn(4, 5, dtype=D)
+    r_n = normal(3)
+    for i, h in enumerate(kl_hessians(model, x)):
+        want = pn @ h @ pn @ d[i]
+        torch.testing.assert_close(r_n[i], 0.3 * want / want.norm(), atol=1e-8, rtol=1e-6)
 
 
 def test_hvp_keeps_aliased_submodules_trainable():

@@ -9,7 +9,9 @@ batched), the tangent space at x is the span of ``J = ∂decode/∂z`` at ``z = 
   iteration ``η ← (JᵀJ)⁻¹ JᵀHJ η`` with ``(JᵀJ)⁻¹`` by conjugate gradients;
 - **NAR**, the worst normal perturbation ``r ⊥ T_xM`` with ``‖r‖₂ ≤ ε_n``: the top eigenvector of
   ``P⊥ H P⊥`` with ``P⊥ = I − J(JᵀJ)⁻¹Jᵀ`` (the projection by CG), by power iteration; or, with
-  ``normal="penalty"``, the top eigenvector of ``H − ζJJᵀ`` (the tangent space as a penalty).
+  ``normal="penalty"``, the top eigenvector of ``H − ζJJᵀ`` (the tangent space as a penalty);
+  or, with ``normal="official"``, the official code's step ``d ← Hd − ζ⟨r̂, d⟩r̂ + ζd`` (r̂ the
+  tangent perturbation, max-abs normalised).
 
 ``Jᵀu`` is a ``vjp`` of the decoder and ``J v`` the transpose of that linear pullback (exactly a
 ``jvp``, computed without re-running the decoder), or the chart's own exact products when it
@@ -29,14 +31,17 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..charts.base import Chart, Linearize, chart_at, linearization
-from ..func import Operator, gram_solve, per_sample, per_sample_normalize, power_steps
+from ..func import Operator, gram_solve, per_sample, per_sample_dot, per_sample_normalize, power_steps
 from ..modes import inner_mode, unwrap
 from ..record import Record
 from .base import check_common, check_unlabelled, kl_div, kl_hessian_product
 
 TANGENT_MODES = ("linear", "manifold")
 NORMALIZE_MODES = ("l2", "official")
-NORMAL_MODES = ("projection", "penalty")
+NORMAL_MODES = ("projection", "penalty", "official")
+NORMAL_STARTS = ("random", "residual")
+#: ζ when none is given: the penalty's (in H's units relative to JJᵀ) and the official code's
+ZETA_DEFAULTS = {"projection": 1.0, "penalty": 1.0, "official": 1e-3}
 
 
 def _is_chart(chart: object) -> bool:
@@ -58,17 +63,28 @@ class TNAR:
         weights: the weights of TAR and NAR; a zero weight skips that part (TAR or NAR alone).
         xi: ξ of the finite-difference Hessian product.
         method: ``"finite_difference"`` or ``"hvp"`` (exact), as :class:`robustreg.VAT`.
-        tangent: ``"linear"`` perturbs by ``x + Jη`` or ``"manifold"`` by
-            ``decode(z + η) − decode(z) + x`` (η scaled so that ``‖Jη‖₂ = ε_t``).
-        normal: ``"projection"`` (exact: the power iteration on ``P⊥HP⊥``) or ``"penalty"``: the
+        tangent: ``"linear"`` perturbs by ``x + ε_t·Jη`` or ``"manifold"`` by
+            ``decode(z + ε_t·η) − decode(z) + x`` (η scaled as ``normalize`` says).
+        normal: ``"projection"`` (exact: the power iteration on ``P⊥HP⊥``); ``"penalty"``: the
             tangent space enters as a penalty instead of a constraint, ``max_{‖r‖=1} rᵀHr −
             ζ‖Jᵀr‖²``, by the gradient steps ``d ← normalise(Hd − ζJJᵀd)`` (two chart products a
-            step and no CG; the result is only approximately normal).
-        zeta: ζ of ``normal="penalty"`` (in the units of H relative to JJᵀ).
-        normalize: ``"l2"``: ε is the ℓ2 norm of each perturbation (the paper). ``"official"``:
-            ε is its largest absolute entry, as the official code's ``get_normalized_vector``,
-            whose ℓ2 line comes after its ``return`` and never runs; ``‖r‖₂`` is then up to
-            ``√D·ε``, so ε values from the official configurations need this setting.
+            step and no CG; the result is only approximately normal); ``"official"``: the
+            official code's steps ``d ← normalise(Hd − ζ⟨r̂, d⟩r̂ + ζd)`` from a random d, with r̂
+            the tangent perturbation divided by its largest absolute entry (a penalty on the
+            single tangent direction used, not on the tangent space; the tangent direction is
+            computed even when ``weights[0]`` is 0).
+        normal_start: where ``normal="projection"``'s iteration starts: ``"random"`` (``P⊥d``
+            for a random d, the paper and the official code) or ``"residual"`` (the residual
+            ``P⊥HJη`` of the tangent iteration's last least-squares step, already normal and
+            weighted by H, for free; random where TAR does not run).
+        zeta: ζ of ``normal="penalty"`` and ``"official"``; None: 1.0 for the penalty, 1e-3
+            (the official code's) for ``"official"``.
+        normalize: ``"l2"``: ε_t is ``‖Jη‖₂`` and ε_n ``‖r_n‖₂``, per sample (the paper).
+            ``"official"``: the official code's units, ε_t the largest absolute entry of the
+            *latent* step η (``decode(z + ε_t·η)``; ``ε_t·Jη`` with ``tangent="linear"``) and ε_n
+            the largest absolute entry of the normal perturbation, as its ``normalizevector``
+            (whose ℓ2 line discards its result); ε values from the official configurations
+            (ε₁ = 5 with a 512-dimensional latent, ε₂ = 1) need this setting.
         bn: the BatchNorm policy of every pass (``"frozen"`` by default, as VAT).
 
     ``reg(x, *, logits=None)`` returns the loss (``logits=``, keyword-only, reuses the logits of
@@ -91,7 +107,8 @@ class TNAR:
         method: str = "finite_difference",
         tangent: str = "linear",
         normal: str = "projection",
-        zeta: float = 1.0,
+        normal_start: str = "random",
+        zeta: float | None = None,
         normalize: str = "l2",
         bn: str = "frozen",
     ) -> None:
@@ -102,13 +119,15 @@ class TNAR:
         self.eps_tangent, self.eps_normal, self.xi = eps_tangent, eps_normal, xi
         self.n_power, self.cg_iters, self.weights = n_power, cg_iters, weights
         self.method, self.tangent, self.bn = method, tangent, bn
-        self.normal, self.zeta, self.normalize = normal, zeta, normalize
+        self.normal, self.normal_start, self.zeta, self.normalize = normal, normal_start, zeta, normalize
         self._num_classes: int | None = None
         self._check()
         self.last: Record | None = None
 
     def _check(self) -> None:
-        check_common(self, ("eps_tangent", "eps_normal", "xi", "zeta"), {"n_power": 0, "cg_iters": 1})
+        check_common(self, ("eps_tangent", "eps_normal", "xi"), {"n_power": 0, "cg_iters": 1})
+        if self.zeta is not None:
+            _checks.positive_float("zeta", self.zeta)
         w = self.weights
         if not isinstance(w, (tuple, list)) or len(w) != 2:
             raise TypeError(f"weights must be a pair (tar, nar) of numbers, got {w!r}")
@@ -116,7 +135,10 @@ class TNAR:
             _checks.nonneg_float(name, v)
         if not any(w):
             raise ValueError(f"weights must not both be 0, got {w!r}")
-        for name, allowed in (("tangent", TANGENT_MODES), ("normal", NORMAL_MODES), ("normalize", NORMALIZE_MODES)):
+        for name, allowed in (
+            ("tangent", TANGENT_MODES), ("normal", NORMAL_MODES), ("normal_start", NORMAL_STARTS),
+            ("normalize", NORMALIZE_MODES),
+        ):  # fmt: skip
             _checks.choice(name, getattr(self, name), allowed)
 
     def __call__(self, x: Tensor, *labels: object, logits: Tensor | None = None) -> Tensor:
@@ -142,26 +164,33 @@ class TNAR:
             hess = kl_hessian_product(self.net, x, clean, method=self.method, xi=self.xi)
             loss = x.new_zeros(())
             parts, metrics = {}, {}
-            residual = None
-            if self.weights[0]:
+            residual, r_t = None, None
+            if self.weights[0] or (self.weights[1] and self.normal == "official"):
                 eta, jeta, residual = ops.tangent_direction(hess, self.n_power, torch.randn_like(z))  # ‖Jη‖ = 1
-                if self.normalize == "official":  # ‖Jη‖_∞ = 1
-                    scale = 1 / jeta.flatten(1).abs().amax(1).clamp_min(1e-30)
+                if self.normalize == "official":  # ‖η‖_∞ = 1: ε_t in the latent space's units
+                    scale = 1 / eta.flatten(1).abs().amax(1).clamp_min(1e-30)
                     eta, jeta = eta * per_sample(scale, eta), jeta * per_sample(scale, jeta)
                 if self.tangent == "linear":
                     r_t = self.eps_tangent * jeta
                 else:
                     with torch.no_grad():
                         r_t = decode(z + self.eps_tangent * eta) - x_chart
+            if self.weights[0]:
+                assert r_t is not None
                 with torch.enable_grad():
                     tar = kl_div(clean, self.net(x + r_t.to(x.dtype))).mean()
                 loss = loss + self.weights[0] * tar
                 parts["r_tangent"], metrics["tar"] = r_t.detach(), tar.detach()
             if self.weights[1]:
+                zeta = self.zeta if self.zeta is not None else ZETA_DEFAULTS[self.normal]
                 if self.normal == "projection":
-                    d = ops.normal_direction(hess, self.n_power, x, start=residual)
+                    start = residual if self.normal_start == "residual" else None
+                    d = ops.normal_direction(hess, self.n_power, x, start=start)
+                elif self.normal == "penalty":
+                    d = ops.penalized_direction(hess, self.n_power, torch.randn_like(x), zeta)
                 else:
-                    d = ops.penalized_direction(hess, self.n_power, torch.randn_like(x), self.zeta)
+                    assert r_t is not None
+                    d = official_normal_direction(hess, self.n_power, torch.randn_like(x), r_t.to(x.dtype), zeta)
                 if self.normalize == "official":
                     d = d / per_sample(d.flatten(1).abs().amax(1).clamp_min(1e-30), d)
                 r_n = self.eps_normal * d
@@ -171,6 +200,19 @@ class TNAR:
                 parts["r_normal"], metrics["nar"] = r_n.detach(), nar.detach()
         self.last = Record(metrics=metrics, perturbations=parts)
         return loss
+
+
+def official_normal_direction(hess: Operator, n_power: int, d: Tensor, r: Tensor, zeta: float) -> Tensor:
+    """The official code's normal direction: ``n_power`` steps ``d ← normalise(Hd − ζ⟨r̂, d⟩r̂ +
+    ζd)`` from ``d``, with ``r̂ = r / max|r|`` per sample (``r`` the tangent perturbation; a zero
+    one leaves ``Hd + ζd``). A unit vector per sample (the direction does not depend on how d is
+    scaled between steps: the step is linear in d)."""
+    r_hat = r / per_sample(r.flatten(1).abs().amax(1).clamp_min(1e-30), r)
+
+    def step(u: Tensor) -> Tensor:
+        return hess(u) - zeta * per_sample(per_sample_dot(r_hat, u), u) * r_hat + zeta * u
+
+    return power_steps(step, per_sample_normalize(d), iters=n_power)[0]
 
 
 def _check_chart_output(name: str, value: object, shape: tuple[int, ...]) -> None:

@@ -1,31 +1,52 @@
-"""FashionMNIST with 100 labels: supervised-only, VAT, TAR, NAR and TNAR with a VAE chart (and a
-Localized-GAN chart), test error at equal iterations (the TNAR paper's Table, FashionMNIST).
+"""FashionMNIST with 100 labels under the TNAR paper's protocol, as closely as 2 CPU cores allow:
+supervised-only, VAT, TAR, NAR and TNAR with a VAE chart (and a Localized-GAN chart), each with
+the entropy term, over several seeds, the iteration to report chosen on a validation split.
 
-    python benchmarks/fashion_ssl.py --stage chart                 # train the VAE and LGAN charts once
-    python benchmarks/fashion_ssl.py --stage train --methods vat   # one process per method
-    python benchmarks/fashion_ssl.py --stage summary               # table + perturbation image
+    python benchmarks/fashion_ssl.py --stage chart                      # the VAE and LGAN charts, once
+    python benchmarks/fashion_ssl.py --stage train --methods vat,tnar   # every --seeds, one method after another
+    python benchmarks/fashion_ssl.py --stage summary                    # table, curves, perturbation images
 
-Setting (the same for every method): SmallCNN without dropout, Adam (lr 1e-3, linearly decayed
-to 0 after ``--decay-from`` of the iterations: over the last third by default), ``--iters``
-iterations, each on a batch of ``--batch-labeled`` labeled images (10 per class, drawn by
-``--seed`` with :func:`robustreg.data.label_split`, cycled) plus, for the regularised methods,
-the regulariser on ``--batch-unlabeled`` images of the whole training set (their clean logits
-shared). VAT: ε = ``--eps-vat``; TAR/NAR/TNAR: ε_t = ``--eps-tangent`` (on the manifold:
-``decode(z + η) − decode(z) + x``), ε_n =
-``--eps-normal``, one power step, 4 CG iterations, weights 1. The chart is
-:class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``) trained on the
-training images for ``--chart-epochs`` epochs, or the Localized GAN
-(:class:`robustreg.charts.LocalizedGAN`) for ``tnar-lgan``. Test error is measured on the
-10,000 test images every ``--eval-every`` iterations. The LGAN (latent 10, width 32) trains for
-``--lgan-epochs`` epochs with :data:`LGAN_TRAIN` (its locality and orthonormality errors on test
-images, before and after, go to ``charts/lgan.json``).
+Data: the last ``--val-size`` training images are the validation split (never trained on, neither
+labelled nor unlabelled; the charts do not see them either); from the others, ``--per-class``
+labelled images per class are drawn by the seed (:func:`robustreg.data.label_split`) and every one
+of them is unlabelled data. The full test set is evaluated every ``--eval-every`` iterations beside
+the validation split; the figure reported for a run is its test error at the evaluation with the
+lowest validation error (and its final one beside it), never chosen on the test set.
 
-Each stage shows a progress bar with an ETA on stderr (``--stage train``: one per method, over its
-iterations). Each ``--stage train`` run writes ``<out>/<method>.json`` at every evaluation, with
-``"partial": true`` until its last iteration (atomically: a killed run leaves its curve so far);
-``--stage summary`` gathers the finished ones into
-``summary.json`` and draws ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent
-and normal perturbations, as the paper's Fig. 4) from the TNAR runs' classifiers.
+Training (the same for every method): SmallCNN (dropout ``--dropout``), Adam (lr 1e-3, linearly
+decayed to 0 after ``--decay-from`` of the iterations), ``--iters`` iterations, each on a batch
+of ``--batch-labeled`` labelled images (cycled) plus, for the regularised methods, the regulariser
+on ``--batch-unlabeled`` unlabelled images and ``--entropy`` × the mean entropy of the model's
+predictions on them (:class:`robustreg.EntMin`, the official code's ``CE + KL_tangent +
+KL_normal + entropy``; 0 switches it off), one clean forward shared by both. VAT: ε =
+``--eps-vat`` (ℓ2). TAR/NAR/TNAR: one power step, 4 CG iterations, weights 1, the tangent
+step on the manifold (``decode(z + ε_t·η) − decode(z) + x``); ``--normalize official`` (the
+default) puts ε_t (``--eps-tangent``) in the latent space's units (the largest entry of η, as the
+official code) and ε_n (``--eps-normal``) on the normal perturbation's largest entry, ``l2`` makes
+both ℓ2 norms in input space (the paper's text); ``--normal`` and ``--normal-start`` choose NAR's
+direction (:class:`robustreg.TNAR`); ``--hvp`` takes exact Hessian products instead of finite
+differences (VAT and TNAR alike). ``--tag`` names a variant (its files are ``<method>@<tag>``), for
+the ablations.
+
+Charts, trained once by ``--stage chart`` (seeded by ``--chart-seed``) and shared by every method
+and seed: :class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``, KL weight
+``--vae-kl-weight``, ``--chart-epochs`` epochs), or the Localized GAN
+(:class:`robustreg.charts.LocalizedGAN`, latent ``--lgan-latent``, width 32, ``--lgan-epochs``
+epochs with :data:`LGAN_TRAIN`; its locality and orthonormality errors on test images, before
+and after, go to ``charts/lgan.json``) for ``tnar-lgan``.
+
+Every ``--log-every`` iterations a run records its terms: cross-entropy, the regulariser's KLs
+(VAT's, or TAR's and NAR's), the entropy, and the gradient norm of each of cross-entropy,
+regulariser and entropy with respect to the weights, so the late-training behaviour is visible.
+
+Each stage shows a progress bar with an ETA on stderr. ``--stage train`` writes
+``<out>/seed<N>/<run>.json`` at every evaluation (``"partial": true`` until its last iteration;
+atomically: a killed run keeps its curve so far), and the classifier (``<run>.classifier.pt``,
+read back with ``weights_only=True``) at its end. ``--stage summary`` gathers the finished runs into
+``summary.json``: per run, the mean ± s.d. over seeds of the selected and the final test error,
+and the paired difference to VAT's on the same seeds; ``curves.png`` (test and validation error
+against iterations, mean over seeds); ``perturbations.png`` and ``perturbations-lgan.png`` (x, its
+tangent and normal perturbations, as the paper's Fig. 4) from the first seed's TNAR classifiers.
 ``--synthetic`` replaces the data by random tensors of the same shape (a smoke run of the code
 path).
 """
@@ -36,8 +57,10 @@ import argparse
 import itertools
 import json
 import os
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,17 +79,28 @@ from reporting import progress_bar, write_json
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("supervised", "vat", "tar", "nar", "tnar", "tnar-lgan")
 WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0), "tnar-lgan": (1.0, 1.0)}
+#: the paper's test errors (%), FashionMNIST with 100 labels
+PAPER = {"vat": 27.69, "tar": 26.45, "nar": 27.83, "tnar": 23.35, "tnar-lgan": 23.65}
 
 
 def load(args: argparse.Namespace) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x, y, xt, yt)``: the training images and labels, the test ones."""
     if args.synthetic:
-        gen = torch.Generator().manual_seed(args.seed)
+        gen = torch.Generator().manual_seed(0)
         x, y = synthetic_vision("fashionmnist", 512, generator=gen)
         xt, yt = synthetic_vision("fashionmnist", 256, generator=gen)
         return x, y, xt, yt
     x, y = load_vision("fashionmnist", args.data_dir, train=True)
     xt, yt = load_vision("fashionmnist", args.data_dir, train=False)
     return x, y, xt, yt
+
+
+def split(x: Tensor, y: Tensor, args: argparse.Namespace) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(train, validation)``: the validation split is the last ``--val-size`` images."""
+    cut = len(x) - args.val_size
+    if cut < 10 * args.per_class:
+        raise SystemExit(f"error: --val-size {args.val_size} leaves {cut} of {len(x)} training images")
+    return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
 def chart_path(args: argparse.Namespace, kind: str) -> Path:
@@ -92,9 +126,9 @@ def held_out(chart: LocalizedGAN, xt: Tensor, n_loc: int = 1000, n_jac: int = 25
 
 
 def stage_chart(args: argparse.Namespace) -> None:
-    """Train the charts of ``--charts``: the VAE (``--chart-epochs`` epochs) and the LGAN
-    (``--lgan-epochs`` epochs, :data:`LGAN_TRAIN`)."""
-    x, _, xt, _ = load(args)
+    """Train the charts of ``--charts`` on the training images outside the validation split."""
+    x, y, xt, _ = load(args)
+    (x, _), _ = split(x, y, args)
     with progress_bar() as bar:
         task = bar.add_task(f"charts ({', '.join(args.charts)})", total=len(args.charts))
         for kind in args.charts:
@@ -103,18 +137,21 @@ def stage_chart(args: argparse.Namespace) -> None:
 
 
 def train_one_chart(kind: str, x: Tensor, xt: Tensor, args: argparse.Namespace) -> None:
-    """Train, save and describe (``charts/<kind>.json``) the chart ``kind`` (its epochs run in the
-    library's loop: the bar advances per chart)."""
-    torch.manual_seed(args.seed)
+    """Train, save and describe (``charts/<kind>.json``) the chart ``kind``."""
+    torch.manual_seed(args.chart_seed)
     start = time.perf_counter()
     if kind == "vae":
-        chart = VAE((1, 28, 28), latent=args.latent, width=args.width)
-        history = train_chart(chart, x, epochs=args.chart_epochs, seed=args.seed)
+        chart = VAE((1, 28, 28), latent=args.latent, width=args.width, kl_weight=args.vae_kl_weight)
+        history = train_chart(chart, x, epochs=args.chart_epochs, seed=args.chart_seed)
         info = {"kind": kind, "config": chart.config, "epochs": args.chart_epochs, "loss_per_epoch": history}
+        with torch.no_grad():
+            z = chart.encode(x[:1000])
+        info["code_norm_mean"] = float(z.norm(dim=1).mean())  # the scale ε_t's latent units compare to
+        info["code_abs_max_mean"] = float(z.abs().amax(1).mean())
     else:
         chart = LocalizedGAN((1, 28, 28), latent=args.lgan_latent, width=32)
         before = held_out(chart, xt)
-        history = train_lgan(chart, x, epochs=args.lgan_epochs, seed=args.seed, **LGAN_TRAIN)
+        history = train_lgan(chart, x, epochs=args.lgan_epochs, seed=args.chart_seed, **LGAN_TRAIN)
         info = {"kind": kind, "config": chart.config, "train": {"epochs": args.lgan_epochs, **LGAN_TRAIN}}
         info |= {"history": history, "held_out_before": before, "held_out_after": held_out(chart, xt)}
     info |= {"images": len(x), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
@@ -122,59 +159,90 @@ def train_one_chart(kind: str, x: Tensor, xt: Tensor, args: argparse.Namespace) 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(chart, path)
     write_json(path.parent / f"{kind}.json", info)
-    print(kind, json.dumps(info), flush=True)
 
 
-def make_reg(method: str, model: nn.Module, args: argparse.Namespace):
+def make_reg(method: str, model: nn.Module, args: argparse.Namespace) -> Any:
+    """The regulariser of ``method`` (None for supervised-only)."""
+    fd = "hvp" if args.hvp else "finite_difference"
     if method == "supervised":
         return None
     if method == "vat":
-        return robustreg.VAT(model, eps=args.eps_vat)
-    chart = load_chart(chart_path(args, "lgan" if method == "tnar-lgan" else "vae"))
+        return robustreg.VAT(model, eps=args.eps_vat, method=fd)
+    path = chart_path(args, "lgan" if method == "tnar-lgan" else "vae")
+    if not path.exists():
+        raise SystemExit(f"error: {method} needs the chart {path}: run --stage chart first")
+    chart = load_chart(path)
     chart.requires_grad_(False)
     return robustreg.TNAR(
-        model,
-        chart,
-        eps_tangent=args.eps_tangent,
-        eps_normal=args.eps_normal,
-        weights=WEIGHTS[method],
-        tangent="manifold",
-    )
+        model, chart, eps_tangent=args.eps_tangent, eps_normal=args.eps_normal, weights=WEIGHTS[method],
+        tangent="manifold", normalize=args.normalize, normal=args.normal, normal_start=args.normal_start, method=fd,
+    )  # fmt: skip
+
+
+def run_name(method: str, args: argparse.Namespace) -> str:
+    return f"{method}@{args.tag}" if args.tag else method
 
 
 @torch.no_grad()
-def test_error(model: nn.Module, xt: Tensor, yt: Tensor) -> float:
-    wrong = sum(int((model(xt[i : i + 1000]).argmax(1) != yt[i : i + 1000]).sum()) for i in range(0, len(xt), 1000))
-    return 100.0 * wrong / len(xt)
+def error(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Error in %, in eval mode (the model's mode restored)."""
+    with robustreg.inner_mode(model, "eval"):
+        wrong = sum(int((model(x[i : i + 1000]).argmax(1) != y[i : i + 1000]).sum()) for i in range(0, len(x), 1000))
+    return 100.0 * wrong / len(x)
 
 
-def stage_train(method: str, args: argparse.Namespace) -> dict:
+def grad_norm(term: Tensor, params: list[nn.Parameter]) -> float:
+    grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum((g.detach() ** 2).sum() for g in grads if g is not None)))
+
+
+def terms_log(it: int, model: nn.Module, terms: dict[str, Tensor], reg: Any) -> dict[str, float]:
+    """The terms' values, the regulariser's KLs and each term's gradient norm in the weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    row = {"iter": it} | {k: float(v.detach()) for k, v in terms.items()}
+    if reg is not None and reg.last is not None:
+        row |= {f"kl_{k}": float(v) for k, v in reg.last.metrics.items()}
+    row |= {f"grad_{k}": grad_norm(v, params) for k, v in terms.items() if v.requires_grad}
+    return row
+
+
+def stage_train(method: str, seed: int, args: argparse.Namespace) -> dict:
     x, y, xt, yt = load(args)
-    labeled, _ = label_split(y, args.per_class, seed=args.seed)
-    torch.manual_seed(args.seed)
-    model = SmallCNN(drop=0.0)
+    (x, y), (xv, yv) = split(x, y, args)
+    labeled, _ = label_split(y, args.per_class, seed=seed)
+    torch.manual_seed(seed)
+    model = SmallCNN(drop=args.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     decay_from = int(args.decay_from * args.iters)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: 1.0 if i < decay_from else max(0.0, (args.iters - i) / max(1, args.iters - decay_from))
     )
     reg = make_reg(method, model, args)
+    entmin = robustreg.EntMin(model) if reg is not None and args.entropy else None
     stream = cycle_batches(
-        (x[labeled], y[labeled]),
-        x,
-        batch_labeled=args.batch_labeled,
-        batch_unlabeled=args.batch_unlabeled,
-        seed=args.seed,
+        (x[labeled], y[labeled]), x, batch_labeled=args.batch_labeled, batch_unlabeled=args.batch_unlabeled, seed=seed
     )
-    curve, train_seconds = [], 0.0
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    name, out = run_name(method, args), args.out / f"seed{seed}"
+    curve, log, train_seconds, result = [], [], 0.0, {}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"seed": seed}
+    model.train()
     with progress_bar() as bar:
-        task = bar.add_task(f"{method} ({args.iters} iterations)", total=args.iters)
+        task = bar.add_task(f"{name}, seed {seed} ({args.iters} iterations)", total=args.iters)
         for it, (x_l, y_l, x_u) in enumerate(itertools.islice(stream, args.iters), start=1):
             start = time.perf_counter()
-            loss = F.cross_entropy(model(x_l), y_l)
+            terms = {"ce": F.cross_entropy(model(x_l), y_l)}
             if reg is not None:
-                loss = loss + reg(x_u, logits=model(x_u))
+                logits_u = model(x_u)
+                terms["reg"] = reg(x_u, logits=logits_u)
+                if entmin is not None:
+                    terms["entropy"] = entmin(logits=logits_u)
+            loss = terms["ce"] + terms.get("reg", 0.0) + args.entropy * terms.get("entropy", 0.0)
+            if not bool(torch.isfinite(loss)):
+                raise SystemExit(f"error: {name}, seed {seed}: non-finite loss at iteration {it}; nothing more written")
+            train_seconds += time.perf_counter() - start
+            if it % args.log_every == 0 or it == 1:
+                log.append(terms_log(it, model, terms, reg))  # before the step, untimed
+            start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -182,96 +250,155 @@ def stage_train(method: str, args: argparse.Namespace) -> dict:
             train_seconds += time.perf_counter() - start
             bar.advance(task)
             if it % args.eval_every == 0 or it == args.iters:
-                curve.append({"iter": it, "train_seconds": train_seconds, "test_error": test_error(model, xt, yt)})
-                print(method, json.dumps(curve[-1]), flush=True)
-                result = {
-                    "method": method,
-                    "partial": it < args.iters,
-                    "iters_done": it,
-                    "test_error": curve[-1]["test_error"],
-                    "train_seconds": train_seconds,
-                    "seconds_per_iter": train_seconds / it,
-                    "curve": curve,
-                    "labeled_indices": labeled.tolist(),
-                    "config": config,
-                }
+                curve.append({"iter": it, "train_seconds": train_seconds, "val_error": error(model, xv, yv),
+                              "test_error": error(model, xt, yt)})  # fmt: skip
+                result = {"method": method, "run": name, "seed": seed, "partial": it < args.iters, "iters_done": it}
+                result |= selection(curve) | {"train_seconds": train_seconds, "seconds_per_iter": train_seconds / it}
+                result |= {"curve": curve, "log": log, "labeled_indices": labeled.tolist(), "config": config}
+                out.mkdir(parents=True, exist_ok=True)
                 if it == args.iters:  # the classifier first: a finished JSON always has its weights
-                    args.out.mkdir(parents=True, exist_ok=True)
-                    torch.save(model.state_dict(), args.out / f"{method}.classifier.pt")
-                write_json(args.out / f"{method}.json", result)
+                    torch.save(model.state_dict(), out / f"{name}.classifier.pt")
+                write_json(out / f"{name}.json", result)
     return result
 
 
+def selection(curve: list[dict]) -> dict:
+    """The evaluation with the lowest validation error (the first such), and the final one."""
+    best = min(curve, key=lambda p: p["val_error"])
+    last = curve[-1]
+    return {
+        "selected_iter": best["iter"], "test_error": best["test_error"], "val_error": best["val_error"],
+        "final_test_error": last["test_error"], "final_val_error": last["val_error"],
+    }  # fmt: skip
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values), "values": values}  # fmt: skip
+
+
 def stage_summary(args: argparse.Namespace) -> dict:
-    rows, unfinished = {}, {}
-    for method in METHODS:
-        path = args.out / f"{method}.json"
-        if path.exists():
-            r = json.loads(path.read_text())
-            if r.get("partial"):
-                unfinished[method] = r["iters_done"]
-                done, iters = r["iters_done"], r["config"]["iters"]
-                print(f"{method:10s} unfinished: {done} of {iters} iterations (not in the table)")
-                continue
-            rows[method] = {k: r[k] for k in ("test_error", "train_seconds", "seconds_per_iter")}
-    summary = {"paper_test_error": PAPER, "measured": rows, "unfinished_iters": unfinished}
+    runs: dict[str, dict[int, dict]] = {}
+    unfinished = {}
+    for path in sorted(args.out.glob("seed*/*.json")):
+        r = json.loads(path.read_text())
+        if "run" not in r:
+            continue
+        if r.get("partial"):
+            unfinished[f"{r['run']}, seed {r['seed']}"] = r["iters_done"]
+            continue
+        runs.setdefault(r["run"], {})[r["seed"]] = r
+    table = {}
+    for name, by_seed in sorted(runs.items()):
+        seeds = sorted(by_seed)
+        row = {"seeds": seeds}
+        for key in ("test_error", "final_test_error", "val_error", "seconds_per_iter"):
+            row[key] = mean_sd([by_seed[s][key] for s in seeds])
+        paired = [s for s in seeds if s in runs.get("vat", {})]
+        if name != "vat" and paired:
+            row["minus_vat"] = mean_sd([by_seed[s]["test_error"] - runs["vat"][s]["test_error"] for s in paired])
+        table[name] = row
+    summary = {"paper_test_error": PAPER, "runs": table, "unfinished": unfinished}
     write_json(args.out / "summary.json", summary)
-    for method, row in rows.items():
-        print(f"{method:10s} test error {row['test_error']:6.2f}%  ({row['seconds_per_iter']:.3f} s/iter)")
+    for name, row in table.items():
+        sd = row["test_error"]["sd"]
+        text = f"{name:24s} test error {row['test_error']['mean']:6.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
+        text += f"% (final {row['final_test_error']['mean']:.2f}%, seeds {row['seeds']})"
+        if "minus_vat" in row:
+            text += f", − VAT {row['minus_vat']['mean']:+.2f}"
+        print(text)
+    for what, count in unfinished.items():
+        print(f"unfinished (not in the table): {what} at iteration {count}")
+    if runs:
+        plot_curves(runs, args.out / "curves.png")
     for method in ("tnar", "tnar-lgan"):
-        if (args.out / f"{method}.classifier.pt").exists():
-            plot_perturbations(args, method)
+        seeds = sorted(runs.get(method, {}))
+        if seeds:
+            plot_perturbations(args, method, seeds[0])
     return summary
 
 
-PAPER = {"vat": 27.69, "tar": 26.45, "nar": 27.83, "tnar": 23.35, "tnar-lgan": 23.65}
+def plot_curves(runs: dict[str, dict[int, dict]], path: Path) -> None:
+    """Test (solid) and validation (dashed) error against iterations, mean over seeds, per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, by_seed) in enumerate(sorted(runs.items())):
+        curves = [r["curve"] for r in by_seed.values()]
+        iters = [p["iter"] for p in curves[0]]
+        color = f"C{i % 10}"
+        for key, style in (("test_error", "-"), ("val_error", "--")):
+            mean = [statistics.fmean(c[j][key] for c in curves) for j in range(len(iters))]
+            label = f"{name} ({'test' if key == 'test_error' else 'validation'}, {len(curves)} seeds)"
+            ax.plot(iters, mean, style, color=color, label=label)
+    ax.set(xlabel="iteration", ylabel="error (%)", title="FashionMNIST, 100 labels: mean over seeds")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def plot_perturbations(args: argparse.Namespace, method: str, n: int = 6) -> None:
+def plot_perturbations(args: argparse.Namespace, method: str, seed: int, n: int = 6) -> None:
     """``perturbations[-lgan].png``: rows of test images x, x + r_tangent (on the manifold),
     x + r_normal, and the two perturbations (each scaled to its own range), from ``method``'s
-    trained classifier and its chart."""
+    classifier of seed ``seed`` and its chart."""
     _, _, xt, _ = load(args)
-    model = SmallCNN(drop=0.0)
-    model.load_state_dict(torch.load(args.out / f"{method}.classifier.pt", weights_only=True))
+    model = SmallCNN(drop=args.dropout)
+    model.load_state_dict(torch.load(args.out / f"seed{seed}" / f"{method}.classifier.pt", weights_only=True))
+    model.eval()
     reg = make_reg(method, model, args)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     x = xt[:n]
     reg(x)
     chart = "LGAN" if method == "tnar-lgan" else "VAE"
     perturbation_grid(
         x, reg.last.r_tangent, reg.last.r_normal,
         args.out / ("perturbations-lgan.png" if method == "tnar-lgan" else "perturbations.png"),
-        f"TNAR-{chart} perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal})",
+        f"TNAR-{chart} perturbations (ε_t = {args.eps_tangent}, ε_n = {args.eps_normal}, {args.normalize})",
     )  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument(
-        "--stage",
-        choices=("chart", "train", "summary"),
-        required=True,
-        help="chart: train the charts; train: train --methods; summary: the table and plots",
-    )
+        "--stage", choices=("chart", "train", "summary"), required=True,
+        help="chart: train the charts; train: train --methods for every --seeds; summary: the table and plots",
+    )  # fmt: skip
     p.add_argument("--methods", default="supervised", help=f"comma list of {','.join(METHODS)}")
+    p.add_argument("--seeds", default="0,1,2", help="comma list: each seeds the labels and the classifier")
+    p.add_argument("--tag", default="", help="names a variant: its files are <method>@<tag> (empty: <method>)")
     p.add_argument("--iters", type=int, default=3000, help="training iterations per method")
-    p.add_argument("--eval-every", type=int, default=500, help="iterations between test-error evaluations")
+    p.add_argument("--eval-every", type=int, default=250, help="iterations between validation and test evaluations")
+    p.add_argument("--log-every", type=int, default=50, help="iterations between records of the terms")
+    p.add_argument("--val-size", type=int, default=1000, help="last training images held out for validation")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--decay-from", type=float, default=2 / 3, help="fraction of --iters; the lr decays after it")
     p.add_argument("--per-class", type=int, default=10, help="labeled images per class")
     p.add_argument("--batch-labeled", type=int, default=32, help="labeled batch")
     p.add_argument("--batch-unlabeled", type=int, default=64, help="unlabeled batch")
+    p.add_argument("--dropout", type=float, default=0.0, help="SmallCNN's dropout (the official Conv-Large: 0.5)")
+    p.add_argument("--entropy", type=float, default=1.0, help="weight of the entropy term (0: none)")
     p.add_argument("--eps-vat", type=float, default=2.0, help="VAT's ε (ℓ2)")
-    p.add_argument("--eps-tangent", type=float, default=2.0, help="TNAR's ε_t")
-    p.add_argument("--eps-normal", type=float, default=2.0, help="TNAR's ε_n")
+    p.add_argument("--eps-tangent", type=float, default=1.0, help="TNAR's ε_t (units: --normalize)")
+    p.add_argument("--eps-normal", type=float, default=0.1, help="TNAR's ε_n (units: --normalize)")
+    p.add_argument(
+        "--normalize", choices=("official", "l2"), default="official",
+        help="official: ε_t the largest entry of the latent step, ε_n of the normal perturbation; l2: ℓ2 norms",
+    )  # fmt: skip
+    p.add_argument("--normal", choices=("projection", "penalty", "official"), default="projection", help="NAR's step")
+    p.add_argument("--normal-start", choices=("random", "residual"), default="random", help="NAR's start")
+    p.add_argument("--hvp", action="store_true", help="exact Hessian products (VAT and TNAR) instead of ξ = 1e-6")
     p.add_argument("--latent", type=int, default=20, help="VAE latent dimension")
     p.add_argument("--width", type=int, default=16, help="VAE channels of the first convolution")
+    p.add_argument("--vae-kl-weight", type=float, default=0.5, help="weight of the VAE's KL term (official: 0.5)")
     p.add_argument("--chart-epochs", type=int, default=20, help="VAE training epochs")
     p.add_argument("--charts", default="vae,lgan", help="charts to train in --stage chart: vae, lgan")
     p.add_argument("--lgan-epochs", type=int, default=3, help="Localized-GAN training epochs")
     p.add_argument("--lgan-latent", type=int, default=10, help="Localized-GAN latent dimension")
-    p.add_argument("--seed", type=int, default=0, help="seeds the labels, the charts and the classifiers")
+    p.add_argument("--chart-seed", type=int, default=0, help="seeds the charts' training")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--synthetic", action="store_true", help="random tensors instead of FashionMNIST")
     p.add_argument(
@@ -281,7 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="holds FashionMNIST/raw/*.gz ($ROBUSTREG_DATA, else ../shared/data)",
     )
     p.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_ssl", help="results directory"
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_ssl_protocol", help="results directory"
     )
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -289,11 +416,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         p.error(f"--methods: unknown {sorted(unknown)}")
     args.methods = methods
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    if not args.seeds:
+        p.error("--seeds: give at least one")
     args.charts = [c for c in args.charts.split(",") if c]
     if set(args.charts) - {"vae", "lgan"}:
         p.error(f"--charts: unknown {sorted(set(args.charts) - {'vae', 'lgan'})}")
     if not 0 <= args.decay_from <= 1:
         p.error(f"--decay-from must be in [0, 1], got {args.decay_from}")
+    for name in ("iters", "eval_every", "log_every", "val_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.entropy < 0 or not 0 <= args.dropout < 1:
+        p.error("--entropy must be >= 0 and --dropout in [0, 1)")
+    if args.tag and not all(c.isalnum() or c in "._-" for c in args.tag):
+        p.error(f"--tag may hold letters, digits and . _ - only, got {args.tag!r}")
     return args
 
 
@@ -304,8 +444,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "chart":
         stage_chart(args)
     elif args.stage == "train":
-        for method in args.methods:
-            stage_train(method, args)
+        for seed in args.seeds:
+            for method in args.methods:
+                stage_train(method, seed, args)
     else:
         stage_summary(args)
 

@@ -265,24 +265,44 @@ def test_two_rings_ssl_smoke(tmp_path):
     assert (tmp_path / "decision_boundaries.png").stat().st_size > 1000
 
 
-def test_fashion_ssl_smoke_on_generated_images(tmp_path):
-    script = [sys.executable, str(ROOT / "benchmarks" / "fashion_ssl.py"), "--synthetic", "--out", str(tmp_path)]
+def test_fashion_ssl_protocol_on_generated_images(tmp_path):
+    script = [sys.executable, str(ROOT / "benchmarks" / "fashion_ssl.py"), "--synthetic", "--val-size", "64",
+              "--out", str(tmp_path)]  # fmt: skip
+    train = ["--stage", "train", "--iters", "3", "--eval-every", "1", "--log-every", "2", "--seeds", "0,1"]
     stages = [
         ["--stage", "chart", "--chart-epochs", "1", "--lgan-epochs", "1", "--lgan-latent", "2"],
-        ["--stage", "train", "--methods", "supervised,vat,tnar,tnar-lgan", "--iters", "2", "--eval-every", "1"],
+        [*train, "--methods", "supervised,vat,tnar,tnar-lgan"],
+        [*train, "--methods", "tnar", "--tag", "l2", "--normalize", "l2", "--normal", "official", "--entropy", "0"],
         ["--stage", "summary"],
     ]
     for stage in stages:
         out = subprocess.run(script + stage, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["measured"]) == {"supervised", "vat", "tnar", "tnar-lgan"}
-    assert all(0 <= r["test_error"] <= 100 for r in summary["measured"].values())
-    run = json.loads((tmp_path / "tnar.json").read_text())
-    assert [p["iter"] for p in run["curve"]] == [1, 2] and len(run["labeled_indices"]) == 100
-    assert (run["partial"], run["iters_done"], summary["unfinished_iters"]) == (False, 2, {})
-    assert (tmp_path / "perturbations.png").stat().st_size > 1000
-    assert (tmp_path / "perturbations-lgan.png").stat().st_size > 1000
+    assert set(summary["runs"]) == {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2"} and not summary["unfinished"]
+    for name, row in summary["runs"].items():
+        assert row["seeds"] == [0, 1] and row["test_error"]["n"] == 2, name
+        assert ("minus_vat" in row) == (name != "vat"), name
+    runs = {
+        (s, n): json.loads((tmp_path / f"seed{s}" / f"{n}.json").read_text()) for s in (0, 1) for n in ("vat", "tnar")
+    }
+    tnar = runs[0, "tnar"]
+    assert [p["iter"] for p in tnar["curve"]] == [1, 2, 3] and len(tnar["labeled_indices"]) == 100
+    assert max(tnar["labeled_indices"]) < 512 - 64  # never from the validation split
+    best = min(tnar["curve"], key=lambda p: p["val_error"])  # the reported figure: chosen on validation
+    assert (tnar["selected_iter"], tnar["test_error"]) == (best["iter"], best["test_error"])
+    assert tnar["final_test_error"] == tnar["curve"][-1]["test_error"]
+    assert [r["iter"] for r in tnar["log"]] == [1, 2]
+    assert {"kl_tar", "kl_nar", "grad_ce", "grad_reg", "grad_entropy"} <= set(tnar["log"][0])
+    assert tnar["config"]["normalize"] == "official" and tnar["config"]["entropy"] == 1.0
+    diffs = [runs[s, "tnar"]["test_error"] - runs[s, "vat"]["test_error"] for s in (0, 1)]
+    assert summary["runs"]["tnar"]["minus_vat"]["values"] == pytest.approx(diffs)
+    tagged = json.loads((tmp_path / "seed0" / "tnar@l2.json").read_text())
+    assert "grad_entropy" not in tagged["log"][0] and tagged["config"]["normal"] == "official"
+    for image in ("curves.png", "perturbations.png", "perturbations-lgan.png"):
+        assert (tmp_path / image).stat().st_size > 1000, image
+    bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--tag" in bad.stderr
 
 
 def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):

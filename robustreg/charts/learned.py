@@ -108,9 +108,18 @@ class AutoEncoder(_ConvChart):
 
 class VAE(_ConvChart):
     """A convolutional VAE chart (Kingma and Welling): ``encode(x)`` is the posterior mean
-    ``μ(x)``, ``decode(z)`` the Bernoulli mean; trained on the ELBO (:meth:`loss`)."""
+    ``μ(x)``, ``decode(z)`` the Bernoulli mean; trained on the ELBO (:meth:`loss`), its KL term
+    weighted by ``kl_weight`` (1: the ELBO; TNAR's official VAE uses 0.5)."""
 
     kind = "vae"
+
+    def __init__(
+        self, image_shape: Sequence[int] = (1, 28, 28), latent: int = 20, width: int = 32, kl_weight: float = 1.0
+    ) -> None:
+        super().__init__(image_shape, latent, width)
+        self.kl_weight = _checks.nonneg_float("kl_weight", kl_weight)
+        if self.kl_weight != 1.0:  # saved with the chart; older configs (no key) load as 1
+            self.config["kl_weight"] = self.kl_weight
 
     def _head_size(self) -> int:
         return 2 * self.latent  # mean and log-variance
@@ -120,12 +129,12 @@ class VAE(_ConvChart):
         return out[:, : self.latent], out[:, self.latent :]
 
     def loss(self, x: Tensor) -> Tensor:
-        """The negative ELBO, batch mean: Bernoulli reconstruction + KL(q(z|x) ‖ N(0, I))."""
+        """The negative ELBO, batch mean: Bernoulli reconstruction + ``kl_weight`` · KL(q(z|x) ‖ N(0, I))."""
         mu, logvar = self.posterior(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = F.binary_cross_entropy(self.decode(z), x, reduction="sum")
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()
-        return (recon + kl) / x.shape[0]
+        return (recon + self.kl_weight * kl) / x.shape[0]
 
 
 class MLPAutoEncoder(nn.Module):

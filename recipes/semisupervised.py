@@ -10,15 +10,23 @@ trained here first when none is given.
 
 Defaults depend on the data set (``None`` in ``--help`` means "the data set's default"):
 
-============  ======  =======  ==============  ========  =====  ===========
-data set      labels  steps    batches (l/u)   ε (VAT)   arch   chart
-============  ======  =======  ==============  ========  =====  ===========
-two-rings     6       3000     6 / 128         0.3       mlp    oracle
-fashionmnist  100     3000     32 / 64         2.0       smallcnn  vae
-mnist         100     3000     32 / 64         2.0       smallcnn  vae
-svhn          1000    48000    32 / 128        2.5       conv_large  vae
-cifar10       4000    200000   32 / 128        2.0       conv_large  vae
-============  ======  =======  ==============  ========  =====  ===========
+============  ======  =======  ==============  ========  ==========  =====  =======
+data set      labels  steps    batches (l/u)   ε (VAT)   arch        chart  entropy
+============  ======  =======  ==============  ========  ==========  =====  =======
+two-rings     6       3000     6 / 128         0.3       mlp         oracle 0
+fashionmnist  100     3000     32 / 64         2.0       smallcnn    vae    1
+mnist         100     3000     32 / 64         2.0       smallcnn    vae    1
+svhn          1000    48000    32 / 128        2.5       conv_large  vae    1
+cifar10       4000    200000   32 / 128        2.0       conv_large  vae    1
+============  ======  =======  ==============  ========  ==========  =====  =======
+
+On images every regularised method carries the entropy term of its unlabelled predictions
+(``--entropy``, weight 1: the TNAR paper's protocol, whose official loss is ``CE + KL_tangent +
+KL_normal + entropy`` and whose VAT baseline carries it too; ``vat-entmin`` takes ``--entmin``
+instead). ``--val-size N`` holds out the last N training images: the periodic evaluation then
+reports their accuracy (``val_acc``), so that ε and the step to report are chosen without the
+test set; the final test accuracy is in ``summary.json``. TNAR's units and NAR's direction:
+``--tnar-normalize``, ``--normal``, ``--normal-start``, ``--zeta`` (:class:`robustreg.TNAR`).
 
 SVHN and CIFAR-10 follow the VAT paper (Conv-Large, 48k / 200k Adam steps, decay over the last
 third / 8%); its CIFAR-10 ε = 10 applies to ZCA-whitened images, ours are in [0, 1], so our
@@ -62,15 +70,15 @@ METHODS = ("supervised", "vat", "vat-entmin", "tar", "nar", "tnar")
 CHARTS = ("oracle", "vae", "ae", "lgan", "mlp-ae")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "two-rings": dict(labels=6, steps=3000, batch_labeled=6, batch_unlabeled=128, eps=0.3, eps_tangent=1.0,
-                      eps_normal=0.05, arch="mlp", chart="oracle", decay_start=1.0),
+                      eps_normal=0.05, arch="mlp", chart="oracle", decay_start=1.0, entropy=0.0),
     "fashionmnist": dict(labels=100, steps=3000, batch_labeled=32, batch_unlabeled=64, eps=2.0, arch="smallcnn",
-                         chart="vae", decay_start=2 / 3),
+                         chart="vae", decay_start=2 / 3, entropy=1.0),
     "mnist": dict(labels=100, steps=3000, batch_labeled=32, batch_unlabeled=64, eps=2.0, arch="smallcnn",
-                  chart="vae", decay_start=2 / 3),
+                  chart="vae", decay_start=2 / 3, entropy=1.0),
     "svhn": dict(labels=1000, steps=48000, batch_labeled=32, batch_unlabeled=128, eps=2.5, arch="conv_large",
-                 chart="vae", decay_start=2 / 3),
+                 chart="vae", decay_start=2 / 3, entropy=1.0),
     "cifar10": dict(labels=4000, steps=200000, batch_labeled=32, batch_unlabeled=128, eps=2.0, arch="conv_large",
-                    chart="vae", decay_start=0.92),
+                    chart="vae", decay_start=0.92, entropy=1.0),
 }  # fmt: skip
 TNAR_WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0)}
 
@@ -93,10 +101,26 @@ class SSLConfig(skeleton.RunConfig):
     n_power: int = skeleton.opt(1, "power-iteration steps (VAT, TNAR papers: 1)")
     vat_method: str = skeleton.opt("finite_difference", "Hessian products", choices=("finite_difference", "hvp"))
     entmin: float = skeleton.opt(1.0, "weight of the entropy term of vat-entmin (VAT paper: 1)")
+    entropy: float | None = skeleton.opt(
+        None, "weight of the entropy term added to vat, tar, nar and tnar (the TNAR paper's protocol: 1)"
+    )
     eps_tangent: float | None = skeleton.opt(None, "TNAR's ε_t", fallback="= --eps")
     eps_normal: float | None = skeleton.opt(None, "TNAR's ε_n", fallback="= --eps")
     cg_iters: int = skeleton.opt(4, "CG iterations for (JᵀJ)⁻¹ (TNAR)")
     tangent: str = skeleton.opt("manifold", "tangent perturbation", choices=("manifold", "linear"))
+    tnar_normalize: str = skeleton.opt(
+        "l2", "units of ε_t, ε_n: l2 norms (the paper) or official (ε_t the latent step's largest entry, ε_n the "
+        "normal perturbation's)", choices=("l2", "official"),
+    )  # fmt: skip
+    normal: str = skeleton.opt(
+        "projection", "NAR's direction (robustreg.TNAR)", choices=("projection", "penalty", "official")
+    )
+    normal_start: str = skeleton.opt("random", "start of NAR's projected iteration", choices=("random", "residual"))
+    zeta: float | None = skeleton.opt(None, "ζ of --normal penalty / official (none: 1 / 1e-3)")
+    val_size: int = skeleton.opt(
+        0, "last N training images held out: the periodic evaluation reports their accuracy (val_acc), to choose "
+        "hyperparameters and the step without the test set (0: the periodic evaluation uses the test set)",
+    )  # fmt: skip
     chart: str | None = skeleton.opt(None, "manifold chart of TAR/NAR/TNAR", choices=CHARTS)
     chart_path: str = skeleton.opt(
         "", "a saved chart: recipes/chart.py's model/ directory (a deprecated .pt chart file still loads)"
@@ -115,6 +139,7 @@ class Data:
     unlabeled: Tensor
     test: tuple[Tensor, Tensor]
     rings: Any = None  # the RingsSSL problem, for two rings
+    val: tuple[Tensor, Tensor] | None = None  # held-out training images (--val-size)
 
 
 def load_data(cfg: SSLConfig) -> Data:
@@ -126,7 +151,14 @@ def load_data(cfg: SSLConfig) -> Data:
         return Data(
             (rings.x_labeled, rings.y_labeled), rings.x_unlabeled, (rings.x_unlabeled, rings.y_unlabeled), rings
         )
-    train, test = skeleton.load_images(cfg, cfg.dataset, n_train=max(1000, 2 * cfg.labels) if cfg.synthetic else 0)
+    n_synthetic = max(1000, 2 * cfg.labels) + cfg.val_size
+    train, test = skeleton.load_images(cfg, cfg.dataset, n_train=n_synthetic if cfg.synthetic else 0)
+    val = None
+    if cfg.val_size:
+        cut = len(train[0]) - cfg.val_size
+        if cut < cfg.labels:
+            raise SystemExit(f"error: --val-size {cfg.val_size} leaves {cut} of {len(train[0])} training images")
+        train, val = (train[0][:cut], train[1][:cut]), (train[0][cut:], train[1][cut:])
     classes = int(train[1].max()) + 1
     if cfg.labels % classes:
         raise SystemExit(f"error: --labels must be a multiple of the {classes} classes, got {cfg.labels}")
@@ -136,7 +168,7 @@ def load_data(cfg: SSLConfig) -> Data:
         raise SystemExit(f"error: --labels {cfg.labels}: {err}") from None
     # the unlabeled set is the whole training set, the labeled images included (VAT's protocol)
     n_eval = cfg.eval_size or len(test[0])
-    return Data((train[0][labeled], train[1][labeled]), train[0], (test[0][:n_eval], test[1][:n_eval]))
+    return Data((train[0][labeled], train[1][labeled]), train[0], (test[0][:n_eval], test[1][:n_eval]), val=val)
 
 
 def model_kwargs(cfg: SSLConfig, data: Data) -> dict[str, Any]:
@@ -181,6 +213,7 @@ def make_reg(method: str, model: nn.Module, chart: Any, cfg: SSLConfig) -> Any:
     return robustreg.TNAR(
         model, chart, eps_tangent=cfg.eps_tangent, eps_normal=cfg.eps_normal, n_power=cfg.n_power,
         cg_iters=cfg.cg_iters, weights=TNAR_WEIGHTS[method], xi=cfg.xi, method=cfg.vat_method, tangent=cfg.tangent,
+        normalize=cfg.tnar_normalize, normal=cfg.normal, normal_start=cfg.normal_start, zeta=cfg.zeta,
     )  # fmt: skip
 
 
@@ -205,12 +238,15 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
     model, opt, sched = run.prepare(model, opt, sched)
     run.resume()
     reg = make_reg(method, model, chart.to(acc.device) if hasattr(chart, "to") else chart, cfg)
-    entmin = robustreg.EntMin(model) if method == "vat-entmin" else None
+    entropy_weight = cfg.entmin if method == "vat-entmin" else cfg.entropy if method != "supervised" else 0.0
+    entmin = robustreg.EntMin(model) if entropy_weight else None
     stop = run.stop(cfg.steps)
     labeled = run.batches(list(data.labeled), cfg.batch_labeled, stop=stop, stream=0)
     unlabeled = run.batches([data.unlabeled], cfg.batch_unlabeled, stop=stop, stream=1)
     epoch_len = max(1, len(data.unlabeled) // min(cfg.batch_unlabeled, len(data.unlabeled)))
     test = tuple(t.to(acc.device) for t in data.test)
+    val = tuple(t.to(acc.device) for t in data.val) if data.val is not None else None
+    eval_name, eval_set = ("val_acc", val) if val is not None else ("acc", test)
     model.train()
     with run.progress(stop, f"{method} on {cfg.dataset}"):
         for step in range(run.start, stop):
@@ -226,7 +262,7 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
                     parts |= {k: v for k, v in reg.last.metrics.items() if k in ("lds", "tar", "nar")}
                 if entmin is not None:
                     ent = entmin(logits=logits_u)
-                    loss = loss + cfg.entmin * ent
+                    loss = loss + entropy_weight * ent
                     parts["entropy"] = ent.detach()
                 opt.zero_grad(set_to_none=True)
                 acc.backward(loss)
@@ -237,7 +273,7 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
             run.end_step(
                 done, stop, done / epoch_len, log_every=50,
                 metrics=lambda loss=loss, parts=parts: {"lr": sched.get_last_lr()[0], "loss": loss.detach(), **parts},
-                evaluate=lambda: {"acc": skeleton.accuracy(acc.unwrap_model(model), test)},
+                evaluate=lambda: {eval_name: skeleton.accuracy(acc.unwrap_model(model), eval_set)},
             )  # fmt: skip
     bare = acc.unwrap_model(model)
     final = skeleton.accuracy(bare, test)
@@ -254,6 +290,8 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
             )
         )  # fmt: skip
     summary = {"method": method, "dataset": cfg.dataset, "labels": cfg.labels, "steps": stop, "acc": final}
+    if val is not None:
+        summary["val_acc"] = skeleton.accuracy(bare, val)
     summary["planned_steps"] = cfg.steps
     summary = run.finish(model, summary={**summary, **extra}, title=f"{method}, {cfg.dataset}")
     return bare, summary
@@ -262,7 +300,8 @@ def train(method: str, cfg: SSLConfig, data: Data, chart: Any, out: Path) -> tup
 def resolve(cfg: SSLConfig) -> SSLConfig:
     """Fill the data set's defaults into the options left at None, and check the methods."""
     d = DEFAULTS[cfg.dataset]
-    filled = {k: d.get(k) for k in ("labels", "steps", "batch_labeled", "batch_unlabeled", "eps", "arch", "chart")}
+    keys = ("labels", "steps", "batch_labeled", "batch_unlabeled", "eps", "arch", "chart", "entropy")
+    filled = {k: d.get(k) for k in keys}
     filled["decay_start"] = d["decay_start"]
     cfg = dataclasses.replace(cfg, **{k: v for k, v in filled.items() if getattr(cfg, k) is None})
     cfg = dataclasses.replace(
@@ -279,6 +318,10 @@ def resolve(cfg: SSLConfig) -> SSLConfig:
         raise SystemExit(f"error: --decay-start must be in [0, 1], got {cfg.decay_start}")
     if cfg.steps < 1 or cfg.labels < 2:
         raise SystemExit("error: --steps must be >= 1 and --labels >= 2")
+    if cfg.entropy < 0 or cfg.val_size < 0 or (cfg.zeta is not None and not cfg.zeta > 0):
+        raise SystemExit("error: --entropy and --val-size must be >= 0, --zeta > 0")
+    if cfg.val_size and cfg.dataset == "two-rings":
+        raise SystemExit("error: --val-size: two rings are evaluated on their unlabeled points (transductive)")
     if cfg.dataset == "two-rings" and cfg.chart not in ("oracle", "mlp-ae"):
         raise SystemExit(f"error: two-rings points are vectors: --chart oracle or mlp-ae, got {cfg.chart}")
     return cfg

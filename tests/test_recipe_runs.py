@@ -81,6 +81,24 @@ def test_chart_recipe_then_tnar_with_that_lgan_chart(tmp_path):
     assert not (tmp_path / "ssl" / "chart").exists()  # the given chart was used, none trained
 
 
+def test_semisupervised_images_carry_the_entropy_term_and_choose_on_a_validation_split(tmp_path):
+    args = ["--dataset", "fashionmnist", "--synthetic", "--methods", "vat,tnar", "--chart", "ae", "--chart-epochs",
+            "1", "--steps", "4", "--labels", "20", "--batch-labeled", "10", "--batch-unlabeled", "10",
+            "--eval-size", "20", "--val-size", "30", "--eval-every", "2", "--tnar-normalize", "official",
+            "--normal", "official", "--out", str(tmp_path)]  # fmt: skip
+    ok(run("semisupervised.py", *args))
+    for method in ("vat", "tnar"):
+        evals = rows(tmp_path / method / "metrics.jsonl", "eval")
+        assert [r["step"] for r in evals] == [2, 4] and all("val_acc" in r and "acc" not in r for r in evals)
+        assert all("entropy" in r for r in rows(tmp_path / method / "metrics.jsonl", "train")), method
+        summary = json.loads((tmp_path / method / "summary.json").read_text())
+        assert 0 <= summary["val_acc"] <= 1 and 0 <= summary["acc"] <= 1
+    config = json.loads((tmp_path / "tnar" / "run.json").read_text())["config"]
+    assert (config["entropy"], config["normal"], config["tnar_normalize"]) == (1.0, "official", "official")
+    proc = run("semisupervised.py", "--val-size", "10", "--out", str(tmp_path / "rings"))
+    assert proc.returncode != 0 and "transductive" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("dataset", "kind", "batch"), [("svhn", "vae", "8"), ("mnist", "ae", "8"), ("two-rings", "mlp-ae", "256")]
 )

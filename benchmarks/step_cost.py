@@ -91,6 +91,8 @@ RATIOS = {
     "tnar / vat": ("tnar", "vat", 1),
     "tnar-func / vat": ("tnar-func", "vat", 1),
     "tnar-penalty / vat": ("tnar-penalty", "vat", 1),
+    "tnar-residual / vat": ("tnar-residual", "vat", 1),
+    "tnar-official / vat": ("tnar-official", "vat", 1),
     "ssl-vat / ssl-ce": ("ssl-vat", "ssl-ce", 1),
     "ssl-tnar / ssl-vat": ("ssl-tnar", "ssl-vat", 1),
     "bal5 / pgd15": ("bal5", "pgd15", 1),

@@ -174,6 +174,8 @@ METHODS: dict[str, Callable[[nn.Module, Network], Objective]] = {
     "tnar": _tnar,
     "tnar-func": lambda model, net: _tnar(model, net, func=True),
     "tnar-penalty": lambda model, net: _tnar(model, net, normal="penalty", zeta=0.1),
+    "tnar-residual": lambda model, net: _tnar(model, net, normal_start="residual"),
+    "tnar-official": lambda model, net: _tnar(model, net, normal="official", normalize="official"),
     "ssl-ce": _ssl(None),
     "ssl-vat": _ssl(lambda model, net: robustreg.VAT(model, eps=2.0)),
     "ssl-tnar": _ssl(_tnar_reg),

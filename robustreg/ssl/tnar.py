@@ -57,7 +57,8 @@ class TNAR:
         model: a classifier returning logits ``(B, C)``.
         chart: an object with batched ``encode``/``decode`` (:class:`Chart`); its parameters are
             not trained by this loss (encode and decode run without gradients to them).
-        eps_tangent, eps_normal: ε_t and ε_n, the ℓ2 radii of the two perturbations (per sample).
+        eps_tangent, eps_normal: ε_t and ε_n, the sizes of the two perturbations (per sample; ℓ2 radii
+            in input space by default, see ``normalize``).
         n_power: power-iteration steps for each direction.
         cg_iters: conjugate-gradient iterations for ``(JᵀJ)⁻¹``.
         weights: the weights of TAR and NAR; a zero weight skips that part (TAR or NAR alone).

@@ -314,7 +314,7 @@ def stage_summary(args: argparse.Namespace) -> dict:
     for method in ("tnar", "tnar-lgan"):
         seeds = sorted(runs.get(method, {}))
         if seeds:
-            plot_perturbations(args, method, seeds[0])
+            plot_perturbations(args, method, runs[method][seeds[0]])
     return summary
 
 
@@ -341,10 +341,16 @@ def plot_curves(runs: dict[str, dict[int, dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_perturbations(args: argparse.Namespace, method: str, seed: int, n: int = 6) -> None:
+#: the options of a run that its regulariser is built from (the perturbation images use the run's)
+REG_OPTIONS = ("eps_vat", "eps_tangent", "eps_normal", "normalize", "normal", "normal_start", "hvp", "dropout")
+
+
+def plot_perturbations(args: argparse.Namespace, method: str, run: dict, n: int = 6) -> None:
     """``perturbations[-lgan].png``: rows of test images x, x + r_tangent (on the manifold),
-    x + r_normal, and the two perturbations (each scaled to its own range), from ``method``'s
-    classifier of seed ``seed`` and its chart."""
+    x + r_normal, and the two perturbations (each scaled to its own range), from the classifier of
+    ``run`` (``method``'s finished run of one seed) with its chart and its options."""
+    seed = run["seed"]
+    args = argparse.Namespace(**(vars(args) | {k: run["config"][k] for k in REG_OPTIONS}))
     _, _, xt, _ = load(args)
     model = SmallCNN(drop=args.dropout)
     model.load_state_dict(torch.load(args.out / f"seed{seed}" / f"{method}.classifier.pt", weights_only=True))

@@ -22,7 +22,7 @@ cifar10       4000    200000   32 / 128        2.0       conv_large  vae    1
 
 On images every regularised method carries the entropy term of its unlabelled predictions
 (``--entropy``, weight 1: the TNAR paper's protocol, whose official loss is ``CE + KL_tangent +
-KL_normal + entropy`` and whose VAT baseline carries it too; ``vat-entmin`` takes ``--entmin``
+KL_normal + entropy`` and whose VAT baseline very likely carries it too; ``vat-entmin`` takes ``--entmin``
 instead). ``--val-size N`` holds out the last N training images: the periodic evaluation then
 reports their accuracy (``val_acc``), so that ε and the step to report are chosen without the
 test set; the final test accuracy is in ``summary.json``. TNAR's units and NAR's direction:

@@ -173,8 +173,14 @@ def train(method: str, cfg: MSAConfig, data: tuple[tuple[Tensor, Tensor], ...], 
             )  # fmt: skip
     bare = acc.unwrap_model(model).eval()
     summary: dict[str, Any] = {"method": method, "dataset": cfg.dataset, "steps": stop, "planned_steps": total}
+    summary["evaluation"] = {k: getattr(cfg, k) for k in ("eval_size", "eps_eval", "autoattack", "seed", "synthetic")}
     if run.main:
-        summary |= evaluate(bare, test_dev, cfg, progress=cfg.progress) | {"spectral_norms": norms(bare)}
+        previous = run.previous_evaluation(stop, summary["evaluation"])  # a finished run, resumed: not again
+        if previous is not None:
+            summary |= {k: v for k, v in previous.items() if k == "clean" or k.startswith("eps=")}
+        else:
+            summary |= evaluate(bare, test_dev, cfg, progress=cfg.progress)
+        summary["spectral_norms"] = norms(bare)
     return bare, run.finish(model, summary=summary, title=f"{method}, {cfg.dataset}")
 
 

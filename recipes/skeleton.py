@@ -779,6 +779,26 @@ class Run:
         """The options as ``run.json`` and ``model/model.json`` record them, with the threat model."""
         return jsonable(dataclasses.asdict(self.cfg)) | {"threat_model": self.threat_model}
 
+    def previous_evaluation(self, stop: int, options: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``summary.json`` of this run's previous invocation when it can stand for a new
+        evaluation: this invocation resumed (``--resume``) at the final step ``stop`` and trained
+        nothing (so the model is the one evaluated then), that summary has ``stop`` steps and was
+        written with the same evaluation ``options`` (the ``"evaluation"`` field a recipe puts in
+        its summary). None otherwise: a run stopped during its evaluation has no summary and is
+        evaluated again."""
+        if not self.cfg.resume or self.start != stop:
+            return None
+        try:
+            previous = json.loads((self.out / "summary.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(previous, dict) or previous.get("steps") != stop:
+            return None
+        if previous.get("evaluation") != jsonable(options):
+            return None
+        log.info("%s trained nothing since its evaluation with the same options: reusing it", self.out)
+        return previous
+
     def finish(self, model: nn.Module, *, summary: dict[str, Any], title: str) -> dict[str, Any]:
         """Save the bare model (``model/``: safetensors + JSON, the architecture and threat model
         given to :meth:`describe`), write ``summary.json``, plot the curves, print the summary

@@ -240,3 +240,23 @@ def test_msa_recipe_resumes_each_method_exactly(tmp_path):
     res_full, res_cut = (json.loads((d / "results.json").read_text())["methods"] for d in (full, cut))
     for method, r in res_full.items():
         assert r["eps=0.1"] == res_cut[method]["eps=0.1"] and r["clean"] == res_cut[method]["clean"]
+
+
+def test_msa_recipe_resumed_after_its_end_reuses_the_evaluation_unless_its_options_changed(tmp_path):
+    args = ["recipes/msa_stability.py", "--dataset", "mnist", "--synthetic", "--train-size", "64", "--eval-size", "16",
+            "--epochs", "1", "--batch-size", "32", "--eps-eval", "0.1", "--methods", "vanilla,msa", "--threads", "1",
+            "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    assert run(*args).returncode == 0
+    first = json.loads((tmp_path / "results.json").read_text())["methods"]
+    again = run(*args, "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    said = " ".join((again.stdout + again.stderr).split())  # the log may wrap its lines
+    assert said.count("reusing it") == 2  # both finished methods: nothing trained, nothing evaluated
+    second = json.loads((tmp_path / "results.json").read_text())["methods"]
+    for method in ("vanilla", "msa"):
+        assert second[method]["eps=0.1"] == first[method]["eps=0.1"]
+        assert second[method]["clean"] == first[method]["clean"]
+    other = run(*[a if a != "0.1" else "0.2" for a in args], "--resume", "--allow-changed-options")
+    assert other.returncode == 0 and "reusing it" not in " ".join((other.stdout + other.stderr).split())
+    third = json.loads((tmp_path / "results.json").read_text())["methods"]
+    assert all("eps=0.2" in third[m] and "eps=0.1" not in third[m] for m in ("vanilla", "msa"))

@@ -257,7 +257,9 @@ def stage_train(method: str, seed: int, args: argparse.Namespace) -> dict:
                 result |= {"curve": curve, "log": log, "labeled_indices": labeled.tolist(), "config": config}
                 out.mkdir(parents=True, exist_ok=True)
                 if it == args.iters:  # the classifier first: a finished JSON always has its weights
-                    torch.save(model.state_dict(), out / f"{name}.classifier.pt")
+                    tmp = out / f"{name}.classifier.pt.tmp"  # written whole, then renamed: a kill leaves no torn file
+                    torch.save(model.state_dict(), tmp)
+                    os.replace(tmp, out / f"{name}.classifier.pt")
                 write_json(out / f"{name}.json", result)
     return result
 

@@ -277,10 +277,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_test=max(cfg.eval_size, cfg.robust_size),
     )  # fmt: skip
     if cfg.val_size:  # the evaluation set is held-out training images: the test set is not used
-        cut = n_train or len(train_set[0]) - cfg.val_size
-        if cut < 1:
-            raise SystemExit(f"error: --val-size {cfg.val_size} leaves no training images of {len(train_set[0])}")
-        train_set, test = (train_set[0][:cut], train_set[1][:cut]), (train_set[0][cut:], train_set[1][cut:])
+        train_set, test = skeleton.hold_out(train_set, cfg.val_size, n_train=n_train)
     results: dict[str, Any] = {"config": skeleton.jsonable(dataclasses.asdict(cfg)), "torch": torch.__version__}
     results["split"] = "validation" if cfg.val_size else "test"
     results["models"] = {}

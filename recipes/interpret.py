@@ -347,10 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg, cfg.dataset, n_train=n_train + cfg.val_size if n_train else 0,
         n_test=max(cfg.eval_size, cfg.robust_size, cfg.saliency_size, cfg.show),
     )  # fmt: skip
-    cut = len(train_all[0]) - cfg.val_size if not n_train else n_train
-    if cut < 1:
-        raise SystemExit(f"error: --val-size {cfg.val_size} leaves no training images of {len(train_all[0])}")
-    data = {"train": (train_all[0][:cut], train_all[1][:cut]), "val": (train_all[0][cut:], train_all[1][cut:])}
+    data = dict(zip(("train", "val"), skeleton.hold_out(train_all, cfg.val_size, n_train=n_train), strict=True))
     results: dict[str, Any] = {"config": skeleton.jsonable(dataclasses.asdict(cfg)), "torch": torch.__version__}
     results["models"], models = {}, {}
     for name, threat in models_of(cfg).items():

@@ -155,10 +155,7 @@ def load_data(cfg: SSLConfig) -> Data:
     train, test = skeleton.load_images(cfg, cfg.dataset, n_train=n_synthetic if cfg.synthetic else 0)
     val = None
     if cfg.val_size:
-        cut = len(train[0]) - cfg.val_size
-        if cut < cfg.labels:
-            raise SystemExit(f"error: --val-size {cfg.val_size} leaves {cut} of {len(train[0])} training images")
-        train, val = (train[0][:cut], train[1][:cut]), (train[0][cut:], train[1][cut:])
+        train, val = skeleton.hold_out(train, cfg.val_size, minimum=cfg.labels)
     classes = int(train[1].max()) + 1
     if cfg.labels % classes:
         raise SystemExit(f"error: --labels must be a multiple of the {classes} classes, got {cfg.labels}")

@@ -271,6 +271,20 @@ def load_images(cfg: Any, dataset: str, n_train: int = 0, n_test: int = 0) -> tu
     return train, test
 
 
+def hold_out(
+    images: tuple[Tensor, Tensor], val_size: int, *, n_train: int = 0, minimum: int = 1
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(train, validation)`` from the training images: the first ``n_train`` (0: all but the
+    last ``val_size``) and the ``val_size`` after them, never seen in training. Ends the run with
+    a message when fewer than ``minimum`` training images would be left."""
+    cut = n_train or len(images[0]) - val_size
+    if cut < minimum:
+        raise SystemExit(
+            f"error: --val-size {val_size} leaves {max(cut, 0)} of {len(images[0])} training images (needs {minimum})"
+        )
+    return (images[0][:cut], images[1][:cut]), (images[0][cut : cut + val_size], images[1][cut : cut + val_size])
+
+
 class StepBatches(Sampler[list[int]]):
     """Index batches for the steps ``start, start + 1, …, stop − 1`` of a stream over ``n`` samples.
 

@@ -332,3 +332,37 @@ def test_bal_a_non_finite_gradient_changes_neither_weights_nor_sampler_state():
         assert torch.equal(p.detach(), q)  # chain 0 did not move either
     for o, v in zip(bal.optimizers, state, strict=True):
         assert torch.equal(o.state_dict()["state"][0]["v"], v)
+
+
+def test_bal_a_non_finite_gradient_at_a_later_sgadald_step_undoes_the_iteration(monkeypatch):
+    import robustreg.bayes.bal as bal_module
+
+    bal = BAL(small_net(), data_size=10, chains=2, seed=0, theta_steps=2)
+    x, y = torch.rand(4, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    bal.step(x, y)
+    weights = [p.detach().clone() for p in bal.ensemble.parameters()]
+    state = [o.state_dict()["state"][0]["v"].clone() for o in bal.optimizers]
+    calls, real = [], bal_module.all_reduce_mean
+
+    def poisoned(grads):  # chain 1's gradient at the second SGAdaLD step is NaN; the first step went through
+        calls.append(1)
+        return [g * math.nan for g in grads] if len(calls) == 4 else real(grads)
+
+    monkeypatch.setattr(bal_module, "all_reduce_mean", poisoned)
+    assert math.isnan(bal.step(x, y).item()) and len(calls) == 4
+    for p, q in zip(bal.ensemble.parameters(), weights, strict=True):
+        assert torch.equal(p.detach(), q)
+    for o, v in zip(bal.optimizers, state, strict=True):
+        assert torch.equal(o.state_dict()["state"][0]["v"], v)
+
+
+def test_bal_refuses_a_damaged_generator_state_before_changing_anything():
+    bal = BAL(small_net(), data_size=10, chains=2, seed=0, adversary=SGLDAdversary(generator=torch.Generator()))
+    state = bal.state_dict()
+    state["generators"][1] = state["generators"][1][:10]  # truncated
+    other = BAL(small_net(seed=5), data_size=10, chains=2, seed=0, adversary=SGLDAdversary(generator=torch.Generator()))
+    before = [p.detach().clone() for p in other.ensemble.parameters()]
+    with pytest.raises(ValueError, match="random generator 1"):
+        other.load_state_dict(state)
+    for p, q in zip(other.ensemble.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), q)

@@ -361,3 +361,15 @@ def test_step_batches_depend_on_the_step_only(recipe_module):
     assert all(len(set(e)) == 9 for e in epochs) and whole[0:3] != whole[3:6]
     small = list(skeleton.StepBatches(2, 5, seed=0, start=0, stop=3))  # a set smaller than the batch: one batch
     assert all(sorted(b) == [0, 1] for b in small)
+
+
+def test_hold_out_keeps_validation_images_out_of_training(recipe_module):
+    skeleton = recipe_module("skeleton")
+    x, y = torch.arange(10.0).view(10, 1), torch.arange(10)
+    (xt, yt), (xv, yv) = skeleton.hold_out((x, y), 3)
+    assert yt.tolist() == list(range(7)) and yv.tolist() == [7, 8, 9]
+    assert torch.equal(xt.flatten(), yt.float()) and torch.equal(xv.flatten(), yv.float())
+    (_, yt), (_, yv) = skeleton.hold_out((x, y), 2, n_train=5)  # the first 5 train, the next 2 validate
+    assert yt.tolist() == [0, 1, 2, 3, 4] and yv.tolist() == [5, 6]
+    with pytest.raises(SystemExit, match="--val-size 8 leaves 2 of 10 training images"):
+        skeleton.hold_out((x, y), 8, minimum=3)

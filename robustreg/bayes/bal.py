@@ -124,7 +124,8 @@ class BAL:
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One Gibbs iteration on the batch; returns the mean over chains of their adversarial
         cross-entropy before their last SGAdaLD step, detached. A non-finite gradient in any chain
-        (a NaN step) updates nothing, neither weights nor SGAdaLD's state, and returns NaN."""
+        at any of the ``theta_steps`` (a NaN step) leaves the iteration without effect, neither
+        weights nor SGAdaLD's state move (earlier steps of the iteration are undone), and returns NaN."""
         x = _checks.check_x(x, self.adversary.bounds)
         y = _checks.check_y(y, x.shape[0])
         members = self.chains
@@ -132,6 +133,8 @@ class BAL:
         with inner_mode(self.ensemble, self.adversary.bn):
             x_adv, y_adv = self.adversary.sample(mean_log_likelihood(members), x, y)
         ces: list[Tensor] = []
+        # with several SGAdaLD steps a later NaN must undo the earlier ones: keep the state to return to
+        before = copy.deepcopy(self._chain_state()) if self.theta_steps > 1 else None
         for _ in range(self.theta_steps):
             ces, updates = [], []
             for member in members:  # every chain's gradient first: a non-finite one changes nothing
@@ -145,6 +148,8 @@ class BAL:
                 updates.append((params, grads))
             if not all(bool(torch.isfinite(g).all()) for _, grads in updates for g in grads):
                 # neither the weights nor SGAdaLD's V̂ move: the caller sees a NaN loss and skips the step
+                if before is not None:
+                    self._load_chain_state(before)
                 return torch.full((), math.nan, dtype=x_adv.dtype, device=x_adv.device)
             for (params, grads), opt in zip(updates, self.optimizers, strict=True):
                 for p, g in zip(params, grads, strict=True):
@@ -166,17 +171,24 @@ class BAL:
     def _generators(self) -> list[torch.Generator | None]:
         return [self.adversary.generator, *(o.generator for o in self.optimizers)]
 
+    def _chain_state(self) -> dict:
+        return {"ensemble": self.ensemble.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def _load_chain_state(self, state: dict) -> None:
+        self.ensemble.load_state_dict(state["ensemble"])
+        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(copy.deepcopy(s))  # torch's would share V̂ with ``state``'s owner
+
     def state_dict(self) -> dict:
         """The chains, their samplers' state and the states of the random generators of the
         adversary and the samplers (for checkpoints: a resumed run draws the noise it would have
         drawn; torch's global generator, used where none was given, is the caller's to save)."""
-        return {
-            "ensemble": self.ensemble.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "generators": [None if g is None else g.get_state() for g in self._generators()],
-        }
+        generators = [None if g is None else g.get_state() for g in self._generators()]
+        return self._chain_state() | {"generators": generators}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a :meth:`state_dict`; its random-generator states are checked first (a mismatched
+        or damaged one raises ``ValueError`` before anything changes)."""
         gens, saved = self._generators(), state.get("generators")
         if saved is not None and [s is None for s in saved] != [g is None for g in gens]:
             raise ValueError(
@@ -184,9 +196,11 @@ class BAL:
                 f"match this BAL's ({sum(g is not None for g in gens)} of {len(gens)}): build it with the same "
                 "chains, seed and adversary generator"
             )
-        self.ensemble.load_state_dict(state["ensemble"])
-        for opt, s in zip(self.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(copy.deepcopy(s))  # torch's would share V̂ with ``state``'s owner
+        for i, (g, s) in enumerate(zip(gens, saved or [], strict=False)):
+            want = None if g is None else g.get_state()
+            if want is not None and (not isinstance(s, Tensor) or s.dtype != want.dtype or s.shape != want.shape):
+                raise ValueError(f"the state's random generator {i} is not a generator state of this device's kind")
+        self._load_chain_state(state)
         for g, s in zip(gens, saved or [], strict=False):
             if g is not None:
                 g.set_state(s.cpu())  # a generator's state is a CPU byte tensor, whatever its device

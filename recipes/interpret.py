@@ -205,10 +205,13 @@ def train(
     data: dict[str, tuple[Tensor, Tensor]],
     out: Path,
     target: float | None,
+    test: tuple[Tensor, Tensor],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train model ``name`` (a fresh network, the same seed for every model; adversarially against
     ``threat``) as a skeleton run under ``out/name``; ``target``: underfit's validation accuracy to
-    stop at. Returns the bare model and the run's summary (with its validation accuracy)."""
+    stop at; then :func:`evaluate` it on ``test`` (a resumed run that trained nothing since its
+    evaluation with the same options reuses that evaluation). Returns the bare model and the run's
+    summary (with its validation accuracy and evaluation)."""
     run = skeleton.Run(dataclasses.replace(cfg, out=str(out / name), models=name), f"interpret_{cfg.dataset}_{name}")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
@@ -260,7 +263,25 @@ def train(
     summary["val_acc"] = skeleton.accuracy(bare, val) if len(val[0]) else None
     if target is not None:
         summary |= {"underfit_target": target, "stopped_early": stopped_at is not None}
+    summary["evaluation"] = {k: getattr(cfg, k) for k in EVALUATION_OPTIONS}
+    if run.main:
+        previous = run.previous_evaluation(summary["steps"], summary["evaluation"])  # not again on a resume
+        summary |= evaluate(bare, cfg, test) if previous is None else {k: previous[k] for k in evaluation_keys(cfg)}
     return bare, run.finish(model, summary=summary, title=f"{name}, {cfg.dataset}")
+
+
+#: the options an evaluation depends on (:meth:`skeleton.Run.previous_evaluation` compares them)
+EVALUATION_OPTIONS = (
+    "seed", "synthetic", "eval_size", "robust_size", "eval_linf", "eval_l2", "autoattack", "saturation", "shuffle",
+    "style_transform", "saliency_size", "saliency_samples", "saliency_noise",
+)  # fmt: skip
+
+
+def evaluation_keys(cfg: InterpretConfig) -> list[str]:
+    """The summary keys :func:`evaluate` writes."""
+    radii = [f"{norm}={eps:g}" for norm, r in (("linf", cfg.eval_linf), ("l2", cfg.eval_l2)) for eps in r]
+    radii = radii if cfg.robust_size else []
+    return ["clean", "eval_n", "robust_n", *radii, "on_correct", "on_correct_n", "saliency"]
 
 
 def probes(cfg: InterpretConfig) -> dict[str, Callable[[Tensor], Tensor]]:
@@ -352,9 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["models"], models = {}, {}
     for name, threat in models_of(cfg).items():
         target = underfit_target(cfg, results["models"], out) if name == "underfit" else None
-        models[name], summary = train(name, threat, cfg, data, out, target)
-        if skeleton.is_main():
-            summary |= evaluate(models[name], cfg, test)
+        models[name], summary = train(name, threat, cfg, data, out, target, test)
         results["models"][name] = {"train_seconds": summary["wall_seconds"], **summary}
         results["complete"] = False  # written after every model: a stopped run keeps what it measured
         if skeleton.is_main():

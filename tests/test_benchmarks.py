@@ -329,3 +329,48 @@ def test_smoothgrad_cost_reports_the_ratio_to_n_grad_passes(tmp_path):
     sg, gp = report["smoothgrad_median_s"], report["grad_pass_median_s"]
     assert report["ratio_smoothgrad_to_n_grad"] == pytest.approx(sg / (4 * gp))
     assert "loadavg_end" in report["config"]
+
+
+def _attack_gap():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import attack_gap
+    finally:
+        sys.path.pop(0)
+    return attack_gap
+
+
+def test_attack_gap_bookkeeping_against_a_hand_count():
+    # 6 images; the 6th is misclassified clean (never robust). True = still correct after the attack.
+    clean = torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool)
+    robust = {
+        "pgd40": torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.bool),
+        "cw40": torch.tensor([1, 0, 1, 0, 1, 0], dtype=torch.bool),
+        "apgd-t": torch.tensor([0, 0, 1, 1, 1, 0], dtype=torch.bool),
+    }
+    report = _attack_gap().summarise(robust, clean)
+    assert report["union_robust_acc"] == pytest.approx(2 / 6, abs=1e-6)  # images 2 and 4 survive all three
+    # image 0 falls to apgd-t alone; image 1 to cw40 and apgd-t; image 3 to pgd40 and cw40
+    assert report["broken_by_it_alone"] == {"pgd40": 0, "cw40": 0, "apgd-t": 1}
+    assert report["pgd40_survivors_broken"] == {"pgd40": 0, "cw40": 1, "apgd-t": 2}
+
+
+def test_attack_gap_runs_each_attack_on_a_saved_model(tmp_path):
+    from robustreg.checkpoint import save_model
+    from robustreg.models import SmallCNN
+
+    torch.manual_seed(0)
+    save_model(SmallCNN(), tmp_path / "model", arch="smallcnn", kwargs={})
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "attack_gap.py"), str(tmp_path / "model"), "--eps", "0.1",
+           "--synthetic", "--eval-size", "12", "--attacks", "cw40,apgd-ce", "--out", str(tmp_path / "gap.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "TERM": "dumb"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "gap.json").read_text())
+    assert report["partial"] is False and report["n"] == 12
+    assert list(report["attacks"]) == ["pgd40", "cw40", "apgd-ce"]  # pgd40, the reference, added first
+    accs = [a["robust_acc"] for a in report["attacks"].values()]
+    assert all(0 <= a <= report["clean_acc"] for a in accs) and report["union_robust_acc"] <= min(accs)
+    assert report["pgd40_survivors_broken"]["pgd40"] == 0
+    assert set(report["logits"]) >= {"logit_range_median", "margin_median", "p_label_median"}
+    bad = subprocess.run(cmd[:3] + ["--eps", "0.1", "--attacks", "pgd40,nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--attacks must be distinct names" in bad.stderr

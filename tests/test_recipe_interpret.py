@@ -109,3 +109,29 @@ def test_interpret_recipe_runs_the_cifar10_path_on_generated_images(tmp_path):
     for r in res["models"].values():
         assert set(r["on_correct"]) >= {"shuffle-8", "saturate-1024"} and "l2=0.5" in r and "linf=0.03" in r
     assert load_model(tmp_path / "normal" / "model")[1]["kwargs"]["in_channels"] == 3
+
+
+def test_a_finished_run_resumed_reuses_each_models_evaluation_unless_its_options_changed(tmp_path):
+    args = [*TINY, "--models", "normal,fgsm", "--eps-fgsm", "0.1", "--eval-linf", "0.1", "--eval-l2", "1",
+            "--saturation", "2", "1024", "--shuffle", "1", "2", "--no-progress", "--out", str(tmp_path)]  # fmt: skip
+    ok(run("interpret.py", *args))
+    # mark the stored evaluation: a resumed run that evaluates again cannot reproduce the mark
+    for name in ("normal", "fgsm-0.1"):
+        path = tmp_path / name / "summary.json"
+        summary = json.loads(path.read_text())
+        path.write_text(json.dumps(summary | {"clean": 0.123, "linf=0.1": 0.0456}))
+    again = run("interpret.py", *args, "--resume")
+    ok(again)
+    said = " ".join((again.stdout + again.stderr).split())
+    assert said.count("reusing it") == 2
+    res = json.loads((tmp_path / "results.json").read_text())["models"]
+    for name in ("normal", "fgsm-0.1"):
+        assert (res[name]["clean"], res[name]["linf=0.1"]) == (0.123, 0.0456)
+        assert set(res[name]["on_correct"]) == {"saturate-2", "saturate-1024", "shuffle-1", "shuffle-2"}
+    changed = [a if a != "1024" else "64" for a in args]  # another saturation level: evaluated again
+    other = run("interpret.py", *changed, "--resume", "--allow-changed-options")
+    ok(other)
+    assert "reusing it" not in " ".join((other.stdout + other.stderr).split())
+    res = json.loads((tmp_path / "results.json").read_text())["models"]
+    for name in ("normal", "fgsm-0.1"):
+        assert res[name]["clean"] != 0.123 and "saturate-64" in res[name]["on_correct"]

@@ -167,10 +167,17 @@ def make_bal(name: str, start: nn.Module, cfg: BALConfig, n_train: int) -> BAL:
 
 
 def train(
-    name: str, cfg: BALConfig, train_set: tuple[Tensor, Tensor], start: nn.Module | None, out: Path
+    name: str,
+    cfg: BALConfig,
+    train_set: tuple[Tensor, Tensor],
+    start: nn.Module | None,
+    out: Path,
+    test: tuple[Tensor, Tensor],
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train model ``name`` as a skeleton run under ``out/name`` (from ``start``'s weights unless it is
-    ERM); returns the bare model (an ensemble for BAL and BNN) and the run's summary."""
+    ERM), then :func:`evaluate` it on ``test`` (a resumed run that trained nothing since its
+    evaluation with the same options reuses that evaluation); returns the bare model (an ensemble
+    for BAL and BNN) and the run's summary with the evaluation."""
     run = skeleton.Run(dataclasses.replace(cfg, out=str(out / name), models=name), f"bal_{cfg.dataset}_{name}")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
@@ -218,7 +225,27 @@ def train(
     summary = {"model": name, "dataset": cfg.dataset, "steps": stop, "planned_steps": epochs * per_epoch}
     if bayesian:
         summary["chains"] = chains_of(name, cfg)
+    summary["evaluation"] = {k: getattr(cfg, k) for k in EVALUATION_OPTIONS}
+    if run.main:
+        previous = run.previous_evaluation(stop, summary["evaluation"])  # not again on a resume
+        reused = {k: previous[k] for k in evaluation_keys(cfg) if k in previous} if previous else None
+        summary |= evaluate(bare, name, cfg, test) if reused is None else reused
     return bare, run.finish(model, summary=summary, title=f"{name}, {cfg.dataset}")
+
+
+#: the options an evaluation depends on (:meth:`skeleton.Run.previous_evaluation` compares them)
+EVALUATION_OPTIONS = (
+    "dataset", "seed", "synthetic", "train_size", "val_size", "eval_size", "fgsm_eps", "cw_eps", "cw_steps",
+    "cw_search", "robust_size", "eval_linf", "autoattack", "masking",
+)  # fmt: skip
+
+
+def evaluation_keys(cfg: BALConfig) -> list[str]:
+    """The summary keys :func:`evaluate` can write (the masking report: on ensembles only)."""
+    keys = ["clean", "eval_n", "fgsm", "cw_one_step", "cw_l2"]
+    for eps in cfg.eval_linf if cfg.robust_size else []:
+        keys += [f"autoattack-{cfg.autoattack}={eps:g}", f"masking={eps:g}"]
+    return keys
 
 
 def evaluate(model: nn.Module, name: str, cfg: BALConfig, test: tuple[Tensor, Tensor]) -> dict[str, Any]:
@@ -285,11 +312,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in model_names(cfg):
         if name != "erm" and erm is None:
             erm = erm_model(out)
-        model, summary = train(name, cfg, train_set, None if name == "erm" else erm, out)
+        model, summary = train(name, cfg, train_set, None if name == "erm" else erm, out, test)
         if name == "erm":
             erm = model
         if skeleton.is_main():
-            summary |= evaluate(model, name, cfg, test)
             summary["seconds_per_step"] = summary["wall_seconds"] / max(summary["steps"], 1)
         results["models"][name] = summary
         results["complete"] = False  # written after every model: a stopped run keeps what it measured

@@ -272,8 +272,8 @@ def train(
 
 #: the options an evaluation depends on (:meth:`skeleton.Run.previous_evaluation` compares them)
 EVALUATION_OPTIONS = (
-    "seed", "synthetic", "eval_size", "robust_size", "eval_linf", "eval_l2", "autoattack", "saturation", "shuffle",
-    "style_transform", "saliency_size", "saliency_samples", "saliency_noise",
+    "dataset", "seed", "synthetic", "eval_size", "robust_size", "eval_linf", "eval_l2", "autoattack", "saturation",
+    "shuffle", "style_transform", "saliency_size", "saliency_samples", "saliency_noise",
 )  # fmt: skip
 
 

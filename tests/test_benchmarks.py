@@ -362,7 +362,8 @@ def test_attack_gap_runs_each_attack_on_a_saved_model(tmp_path):
     torch.manual_seed(0)
     save_model(SmallCNN(), tmp_path / "model", arch="smallcnn", kwargs={})
     cmd = [sys.executable, str(ROOT / "benchmarks" / "attack_gap.py"), str(tmp_path / "model"), "--eps", "0.1",
-           "--synthetic", "--eval-size", "12", "--attacks", "cw40,apgd-ce", "--out", str(tmp_path / "gap.json")]  # fmt: skip
+           "--synthetic", "--eval-size", "12", "--attacks", "cw40,apgd-ce",
+           "--out", str(tmp_path / "gap.json")]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "TERM": "dumb"})
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "gap.json").read_text())
@@ -372,5 +373,5 @@ def test_attack_gap_runs_each_attack_on_a_saved_model(tmp_path):
     assert all(0 <= a <= report["clean_acc"] for a in accs) and report["union_robust_acc"] <= min(accs)
     assert report["pgd40_survivors_broken"]["pgd40"] == 0
     assert set(report["logits"]) >= {"logit_range_median", "margin_median", "p_label_median"}
-    bad = subprocess.run(cmd[:3] + ["--eps", "0.1", "--attacks", "pgd40,nope"], capture_output=True, text=True)
+    bad = subprocess.run([*cmd[:3], "--eps", "0.1", "--attacks", "pgd40,nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--attacks must be distinct names" in bad.stderr

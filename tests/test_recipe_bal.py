@@ -81,3 +81,24 @@ def test_val_size_evaluates_on_held_out_training_images_not_the_test_set(tmp_pat
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["split"] == "validation" and res["models"]["erm"]["eval_n"] == 20  # the test set has 256
     assert json.loads((tmp_path / "erm" / "summary.json").read_text())["steps"] == 3  # still 120 training images
+
+
+def test_a_finished_bal_run_resumed_reuses_each_evaluation_unless_its_options_changed(tmp_path):
+    args = [*TINY, "--models", "erm,bal", "--sweep-chains", "--no-progress", "--out", str(tmp_path)]
+    ok(run("bal.py", *args))
+    for name in ("erm", "bal"):  # a mark that an evaluation made again cannot reproduce
+        path = tmp_path / name / "summary.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"clean": 0.123, "autoattack-apgd=0.1": 0.0456}))
+    again = run("bal.py", *args, "--resume")
+    ok(again)
+    assert " ".join((again.stdout + again.stderr).split()).count("reusing it") == 2
+    res = json.loads((tmp_path / "results.json").read_text())["models"]
+    for name in ("erm", "bal"):
+        assert (res[name]["clean"], res[name]["autoattack-apgd=0.1"]) == (0.123, 0.0456)
+        assert set(res[name]["fgsm"]) == {"0", "0.1"} and set(res[name]["cw_l2"]) == {"1", "2"}
+    assert "masking=0.1" in res["bal"] and "masking=0.1" not in res["erm"]
+    other = run("bal.py", *[a if a != "0.1" else "0.05" for a in args], "--resume", "--allow-changed-options")
+    ok(other)
+    assert "reusing it" not in " ".join((other.stdout + other.stderr).split())
+    res = json.loads((tmp_path / "results.json").read_text())["models"]
+    assert all(res[n]["clean"] != 0.123 and set(res[n]["fgsm"]) == {"0", "0.05"} for n in ("erm", "bal"))

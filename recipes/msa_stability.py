@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class MSAConfig(skeleton.RunConfig):
     msa_beta: float = opt(5.0, "MSA proximal weight β (step 1/(2β) = 0.1)", renamed_from="beta")
     msa_alpha: float = opt(0.0, "MSA weight penalty α", renamed_from="alpha")
     radius: float = opt(1.0, "spectral-norm bound of the MSA layers (the paper: 1)")
-    msa_logit_scale: float = opt(10.0, "MSA's loss is CE(scale · logits, y)")
+    msa_logit_scale: float = opt(10.0, "MSA's network multiplies its logits by this (saved with it)")
     conv_norm: str = opt("matrix", "MSA's convolution norm", choices=("matrix", "operator"))
     eps_train: float = opt(0.3, "PGD-10 adversarial training radius (ℓ∞)")
     eps_eval: list[float] = opt([0.1, 0.2, 0.3], "ℓ∞ radii of the evaluation")  # noqa: RUF009
@@ -87,6 +88,9 @@ def resolve(cfg: MSAConfig) -> MSAConfig:
         raise SystemExit("error: this recipe compares full-precision training: --mixed-precision no, --grad-accum 1")
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.eval_size < 1 or not cfg.eps_eval:
         raise SystemExit("error: --epochs, --batch-size and --eval-size must be >= 1, --eps-eval not empty")
+    finite = all(math.isfinite(v) for v in (cfg.msa_logit_scale, cfg.msa_beta, cfg.msa_alpha, cfg.radius))
+    if not (finite and cfg.msa_logit_scale > 0 and cfg.msa_beta > 0 and cfg.msa_alpha >= 0 and cfg.radius > 0):
+        raise SystemExit("error: --msa-logit-scale, --msa-beta and --radius must be finite and > 0, --msa-alpha >= 0")
     if not robustreg.autoattack.available():  # before training, not after it
         raise SystemExit(f"error: the evaluation runs AutoAttack (pyautoattack): {robustreg.autoattack.INSTALL}")
     return cfg
@@ -130,17 +134,14 @@ def train(method: str, cfg: MSAConfig, data: tuple[tuple[Tensor, Tensor], ...], 
     run = skeleton.Run(dataclasses.replace(cfg, out=str(out / method), methods=method), f"msa_{cfg.dataset}_{method}")
     acc = run.accelerator
     torch.manual_seed(cfg.seed)
-    kwargs = model_kwargs(cfg)
+    # MSA's network keeps its temperature: its softmax and every attack on it see the trained logits
+    kwargs = model_kwargs(cfg) | ({"logit_scale": cfg.msa_logit_scale} if method == "msa" else {})
     model = SmallCNN(**kwargs)
     # only PGD-10's model was trained against a threat model (recipes/evaluate.py attacks at its ε)
     run.describe("smallcnn", kwargs, threat_model={"norm": "linf", "eps": cfg.eps_train} if method == "pgd10" else None)
     if method == "msa":  # MSA is the optimiser: it writes the weights itself
         (model,) = run.prepare(model)
-        scale = cfg.msa_logit_scale
-        msa = MSA(
-            model, beta=cfg.msa_beta, alpha=cfg.msa_alpha, radius=cfg.radius, conv_norm=cfg.conv_norm,
-            loss_fn=lambda logits, y: F.cross_entropy(scale * logits, y),
-        )  # fmt: skip
+        msa = MSA(model, beta=cfg.msa_beta, alpha=cfg.msa_alpha, radius=cfg.radius, conv_norm=cfg.conv_norm)
     else:
         model, opt = run.prepare(model, torch.optim.Adam(model.parameters(), lr=cfg.lr))
         eps = cfg.eps_train

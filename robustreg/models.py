@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import _checks
+
 
 class Normalize(nn.Module):
     """``(x − mean) / std`` per channel, for ``(B, C, ...)`` inputs."""
@@ -56,10 +58,22 @@ class SmallCNN(nn.Module):
     pool → fc 200 → dropout → fc 200 → fc num_classes``; ``in_channels=3, image_size=32`` for
     CIFAR/SVHN-shaped images. Convolutions use Kaiming-normal
     initialisation and the last layer starts at zero, as in the official code.
+
+    ``logit_scale`` multiplies the logits (a fixed temperature, not a parameter): a network trained
+    on ``CE(s · logits)`` — MSA's contracted layers need it — keeps ``s`` in the model, so that its
+    softmax, and every attack on the cross-entropy, sees the logits it was trained on.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, drop: float = 0.5, image_size: int = 28) -> None:
+    def __init__(
+        self,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        drop: float = 0.5,
+        image_size: int = 28,
+        logit_scale: float = 1.0,
+    ) -> None:
         super().__init__()
+        self.logit_scale = _checks.positive_float("logit_scale", logit_scale)
         side = ((image_size - 4) // 2 - 4) // 2  # after the four valid 3×3 convolutions and two poolings
         if side < 1:
             raise ValueError(f"image_size must be >= 14, got {image_size}")
@@ -83,7 +97,8 @@ class SmallCNN(nn.Module):
         nn.init.zeros_(self.classifier[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 1, 28, 28) -> (B, num_classes)
-        return self.classifier(self.features(self.layer_one(x)))
+        logits = self.classifier(self.features(self.layer_one(x)))
+        return logits if self.logit_scale == 1.0 else self.logit_scale * logits
 
 
 class PreActBlock(nn.Module):

@@ -21,6 +21,25 @@ def test_small_cnn_is_the_trades_yopo_network():
     assert torch.equal(m.eval()(torch.rand(2, 1, 28, 28)), torch.zeros(2, 10))
 
 
+def test_small_cnn_logit_scale_multiplies_the_logits_and_is_saved_with_the_model(tmp_path):
+    from robustreg.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    plain = SmallCNN()
+    torch.nn.init.normal_(plain.classifier[-1].weight)  # logits not all zero
+    scaled = SmallCNN(logit_scale=10.0)
+    scaled.load_state_dict(plain.state_dict())  # the scale is no parameter: the same state dict
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(scaled.eval()(x), 10.0 * plain.eval()(x), rtol=0, atol=0)
+    save_model(scaled, tmp_path / "m", arch="smallcnn", kwargs={"logit_scale": 10.0})
+    loaded, meta = load_model(tmp_path / "m")
+    assert loaded.logit_scale == 10.0 and meta["kwargs"] == {"logit_scale": 10.0}
+    torch.testing.assert_close(loaded(x), scaled(x), rtol=0, atol=0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="logit_scale"):
+            SmallCNN(logit_scale=bad)
+
+
 def test_preact_resnet18():
     m = preact_resnet18(mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)).eval()
     assert m(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -294,6 +294,22 @@ def test_msa_constrains_smallcnn_and_reports():
             assert r.radius is None
 
 
+def test_msa_on_a_network_with_its_logit_scale_equals_msa_on_the_scaled_loss():
+    # the recipe keeps MSA's temperature in the model (SmallCNN(logit_scale=s)) instead of in the
+    # loss (CE(s · logits)): the same function of the weights, so the same MSA steps
+    torch.manual_seed(0)
+    in_loss, in_model = SmallCNN(drop=0.0), SmallCNN(drop=0.0, logit_scale=10.0)
+    in_model.load_state_dict(in_loss.state_dict())
+    a = MSA(in_loss, beta=5.0, constrain="all", loss_fn=lambda logits, y: F.cross_entropy(10.0 * logits, y))
+    b = MSA(in_model, beta=5.0, constrain="all")
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        torch.testing.assert_close(b.step(x, y), a.step(x, y), rtol=1e-6, atol=1e-6)
+    for p, q in zip(in_loss.parameters(), in_model.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+    assert any(float(p.detach().abs().max()) > 0 for p in in_loss.classifier[-1].parameters())  # it moved
+
+
 def test_report_marks_unconstrained_layers():
     model = Net().to(D)
     msa = MSA(model, beta=1.0, constrain=[model.conv])

@@ -48,6 +48,17 @@ def test_msa_recipe_smoke_on_synthetic_cifar_shapes(tmp_path):
     assert max(spectral_norm(m.weight) for m in msa.modules() if isinstance(m, CONSTRAINABLE)) <= 1 + 1e-5
     for method in ("vanilla", "pgd10"):
         assert load_model(tmp_path / method / "model")[1]["arch"] == "smallcnn"
+        assert load_model(tmp_path / method / "model")[0].logit_scale == 1.0
+    # MSA's network keeps the temperature it was trained with (--msa-logit-scale, 10)
+    assert msa.logit_scale == 10.0 and meta["kwargs"]["logit_scale"] == 10.0
+
+
+def test_msa_recipe_refuses_a_bad_logit_scale_before_training(tmp_path):
+    for bad in ("0", "-1", "nan"):
+        out = run("recipes/msa_stability.py", "--dataset", "mnist", "--synthetic", "--msa-logit-scale", bad,
+                  "--out", str(tmp_path))  # fmt: skip
+        assert out.returncode != 0 and "--msa-logit-scale" in out.stderr
+    assert not (tmp_path / "vanilla").exists()
 
 
 def test_msa_recipe_missing_data_says_which_files(tmp_path):

@@ -136,13 +136,19 @@ def test_device_check_skips_what_the_budget_does_not_allow(tmp_path):
     assert report["skipped"] == ["wrn-34-10", "conv-large"] and "skipped (budget)" in out.stderr
 
 
-def _time_to_robust():
+def _benchmark(name):
+    """The module ``benchmarks/<name>.py`` (imported with its directory on the path, as it runs)."""
+    import importlib
+
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import time_to_robust
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return time_to_robust
+
+
+def _time_to_robust():
+    return _benchmark("time_to_robust")
 
 
 def test_time_to_robust_summary():
@@ -332,12 +338,7 @@ def test_smoothgrad_cost_reports_the_ratio_to_n_grad_passes(tmp_path):
 
 
 def _attack_gap():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import attack_gap
-    finally:
-        sys.path.pop(0)
-    return attack_gap
+    return _benchmark("attack_gap")
 
 
 def test_attack_gap_bookkeeping_against_a_hand_count():

@@ -228,8 +228,9 @@ def train(
     summary["evaluation"] = {k: getattr(cfg, k) for k in EVALUATION_OPTIONS}
     if run.main:
         previous = run.previous_evaluation(stop, summary["evaluation"])  # not again on a resume
-        reused = {k: previous[k] for k in evaluation_keys(cfg) if k in previous} if previous else None
-        summary |= evaluate(bare, name, cfg, test) if reused is None else reused
+        keys = evaluation_keys(cfg)  # a summary missing one (edited by hand) is evaluated again
+        reuse = previous is not None and all(k in previous for k in keys if not k.startswith("masking="))
+        summary |= {k: previous[k] for k in keys if k in previous} if reuse else evaluate(bare, name, cfg, test)
     return bare, run.finish(model, summary=summary, title=f"{name}, {cfg.dataset}")
 
 

@@ -266,7 +266,9 @@ def train(
     summary["evaluation"] = {k: getattr(cfg, k) for k in EVALUATION_OPTIONS}
     if run.main:
         previous = run.previous_evaluation(summary["steps"], summary["evaluation"])  # not again on a resume
-        summary |= evaluate(bare, cfg, test) if previous is None else {k: previous[k] for k in evaluation_keys(cfg)}
+        keys = evaluation_keys(cfg)  # a summary missing one (edited by hand) is evaluated again
+        reuse = previous is not None and all(k in previous for k in keys)
+        summary |= {k: previous[k] for k in keys} if reuse else evaluate(bare, cfg, test)
     return bare, run.finish(model, summary=summary, title=f"{name}, {cfg.dataset}")
 
 

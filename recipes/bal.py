@@ -166,6 +166,15 @@ def make_bal(name: str, start: nn.Module, cfg: BALConfig, n_train: int) -> BAL:
     )  # fmt: skip
 
 
+def bal_metrics(bal: BAL, loss: Tensor) -> dict[str, Tensor]:
+    """The logged metrics of a BAL or BNN step beyond its ``loss``: the chains' accuracy on the
+    adversarial batch and how far the adversary moved it (``bal.last``; none after a NaN step,
+    which leaves ``bal.last`` as the step before it had it)."""
+    if bal.last is None or not bool(torch.isfinite(loss)):
+        return {}
+    return {k: v for k, v in bal.last.metrics.items() if k != "loss"}
+
+
 def train(
     name: str,
     cfg: BALConfig,
@@ -220,7 +229,10 @@ def train(
                     if guard.ok(loss, model.parameters()):
                         optimizer.step()
             done = step + 1
-            run.end_step(done, stop, done / per_epoch, evaluate_at_stop=False, metrics=lambda loss=loss: {"loss": loss})
+            run.end_step(
+                done, stop, done / per_epoch, evaluate_at_stop=False,
+                metrics=lambda loss=loss: {"loss": loss} | (bal_metrics(bal, loss) if bayesian else {}),
+            )  # fmt: skip
     bare = acc.unwrap_model(model).eval()
     summary = {"model": name, "dataset": cfg.dataset, "steps": stop, "planned_steps": epochs * per_epoch}
     if bayesian:

@@ -1,8 +1,8 @@
 """The one record type of robustreg's loss objects and optimisers: what the last call used.
 
-Every adversarial engine, semi-supervised regulariser and :class:`robustreg.control.MSA` sets
-``obj.last`` to a :class:`Record` after a call that succeeded (``None`` before the first one, and
-unchanged by a call that raised).
+Every adversarial engine, semi-supervised regulariser, :class:`robustreg.control.MSA` and
+:class:`robustreg.bayes.BAL` sets ``obj.last`` to a :class:`Record` after a call that succeeded
+(``None`` before the first one, and unchanged by a call that raised or, for BAL, by a NaN step).
 """
 
 from __future__ import annotations

@@ -232,6 +232,7 @@ def test_bal_step_is_the_gibbs_iteration_written_out():
         opt.param_groups[0]["v0"] = 1.0
     chains = [copy.deepcopy(m) for m in bal.chains]
     before = [p.detach().clone() for p in model.parameters()]
+    assert bal.last is None
     loss = bal.step(x, y)
     xa = x.clone()
     for _ in range(4):
@@ -250,6 +251,35 @@ def test_bal_step_is_the_gibbs_iteration_written_out():
     torch.testing.assert_close(loss, torch.stack(ces).mean())
     for p, b in zip(model.parameters(), before, strict=True):  # the user's model is never changed
         assert torch.equal(p.detach(), b)
+    # bal.last: what the step used, its figures counted by hand
+    last = bal.last
+    assert last.steps == 4
+    torch.testing.assert_close(last.x_adv, xa)
+    torch.testing.assert_close(last.metrics["loss"], loss)
+    moved = (xa - x).flatten(1)
+    torch.testing.assert_close(last["perturbation_l2"], moved.norm(dim=1).mean().item())
+    torch.testing.assert_close(last["perturbation_linf"], moved.abs().amax(dim=1).mean().item())
+    hits = [(ref(xa).argmax(1) == y).double().mean().item() for ref in chains]
+    assert last["adv_acc"] == pytest.approx(sum(hits) / 2)
+    assert last["perturbation_l2"] > 0
+
+
+def test_bal_last_with_several_data_chains_and_without_an_adversary():
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2])
+    adv = SGLDAdversary(steps=3, step_size=0.5, chains=2, generator=torch.Generator().manual_seed(0))
+    bal = BAL(small_net(), data_size=10, chains=2, adversary=adv, seed=0)
+    bal.step(x, y)
+    xa = bal.last.x_adv
+    assert xa.shape == (6, 1, 4, 4)
+    moved = (xa - torch.cat([x, x])).flatten(1)  # chain-major rows: each against its own clean image
+    torch.testing.assert_close(bal.last["perturbation_l2"], moved.norm(dim=1).mean().item())
+    torch.testing.assert_close(bal.last["perturbation_linf"], moved.abs().amax(dim=1).mean().item())
+    assert not torch.equal(xa[:3], xa[3:])  # two chains, two draws
+    bnn = BAL(small_net(), data_size=10, chains=2, adversary=SGLDAdversary(steps=0), seed=0)
+    bnn.step(x, y)
+    assert bnn.last.steps == 0 and torch.equal(bnn.last.x_adv, x)
+    assert bnn.last["perturbation_l2"] == 0 and bnn.last["perturbation_linf"] == 0
 
 
 def test_bal_chains_are_seeded_and_leave_the_users_model_alone():
@@ -327,7 +357,9 @@ def test_bal_a_non_finite_gradient_changes_neither_weights_nor_sampler_state():
     with torch.no_grad():
         bal.chains[1][1].weight[0, 0] = math.inf  # chain 1's forward, hence its gradient, goes non-finite
     inf_weights = [p.detach().clone() for p in bal.ensemble.parameters()]
+    last = bal.last
     assert math.isnan(bal.step(x, y).item())
+    assert bal.last is last  # the record of the last finite step
     for p, q in zip(bal.ensemble.parameters(), inf_weights, strict=True):
         assert torch.equal(p.detach(), q)  # chain 0 did not move either
     for o, v in zip(bal.optimizers, state, strict=True):

@@ -28,6 +28,14 @@ def test_bal_recipe_trains_erm_then_the_others_from_it_and_saves_the_ensemble(tm
         assert 0 <= r["autoattack-apgd=0.1"] <= 1 and r["seconds_per_step"] > 0
     assert res["models"]["bal"]["chains"] == 2 and res["models"]["bal-S1"]["chains"] == 1
     assert "masking=0.1" in res["models"]["bal"] and "masking=0.1" not in res["models"]["pgd"]
+    # BAL's training log says how far its adversary moved the data; the BNN's (no adversary) is 0
+    moved = {"adv_acc", "perturbation_l2", "perturbation_linf"}
+    for name in ("bal", "bnn"):
+        train = rows(tmp_path / name / "metrics.jsonl", "train")
+        assert train and all(moved <= set(r) for r in train), name
+    assert all(r["perturbation_l2"] > 0 for r in rows(tmp_path / "bal" / "metrics.jsonl", "train"))
+    assert all(r["perturbation_linf"] == 0 for r in rows(tmp_path / "bnn" / "metrics.jsonl", "train"))
+    assert not moved & set(rows(tmp_path / "pgd" / "metrics.jsonl", "train")[0])
     ensemble, meta = load_model(tmp_path / "bal" / "model")
     assert isinstance(ensemble, PosteriorEnsemble) and len(ensemble.members) == 2
     assert meta["arch"] == "posterior_ensemble" and meta["kwargs"]["member_arch"] == "bal_cnn"

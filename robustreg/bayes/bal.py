@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 from .. import _checks
 from .._distributed import all_reduce_mean, several_processes
+from ..adversarial.base import accuracy
 from ..modes import inner_mode, unwrap
+from ..record import Record
 from .sgadald import SGAdaLD
 from .sgld import SGLDAdversary, mean_log_likelihood
 
@@ -75,6 +77,13 @@ class BAL:
     Under ``torch.distributed`` with several processes each holds every chain; step 2 averages
     each chain's gradient over the processes (each saw its share of the global batch) before the
     update, so the chains stay identical everywhere.
+
+    ``bal.last`` (a :class:`robustreg.Record`, ``None`` before the first step) holds what the last
+    finite step used: ``x_adv``, the adversarial batch (S_x̃·B rows, chain-major); ``steps``, the
+    Langevin steps M; and ``metrics``: ``loss`` (what :meth:`step` returned), ``adv_acc`` (the
+    chains' mean accuracy on that batch, before their last update), ``perturbation_l2`` and
+    ``perturbation_linf`` (the mean over the rows of ‖x̃ − x‖₂ and ‖x̃ − x‖∞: how far the adversary
+    moved the data, the figure to watch when choosing its step and α). A NaN step leaves it as it was.
     """
 
     def __init__(
@@ -101,6 +110,7 @@ class BAL:
         self.prior_precision = _checks.nonneg_float("prior_precision", prior_precision)
         if seed is not None:
             seed = _checks.count("seed", seed)
+        self.last: Record | None = None
         if seed is None and several_processes():
             raise ValueError("seed is required under several processes: each must draw the same chain noise")
         self.adversary = adversary if adversary is not None else SGLDAdversary()
@@ -136,10 +146,12 @@ class BAL:
         # with several SGAdaLD steps a later NaN must undo the earlier ones: keep the state to return to
         before = copy.deepcopy(self._chain_state()) if self.theta_steps > 1 else None
         for _ in range(self.theta_steps):
-            ces, updates = [], []
+            ces, accs, updates = [], [], []
             for member in members:  # every chain's gradient first: a non-finite one changes nothing
                 params = [p for p in member.parameters() if p.requires_grad]
-                ce = F.cross_entropy(member(x_adv), y_adv)
+                logits = member(x_adv)
+                ce = F.cross_entropy(logits, y_adv)
+                accs.append(accuracy(logits, y_adv))
                 energy = self.data_size * ce
                 if self.prior_precision:
                     energy = energy + 0.5 * self.prior_precision * sum(p.square().sum() for p in params)
@@ -157,8 +169,16 @@ class BAL:
                 opt.step()
                 for p in params:
                     p.grad = None
-        losses = ces
-        return torch.stack(losses).mean()
+        loss = torch.stack(ces).mean()
+        moved = (x_adv - x.repeat(x_adv.shape[0] // x.shape[0], *([1] * (x.dim() - 1)))).flatten(1)
+        metrics = {
+            "loss": loss,
+            "adv_acc": torch.stack(accs).mean(),
+            "perturbation_l2": moved.norm(dim=1).mean().detach(),
+            "perturbation_linf": moved.abs().amax(dim=1).mean().detach(),
+        }
+        self.last = Record(x_adv.detach(), metrics, steps=self.adversary.steps)
+        return loss
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:

@@ -9,6 +9,9 @@ The attacks (all within the same ``--norm`` ball of radius ``--eps``, in [0, 1])
 - ``pgd200``: the same with 200 steps of α = ε/40 (a finer schedule);
 - ``pgd40x10``: ``pgd40`` with 10 restarts (more starts);
 - ``cw40``: PGD on the CW margin, 40 steps of α = ε/4;
+- ``cwl2``, ``cwl2-1000`` (``--norm l2`` only): the Carlini–Wagner ℓ2 attack (:class:`robustreg.CWL2`)
+  within ε, at its defaults (100 Adam steps of 0.1 per value of c, 9 values), and with the paper's
+  Adam step 0.01 and 1000 steps;
 - ``apgd-ce``, ``apgd-t``, ``fab-t``, ``square``: the components of AutoAttack standard, each alone,
   from the authors' ``pyautoattack`` (APGD on the cross-entropy, targeted APGD on the DLR margin,
   targeted FAB, the gradient-free Square attack);
@@ -44,7 +47,9 @@ from robustreg.data import load_vision
 
 from reporting import loadavg, progress_bar, write_json
 
-ATTACKS = ("pgd40", "pgd200", "pgd40x10", "cw40", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
+ATTACKS = ("pgd40", "pgd200", "pgd40x10", "cw40", "cwl2", "cwl2-1000", "apgd-ce", "apgd-t", "fab-t", "square",
+           "autoattack")  # fmt: skip
+OWN = ("pgd40", "pgd200", "pgd40x10", "cw40", "cwl2", "cwl2-1000")  # robustreg's: no pyautoattack needed
 DATASETS = ("mnist", "fashionmnist", "cifar10", "svhn")
 
 
@@ -58,6 +63,10 @@ def make_attack(name: str, eps: float, norm: str) -> Any:
         return robustreg.PGD(eps=eps, alpha=eps / 4, steps=40, norm=norm, restarts=10)
     if name == "cw40":
         return robustreg.PGD(eps=eps, alpha=eps / 4, steps=40, norm=norm, loss="cw")
+    if name == "cwl2":
+        return robustreg.CWL2(eps=eps)
+    if name == "cwl2-1000":
+        return robustreg.CWL2(eps=eps, steps=1000, lr=0.01)
     if name == "autoattack":
         return robustreg.AutoAttack(eps=eps, norm=norm, version="standard")
     return robustreg.AutoAttack(eps=eps, norm=norm, version="custom", attacks=(name,))
@@ -109,7 +118,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("model", type=Path, help="a saved model's directory (model.json + model.safetensors)")
     p.add_argument("--eps", type=float, required=True, help="radius of the threat model, in [0, 1] pixel units")
     p.add_argument("--norm", choices=("linf", "l2"), default="linf", help="threat model")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help=f"comma list drawn from {', '.join(ATTACKS)}")
+    p.add_argument(
+        "--attacks", default=None,
+        help=f"comma list drawn from {', '.join(ATTACKS)} (default: all of them that apply to --norm; cwl2 and "
+        "cwl2-1000 with l2 only)",
+    )  # fmt: skip
     p.add_argument("--eval-size", type=int, default=200, help="first N test images")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="data set (none: the model's own)")
     p.add_argument(
@@ -120,6 +133,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="the JSON report (also written after every attack)")
     args = p.parse_args(argv)
+    if args.attacks is None:
+        args.attacks = ",".join(a for a in ATTACKS if args.norm == "l2" or not a.startswith("cwl2"))
     args.attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
     unknown = [a for a in args.attacks if a not in ATTACKS]
     if unknown or not args.attacks or len(set(args.attacks)) != len(args.attacks):
@@ -130,7 +145,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--eval-size and --threads must be >= 1")
     if "pgd40" not in args.attacks:
         args.attacks.insert(0, "pgd40")  # the reference of the survivors' table
-    if any(a not in ("pgd40", "pgd200", "pgd40x10", "cw40") for a in args.attacks) and not autoattack.available():
+    if args.norm != "l2" and {"cwl2", "cwl2-1000"} & set(args.attacks):
+        p.error("--attacks cwl2 and cwl2-1000 need --norm l2 (Carlini–Wagner ℓ2)")
+    if any(a not in OWN for a in args.attacks) and not autoattack.available():
         p.error(f"the AutoAttack components need the authors' package: {autoattack.INSTALL}")
     return args
 

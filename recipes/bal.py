@@ -92,6 +92,7 @@ class BALConfig(skeleton.RunConfig):
     fgsm_eps: list[float] = opt([0.0, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15], "FGSM radii (ℓ∞)")  # noqa: RUF009
     cw_eps: list[float] = opt([0.5, 1.0, 1.5, 2.0, 2.5, 3.0], "CW-ℓ2 radii")  # noqa: RUF009
     cw_steps: int = opt(100, "Adam steps of the standard CW-ℓ2 per value of c")
+    cw_lr: float = opt(0.1, "Adam's step of the standard CW-ℓ2 (--cw-steps × --cw-lr >= 7.25: see robustreg.CWL2)")
     cw_search: int = opt(5, "values of c of the standard CW-ℓ2 (binary search)")
     robust_size: int = opt(200, "first N test images of AutoAttack (0: none)")
     eval_linf: list[float] = opt([0.1], "ℓ∞ radii of AutoAttack")  # noqa: RUF009
@@ -124,6 +125,11 @@ def resolve(cfg: BALConfig) -> BALConfig:
     if cfg.tau < 1 or min(cfg.sgld_alpha, cfg.sgld_temperature, cfg.friction, cfg.temperature, cfg.prior_precision) < 0:
         raise SystemExit(
             "error: --tau must be >= 1; --sgld-alpha, the temperatures, --friction, --prior-precision >= 0"
+        )
+    if not (cfg.cw_steps * cfg.cw_lr >= robustreg.attacks.CWL2_EDGE and math.isfinite(cfg.cw_lr)):
+        raise SystemExit(
+            f"error: --cw-steps × --cw-lr must be >= {robustreg.attacks.CWL2_EDGE:.2f} (a pixel on the box's edge "
+            f"moves only after that many steps of CW-ℓ2's tanh space), got {cfg.cw_steps} × {cfg.cw_lr:g}"
         )
     if min(cfg.fgsm_eps + cfg.cw_eps + cfg.eval_linf, default=0) < 0:
         raise SystemExit("error: every radius must be >= 0")
@@ -248,7 +254,7 @@ def train(
 
 #: the options an evaluation depends on (:meth:`skeleton.Run.previous_evaluation` compares them)
 EVALUATION_OPTIONS = (
-    "dataset", "seed", "synthetic", "train_size", "val_size", "eval_size", "fgsm_eps", "cw_eps", "cw_steps",
+    "dataset", "seed", "synthetic", "train_size", "val_size", "eval_size", "fgsm_eps", "cw_eps", "cw_steps", "cw_lr",
     "cw_search", "robust_size", "eval_linf", "autoattack", "masking",
 )  # fmt: skip
 
@@ -292,7 +298,8 @@ def evaluate(model: nn.Module, name: str, cfg: BALConfig, test: tuple[Tensor, Te
 def cw_curve(model: nn.Module, cfg: BALConfig, x: Tensor, y: Tensor) -> dict[str, float]:
     """Accuracy under the standard CW-ℓ2 attack at every ``--cw-eps``, from one minimal-perturbation
     run: a sample counts as robust at ε when clean-correct and no misclassifying x' within ε was found."""
-    attack = robustreg.CWL2(steps=cfg.cw_steps, search_steps=cfg.cw_search, bounds=skeleton.PRESETS[cfg.dataset].bounds)
+    bounds = skeleton.PRESETS[cfg.dataset].bounds
+    attack = robustreg.CWL2(steps=cfg.cw_steps, lr=cfg.cw_lr, search_steps=cfg.cw_search, bounds=bounds)
     dist, correct = [], []
     for i in range(0, len(x), 500):
         xb, yb = x[i : i + 500], y[i : i + 500]

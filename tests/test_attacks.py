@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -159,6 +160,52 @@ def test_cwl2_on_a_linear_model_finds_the_closed_form_distance_to_the_boundary()
     assert (dist <= closest * 1.03 + 1e-3).all(), dist / closest
 
 
+def closest_in_box(g, h, x, lo=0.0, hi=1.0):
+    """The smallest ‖δ‖₂ with g·(x + δ) + h = 0 and x + δ in [lo, hi], per row of x: by the KKT
+    conditions δ(λ) = clamp(−λ·sign(m)·g, lo − x, hi − x) (m = g·x + h), with λ ≥ 0 the smallest
+    that reaches the boundary, found by bisection (|g·δ(λ)| grows with λ)."""
+    out = []
+    for xi in x:
+        m = float(xi @ g + h)
+        delta = lambda lam, xi=xi, m=m: torch.clamp(-math.copysign(lam, m) * g, lo - xi, hi - xi)  # noqa: E731
+        low, high = 0.0, 1.0
+        while abs(float(g @ delta(high))) < abs(m):
+            low, high = high, 2 * high
+        for _ in range(100):
+            mid = (low + high) / 2
+            low, high = (low, mid) if abs(float(g @ delta(mid))) >= abs(m) else (mid, high)
+        out.append(delta(high).norm())
+    return torch.stack(out)
+
+
+def test_cwl2_defaults_move_pixels_on_the_edge_of_the_box():
+    """Binary inputs (every pixel at 0 or 1, as most of an MNIST image), two classes, f(x) = Wx + b:
+    CW-ℓ2 with its defaults reaches the closest misclassifying point inside the box (found by the
+    KKT conditions) within 3%. With the paper's lr = 0.01 and 100 steps no edge pixel can move:
+    refused."""
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 2).double()
+    x = (torch.rand(16, 40, dtype=torch.float64) > 0.7).double()
+    with torch.no_grad():
+        y = lin(x).argmax(1)
+        g = lin.weight[1] - lin.weight[0]
+        closest = closest_in_box(g, float(lin.bias[1] - lin.bias[0]), x)
+        unboxed = (lin(x)[:, 1] - lin(x)[:, 0]).abs() / g.norm()
+    assert (closest > unboxed * 1.05).sum() >= 8  # the box binds: not the unbounded distance
+    x_adv = CWL2()(lin, x, y)
+    with torch.no_grad():
+        assert (lin(x_adv).argmax(1) != y).all()
+    dist = (x_adv - x).norm(dim=1)
+    assert (dist >= closest * (1 - 1e-6)).all()
+    assert (dist <= closest * 1.03).all(), dist / closest
+    with pytest.raises(ValueError, match=r"steps·lr must be at least 7\.25 .*steps=100 and lr=0\.01"):
+        CWL2(lr=0.01)
+    weak = CWL2()
+    object.__setattr__(weak, "lr", 0.01)  # forced past the check: no edge pixel moves, nothing is found
+    assert torch.equal(weak(lin, x, y), x)
+    CWL2(lr=0.01, bounds=None)  # no box, no edge
+
+
 def test_cwl2_with_a_budget_returns_x_where_the_smallest_perturbation_is_too_large():
     torch.manual_seed(1)
     lin = nn.Linear(4, 2).double()
@@ -179,7 +226,7 @@ def test_cwl2_stays_in_the_box_and_leaves_the_model_alone(conv_batch):
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     state = copy.deepcopy(model.state_dict())
-    x_adv = CWL2(steps=10, search_steps=2)(model, x, y)
+    x_adv = CWL2(steps=10, lr=1.0, search_steps=2)(model, x, y)
     assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, state[k])

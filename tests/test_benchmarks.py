@@ -376,3 +376,11 @@ def test_attack_gap_runs_each_attack_on_a_saved_model(tmp_path):
     assert set(report["logits"]) >= {"logit_range_median", "margin_median", "p_label_median"}
     bad = subprocess.run([*cmd[:3], "--eps", "0.1", "--attacks", "pgd40,nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--attacks must be distinct names" in bad.stderr
+    bad = subprocess.run([*cmd[:3], "--eps", "0.1", "--attacks", "cwl2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "need --norm l2" in bad.stderr
+    l2 = [*cmd[:3], "--eps", "1", "--norm", "l2", "--synthetic", "--eval-size", "6", "--attacks", "cwl2"]
+    out = subprocess.run([*l2, "--out", str(tmp_path / "l2.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "l2.json").read_text())
+    assert list(report["attacks"]) == ["pgd40", "cwl2"] and report["config"]["norm"] == "l2"
+    assert 0 <= report["attacks"]["cwl2"]["robust_acc"] <= report["clean_acc"]

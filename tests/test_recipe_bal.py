@@ -13,7 +13,7 @@ from ._recipes import interrupt, ok, rows, run, same_weights
 
 TINY = ["--dataset", "mnist", "--synthetic", "--erm-epochs", "1", "--epochs", "1", "--train-size", "120",
         "--batch-size", "40", "--eval-size", "30", "--robust-size", "8", "--chains", "2", "--attack-steps", "2",
-        "--fgsm-eps", "0", "0.1", "--cw-eps", "1", "2", "--cw-steps", "4", "--cw-search", "2",
+        "--fgsm-eps", "0", "0.1", "--cw-eps", "1", "2", "--cw-steps", "4", "--cw-lr", "2", "--cw-search", "2",
         "--threads", "1"]  # fmt: skip
 
 
@@ -63,6 +63,7 @@ def test_bal_recipe_refuses_bad_options_and_a_missing_erm(tmp_path):
         ("--tau", "0.5"): "--tau",
         ("--models", "bal", "--out", str(tmp_path / "none")): "train erm first",
         ("--val-size", "-1"): "--val-size",
+        ("--cw-lr", "0.01"): "--cw-steps × --cw-lr must be >= 7.25",
     }
     for extra, message in cases.items():
         proc = run("bal.py", *TINY, "--out", str(tmp_path / "x"), *extra)

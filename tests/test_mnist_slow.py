@@ -1,8 +1,11 @@
 """Real MNIST (kept out of CI: ``python -m pytest -m slow``): PGD-AT and Fast-AT give a
 SmallCNN real robustness where natural training gives almost none, measured with AutoAttack
 standard beside PGD and CW (:func:`robustreg.recommended_attacks`), and the evaluation finds no
-sign of gradient masking (the report's convergence and APGD-gap checks included). Needs the MNIST
-files of ``../shared/data`` (or ``$ROBUSTREG_DATA``)."""
+sign of gradient masking: the report's masking and convergence checks pass, and AutoAttack's
+gradient-free Square and FAB-T break at most 2% of the points beyond APGD. The report's APGD-gap
+check is not asserted: on this model robustreg's fixed-step PGD/CW stay 1 to 5 points above APGD
+(docs/evaluation.md, "An adversarially trained MNIST model"), which is why the recommended set
+includes AutoAttack. Needs the MNIST files of ``../shared/data`` (or ``$ROBUSTREG_DATA``)."""
 
 import os
 from pathlib import Path
@@ -61,7 +64,13 @@ def test_adversarial_training_is_robust_on_mnist(mnist):
             report = gradient_masking_report(
                 model, test, eps=eps, steps=(10, 40), restarts=3, tolerance=0.02, apgd=True, gap_tolerance=0.02
             )
-            assert report.passed, str(report)
+            checks = {c.name: c for c in report.checks}
+            for check in ("more steps", "restarts", "fgsm vs pgd", "unbounded", "converged"):
+                assert checks[check].passed, str(report)
+            assert checks["apgd gap"].passed is not None, str(report)  # measured, not skipped
+            # FAB-T and Square (gradient-free) on top of APGD: a masked gradient leaves them much to find
+            standard = results[name].per_attack["autoattack-standard"]
+            assert report.accuracy["apgd"] - standard <= 0.02, (str(report), results[name])
     assert results["natural"].clean > 0.9
     assert results["natural"].robust < 0.4
     for name in ("pgdat", "fast"):

@@ -5,7 +5,7 @@ attack's schedule, its restarts or its loss makes the difference.
 
 The attacks (all within the same ``--norm`` ball of radius ``--eps``, in [0, 1]):
 
-- ``pgd40``: PGD on the cross-entropy, 40 steps of α = ε/4, random start (robustreg's default);
+- ``pgd40``: PGD on the cross-entropy, 40 steps of α = ε/4, random start (``recipes/evaluate.py``'s PGD-40);
 - ``pgd200``: the same with 200 steps of α = ε/40 (a finer schedule);
 - ``pgd40x10``: ``pgd40`` with 10 restarts (more starts);
 - ``cw40``: PGD on the CW margin, 40 steps of α = ε/4;

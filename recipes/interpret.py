@@ -99,7 +99,10 @@ class InterpretConfig(skeleton.RunConfig):
     robust_size: int = opt(200, "first N test images of the robust accuracy")
     eval_linf: list[float] | None = opt(None, "ℓ∞ radii of the robust accuracy")  # noqa: RUF009
     eval_l2: list[float] | None = opt(None, "ℓ2 radii of the robust accuracy")  # noqa: RUF009
-    autoattack: str = opt("apgd", "AutoAttack version of the robust accuracy", choices=("apgd", "standard"))
+    autoattack: str = opt(
+        "apgd", "AutoAttack version of the robust accuracy (apgd: APGD-CE + APGD-T; standard adds FAB-T and Square: "
+        "the figure to publish)", choices=("apgd", "standard"),
+    )  # fmt: skip
     saturation: list[float] = opt(  # noqa: RUF009
         [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0], "saturation levels p (2: identity)"
     )
@@ -439,12 +442,17 @@ def table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """``results.md``: :func:`table`, then accuracy on correct under every transform and the saliency
-    measures on saturated inputs, as Markdown tables."""
+    """``results.md``: :func:`table` with the attack behind its robust accuracy, then accuracy on
+    correct under every transform and the saliency measures on saturated inputs, as Markdown tables."""
     columns, rows = table(results)
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    models = results["models"]
+    cfg, models = results["config"], results["models"]
+    if any(c.startswith(("linf=", "l2=")) for c in columns):
+        version = cfg["autoattack"]
+        attacks = "APGD-CE + APGD-T" if version == "apgd" else "APGD-CE, APGD-T, FAB-T, Square"
+        n = cfg["robust_size"]
+        lines += ["", f"Robust accuracy: AutoAttack {version} ({attacks}) on the first {n} test images."]
     transforms = list(next(iter(models.values())).get("on_correct", {}))
     if transforms:
         lines += ["", "Accuracy on correctly classified images:", ""]

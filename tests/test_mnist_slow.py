@@ -1,10 +1,10 @@
 """Real MNIST (kept out of CI: ``python -m pytest -m slow``): PGD-AT and Fast-AT give a
 SmallCNN real robustness where natural training gives almost none, measured with AutoAttack
-standard beside PGD and CW (:func:`robustreg.recommended_attacks`), and the evaluation finds no
-sign of gradient masking: the report's masking and convergence checks pass, and AutoAttack's
-gradient-free Square and FAB-T break at most 2% of the points beyond APGD. The report's APGD-gap
-check is not asserted: on this model robustreg's fixed-step PGD/CW stay 1 to 5 points above APGD
-(docs/evaluation.md, "An adversarially trained MNIST model"), which is why the recommended set
+standard beside PGD and CW (:func:`robustreg.recommended_attacks`). On the PGD-AT model the
+evaluation finds no sign of gradient masking: the report's masking and convergence checks pass, and
+AutoAttack's gradient-free Square and FAB-T break at most 2% of the points beyond APGD. The report's
+APGD-gap check is not asserted: robustreg's fixed-step PGD/CW stay 3 to 5 points above APGD on such
+a model (docs/evaluation.md, "Adversarially trained MNIST models"), which is why the recommended set
 includes AutoAttack. Needs the MNIST files of ``../shared/data`` (or ``$ROBUSTREG_DATA``)."""
 
 import os
@@ -73,6 +73,9 @@ def test_adversarial_training_is_robust_on_mnist(mnist):
             assert report.accuracy["apgd"] - standard <= 0.02, (str(report), results[name])
     assert results["natural"].clean > 0.9
     assert results["natural"].robust < 0.4
-    for name in ("pgdat", "fast"):
+    # AutoAttack standard on the 500 images (2026-12): natural 11.4%, PGD-AT 71.4%, Fast-AT 38.6%, where
+    # PGD-40 said 18.4, 76.4 and 52.4%. Fast-AT's single-step training leaves a model PGD overrates (the
+    # report flags it as not converged: docs/evaluation.md), hence its smaller margin, set with AutoAttack.
+    for name, margin in (("pgdat", 0.3), ("fast", 0.2)):
         assert results[name].clean > 0.9, results
-        assert results[name].robust > results["natural"].robust + 0.3, results
+        assert results[name].robust > results["natural"].robust + margin, results

@@ -2,7 +2,7 @@
 SmallCNN real robustness where natural training gives almost none, measured with AutoAttack
 standard beside PGD and CW (:func:`robustreg.recommended_attacks`). On the PGD-AT model the
 evaluation finds no sign of gradient masking: the report's masking and convergence checks pass, and
-AutoAttack's gradient-free Square and FAB-T break at most 2% of the points beyond APGD. The report's
+AutoAttack's FAB-T and gradient-free Square break at most 2% of the points beyond APGD. The report's
 APGD-gap check is not asserted: robustreg's fixed-step PGD/CW stay 3 to 5 points above APGD on such
 a model (docs/evaluation.md, "Adversarially trained MNIST models"), which is why the recommended set
 includes AutoAttack. Needs the MNIST files of ``../shared/data`` (or ``$ROBUSTREG_DATA``)."""
@@ -68,7 +68,7 @@ def test_adversarial_training_is_robust_on_mnist(mnist):
             for check in ("more steps", "restarts", "fgsm vs pgd", "unbounded", "converged"):
                 assert checks[check].passed, str(report)
             assert checks["apgd gap"].passed is not None, str(report)  # measured, not skipped
-            # FAB-T and Square (gradient-free) on top of APGD: a masked gradient leaves them much to find
+            # FAB-T and the gradient-free Square on top of APGD: a masked gradient leaves them much to find
             standard = results[name].per_attack["autoattack-standard"]
             assert report.accuracy["apgd"] - standard <= 0.02, (str(report), results[name])
     assert results["natural"].clean > 0.9

@@ -449,9 +449,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     cfg, models = results["config"], results["models"]
     if any(c.startswith(("linf=", "l2=")) for c in columns):
-        version = cfg["autoattack"]
-        attacks = "APGD-CE + APGD-T" if version == "apgd" else "APGD-CE, APGD-T, FAB-T, Square"
-        n = cfg["robust_size"]
+        version, n = cfg["autoattack"], cfg["robust_size"]
+        attacks = ", ".join(robustreg.autoattack.VERSIONS[version])  # the package's own list, in its order
         lines += ["", f"Robust accuracy: AutoAttack {version} ({attacks}) on the first {n} test images."]
     transforms = list(next(iter(models.values())).get("on_correct", {}))
     if transforms:

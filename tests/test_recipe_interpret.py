@@ -45,7 +45,7 @@ def test_interpret_recipe_trains_the_family_and_measures_each_model(tmp_path):
         assert (tmp_path / f"{plot}.png").stat().st_size > 5000, plot
     tables = (tmp_path / "results.md").read_text()
     assert all(f"| {name} |" in tables for name in names) and "| saturate-1024 | shuffle-4 |" in tables.splitlines()[0]
-    assert "Robust accuracy: AutoAttack apgd (APGD-CE + APGD-T) on the first 16 test images." in tables
+    assert "Robust accuracy: AutoAttack apgd (apgd-ce, apgd-t) on the first 16 test images." in tables
     # recipes/evaluate.py attacks an ℓ2 model in its own ball by default
     quick = ["--autoattack", "none", "--pgd", "2", "--cw-steps", "2", "--eval-size", "16", "--no-masking"]
     ok(run("evaluate.py", str(tmp_path / "pgd-l2-2" / "model"), *quick, "--out", str(tmp_path / "ev.json")))

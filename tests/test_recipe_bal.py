@@ -14,7 +14,7 @@ from ._recipes import interrupt, ok, rows, run, same_weights
 TINY = ["--dataset", "mnist", "--synthetic", "--erm-epochs", "1", "--epochs", "1", "--train-size", "120",
         "--batch-size", "40", "--eval-size", "30", "--robust-size", "8", "--chains", "2", "--attack-steps", "2",
         "--fgsm-eps", "0", "0.1", "--cw-eps", "1", "2", "--cw-steps", "4", "--cw-lr", "2", "--cw-search", "2",
-        "--threads", "1"]  # fmt: skip
+        "--autoattack", "apgd", "--threads", "1"]  # fmt: skip
 
 
 def test_bal_recipe_trains_erm_then_the_others_from_it_and_saves_the_ensemble(tmp_path):

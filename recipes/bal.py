@@ -97,7 +97,8 @@ class BALConfig(skeleton.RunConfig):
     robust_size: int = opt(200, "first N test images of AutoAttack (0: none)")
     eval_linf: list[float] = opt([0.1], "ℓ∞ radii of AutoAttack")  # noqa: RUF009
     autoattack: str = opt(
-        "standard", "AutoAttack version (standard: the figure to publish; apgd: its first two attacks, faster)",
+        "standard",
+        "AutoAttack version (standard: the figure to publish; apgd: its first two attacks, faster)",
         choices=("apgd", "standard"),
     )
     masking: bool = opt(

@@ -384,3 +384,27 @@ def test_attack_gap_runs_each_attack_on_a_saved_model(tmp_path):
     report = json.loads((tmp_path / "l2.json").read_text())
     assert list(report["attacks"]) == ["pgd40", "cwl2"] and report["config"]["norm"] == "l2"
     assert 0 <= report["attacks"]["cwl2"]["robust_acc"] <= report["clean_acc"]
+
+
+def test_bal_chains_against_a_hand_count():
+    from torch import nn
+
+    from robustreg.bayes import PosteriorEnsemble
+
+    def linear(w):  # a 2-class linear model on 2 features, no bias: its prediction is argmax(x @ w.T)
+        m = nn.Linear(2, 2, bias=False)
+        m.weight.data = torch.tensor(w, dtype=torch.float32)
+        return m
+
+    start = torch.tensor([1.0, 0.0, 0.0, 1.0])  # ‖θ_ERM‖ = √2
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 2.0], [2.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    same = PosteriorEnsemble([linear([[1, 0], [0, 1]]), linear([[1, 0], [0, 1]])])
+    r = _benchmark("bal_chains").chains_report(same, start, x, y)
+    assert r["chains"] == 2 and r["from_erm"] == r["between_chains"] == r["disagreement"] == 0
+    assert r["chain_accuracy"] == [1.0, 1.0] and r["ensemble_accuracy"] == 1.0
+    # a second chain that swaps the classes: wrong and in disagreement on all four images
+    swapped = PosteriorEnsemble([linear([[1, 0], [0, 1]]), linear([[0, 1], [1, 0]])])
+    r = _benchmark("bal_chains").chains_report(swapped, start, x, y)
+    assert r["from_erm"] == pytest.approx((0 + 2 / 2**0.5) / 2) and r["between_chains"] == pytest.approx(2 / 2**0.5)
+    assert r["disagreement"] == 1.0 and r["chain_accuracy"] == [1.0, 0.0]

@@ -28,6 +28,7 @@ def test_bal_recipe_trains_erm_then_the_others_from_it_and_saves_the_ensemble(tm
         assert 0 <= r["autoattack-apgd=0.1"] <= 1 and r["seconds_per_step"] > 0
     assert res["models"]["bal"]["chains"] == 2 and res["models"]["bal-S1"]["chains"] == 1
     assert "masking=0.1" in res["models"]["bal"] and "masking=0.1" not in res["models"]["pgd"]
+    assert "masking=0.1" in res["models"]["bnn"] and "masking=0.1" not in res["models"]["bal-S1"]  # Fig. 2: none
     # BAL's training log says how far its adversary moved the data; the BNN's (no adversary) is 0
     moved = {"adv_acc", "perturbation_l2", "perturbation_linf"}
     for name in ("bal", "bnn"):

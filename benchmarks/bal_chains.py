@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector
 
 from robustreg import cli
 from robustreg.checkpoint import load_model
@@ -31,7 +32,7 @@ from reporting import write_json
 
 
 def flat(model: nn.Module) -> Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+    return parameters_to_vector(model.parameters()).detach()
 
 
 def chains_report(ensemble: nn.Module, start: Tensor, x: Tensor, y: Tensor) -> dict[str, Any]:

@@ -197,11 +197,15 @@ def grad_norm(term: Tensor, params: list[nn.Parameter]) -> float:
 
 
 def terms_log(it: int, model: nn.Module, terms: dict[str, Tensor], reg: Any) -> dict[str, float]:
-    """The terms' values, the regulariser's KLs and each term's gradient norm in the weights."""
+    """The terms' values, the regulariser's KLs, its perturbations' sizes and each term's gradient
+    norm in the weights."""
     params = [p for p in model.parameters() if p.requires_grad]
     row = {"iter": it} | {k: float(v.detach()) for k, v in terms.items()}
     if reg is not None and reg.last is not None:
         row |= {f"kl_{k}": float(v) for k, v in reg.last.metrics.items()}
+        for k, r in reg.last.perturbations.items():  # the sizes used: mean per-sample ℓ2 and max-abs
+            flat = r.flatten(1)
+            row |= {f"l2_{k}": float(flat.norm(dim=1).mean()), f"max_{k}": float(flat.abs().amax(1).mean())}
     row |= {f"grad_{k}": grad_norm(v, params) for k, v in terms.items() if v.requires_grad}
     return row
 

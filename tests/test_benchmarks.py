@@ -305,6 +305,10 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert summary["runs"]["tnar"]["minus_vat"]["values"] == pytest.approx(diffs)
     tagged = json.loads((tmp_path / "seed0" / "tnar@l2.json").read_text())
     assert "grad_entropy" not in tagged["log"][0] and tagged["config"]["normal"] == "official"
+    # the logged sizes are the perturbations' own: ε_n is a max-abs bound under "official", an ℓ2 norm under "l2"
+    assert tnar["log"][0]["max_r_normal"] == pytest.approx(0.1, rel=1e-4)
+    assert tagged["log"][0]["l2_r_normal"] == pytest.approx(0.1, rel=1e-4)
+    assert runs[0, "vat"]["log"][0]["l2_r_adv"] == pytest.approx(2.0, rel=1e-4)  # --eps-vat
     for image in ("curves.png", "perturbations.png", "perturbations-lgan.png"):
         assert (tmp_path / image).stat().st_size > 1000, image
     bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)

@@ -45,8 +45,10 @@ atomically: a killed run keeps its curve so far), and the classifier (``<run>.cl
 read back with ``weights_only=True``) at its end. ``--stage summary`` gathers the finished runs into
 ``summary.json``: per run, the mean ± s.d. over seeds of the selected and the final test error,
 and the paired difference to VAT's on the same seeds; ``curves.png`` (test and validation error
-against iterations, mean over seeds); ``perturbations.png`` and ``perturbations-lgan.png`` (x, its
-tangent and normal perturbations, as the paper's Fig. 4) from the first seed's TNAR classifiers.
+against iterations, mean over seeds) of the untagged runs; ``curves-variants.png``, the validation
+error of the tagged runs beside VAT's and TNAR's (over the seeds they all share);
+``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent and normal perturbations, as
+the paper's Fig. 4) from the first seed's untagged TNAR classifiers.
 ``--synthetic`` replaces the data by random tensors of the same shape (a smoke run of the code
 path).
 """
@@ -315,8 +317,13 @@ def stage_summary(args: argparse.Namespace) -> dict:
         print(text)
     for what, count in unfinished.items():
         print(f"unfinished (not in the table): {what} at iteration {count}")
-    if runs:
-        plot_curves(runs, args.out / "curves.png")
+    main = {name: by_seed for name, by_seed in runs.items() if "@" not in name}
+    if main:
+        plot_curves(main, args.out / "curves.png")
+    variants = {n: r for n, r in runs.items() if "@" in n or n in ("vat", "tnar")}  # tagged, beside VAT and TNAR
+    shared = sorted(set.intersection(*map(set, variants.values()))) if variants else []
+    if len(main) < len(runs) and shared:
+        plot_curves(variants, args.out / "curves-variants.png", seeds=shared, keys=("val_error",))
     for method in ("tnar", "tnar-lgan"):
         seeds = sorted(runs.get(method, {}))
         if seeds:
@@ -324,8 +331,11 @@ def stage_summary(args: argparse.Namespace) -> dict:
     return summary
 
 
-def plot_curves(runs: dict[str, dict[int, dict]], path: Path) -> None:
-    """Test (solid) and validation (dashed) error against iterations, mean over seeds, per run."""
+def plot_curves(
+    runs: dict[str, dict[int, dict]], path: Path, seeds: list[int] | None = None, keys=("test_error", "val_error")
+) -> None:
+    """Test (solid) and validation (dashed) error against iterations, mean over seeds (over
+    ``seeds`` if given, so that runs of different seed sets are not compared), per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,10 +343,12 @@ def plot_curves(runs: dict[str, dict[int, dict]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (name, by_seed) in enumerate(sorted(runs.items())):
-        curves = [r["curve"] for r in by_seed.values()]
+        curves = [r["curve"] for seed, r in by_seed.items() if seeds is None or seed in seeds]
         iters = [p["iter"] for p in curves[0]]
         color = f"C{i % 10}"
         for key, style in (("test_error", "-"), ("val_error", "--")):
+            if key not in keys:
+                continue
             mean = [statistics.fmean(c[j][key] for c in curves) for j in range(len(iters))]
             label = f"{name} ({'test' if key == 'test_error' else 'validation'}, {len(curves)} seeds)"
             ax.plot(iters, mean, style, color=color, label=label)

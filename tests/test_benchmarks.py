@@ -309,7 +309,7 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert tnar["log"][0]["max_r_normal"] == pytest.approx(0.1, rel=1e-4)
     assert tagged["log"][0]["l2_r_normal"] == pytest.approx(0.1, rel=1e-4)
     assert runs[0, "vat"]["log"][0]["l2_r_adv"] == pytest.approx(2.0, rel=1e-4)  # --eps-vat
-    for image in ("curves.png", "perturbations.png", "perturbations-lgan.png"):
+    for image in ("curves.png", "curves-variants.png", "perturbations.png", "perturbations-lgan.png"):
         assert (tmp_path / image).stat().st_size > 1000, image
     bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--tag" in bad.stderr

@@ -37,6 +37,7 @@ def test_conv_transpose_equals_the_reference(c_in, c_out, kernel, stride, paddin
     out = conv_transpose(x, layer, bias=bias)
     assert out.is_contiguous()
     torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(conv_transpose(x, layer, bias=bias, contiguous=False), expected)  # any format
 
 
 def explicit_jacobian(decode, z):  # (B, latent) -> (B, D, latent), per sample
@@ -47,10 +48,11 @@ def explicit_jacobian(decode, z):  # (B, latent) -> (B, D, latent), per sample
 def charts_and_points():
     torch.manual_seed(0)
     vae = VAE((1, 8, 8), latent=3, width=4).to(D)
+    wide = VAE((1, 8, 8), latent=3, width=6).to(D)  # its hidden layer (12 → 6) runs channels-last
     ae = AutoEncoder((3, 8, 8), latent=2, width=3).to(D)
     lgan = LocalizedGAN((1, 8, 8), latent=3, width=4).to(D)
     out = []
-    for chart in (vae, ae):
+    for chart in (vae, wide, ae):
         x = torch.rand(4, *chart.image_shape, dtype=D)
         out.append((chart.decode, chart.linearize, chart.encode(x).detach()))
     z0, decode = lgan.at(torch.rand(4, 1, 8, 8, dtype=D))
@@ -58,7 +60,7 @@ def charts_and_points():
     return out
 
 
-@pytest.mark.parametrize("case", range(3), ids=["vae", "ae", "lgan"])
+@pytest.mark.parametrize("case", range(4), ids=["vae", "vae-wide", "ae", "lgan"])
 def test_linearize_products_equal_the_explicit_jacobian(case):
     decode, linearize, z = charts_and_points()[case]
     jac = explicit_jacobian(decode, z)
@@ -66,6 +68,7 @@ def test_linearize_products_equal_the_explicit_jacobian(case):
     torch.testing.assert_close(point, decode(z))
     v = torch.randn_like(z)
     u = torch.randn_like(point)
+    assert point.is_contiguous() and jvp(v).is_contiguous() and vjp(u).is_contiguous()
     torch.testing.assert_close(jvp(v).flatten(1), torch.einsum("bdl,bl->bd", jac, v))
     torch.testing.assert_close(vjp(u), torch.einsum("bdl,bd->bl", jac, u.flatten(1)))
     assert not jvp(v).requires_grad and not vjp(u).requires_grad

@@ -68,9 +68,12 @@ def subpixel_weight(layer: nn.ConvTranspose2d) -> tuple[Tensor, int] | None:
     return g.permute(1, 2, 4, 0, 3, 5).reshape(c_out * sh * sw, c_in, g.shape[3], g.shape[5]), pad
 
 
-def conv_transpose(x: Tensor, layer: nn.ConvTranspose2d, *, bias: bool = True) -> Tensor:
+def conv_transpose(x: Tensor, layer: nn.ConvTranspose2d, *, bias: bool = True, contiguous: bool = True) -> Tensor:
     """``layer(x)`` (``bias=False``: without the bias, the layer's linear part), computed by the
-    kernel measured fastest for it on the CPU (module docstring); contiguous output."""
+    kernel measured fastest for it on the CPU (module docstring); a contiguous output, or
+    (``contiguous=False``) the output in the memory format of the kernel that made it (channels-last
+    after a channels-last ``conv_transpose2d``), for a caller whose next step is elementwise or
+    another such layer: converting back and forth costs more than the layer itself."""
     b = layer.bias if bias else None
     geometry = (layer.stride, layer.padding, layer.output_padding, layer.groups, layer.dilation)
     if not uses_kernels(x):
@@ -80,8 +83,8 @@ def conv_transpose(x: Tensor, layer: nn.ConvTranspose2d, *, bias: bool = True) -
         s = layer.stride[0]
         b = None if b is None else b.repeat_interleave(s * s)
         return F.pixel_shuffle(F.conv2d(x, weight, b, padding=pad), s).contiguous()
-    x = x.contiguous(memory_format=torch.channels_last)
-    return F.conv_transpose2d(x, layer.weight, b, *geometry).contiguous()
+    out = F.conv_transpose2d(x.contiguous(memory_format=torch.channels_last), layer.weight, b, *geometry)
+    return out.contiguous() if contiguous else out
 
 
 def _adjoint(u: Tensor, layer: nn.ConvTranspose2d) -> Tensor:
@@ -92,30 +95,36 @@ def _adjoint(u: Tensor, layer: nn.ConvTranspose2d) -> Tensor:
 def sigmoid_stack(layers: nn.Sequential, h: Tensor) -> Linearization:
     """``sigmoid(layers(h))`` and its exact Jacobian products in h, for ``layers`` made of
     ``nn.ReLU`` and ``nn.ConvTranspose2d`` (no output padding). Computed without gradients: the
-    products are of the decoder as it is, not differentiable in its parameters."""
+    products are of the decoder as it is, not differentiable in its parameters.
+
+    The ReLU masks are stored in the data's dtype and in the memory format the hidden layers leave
+    their outputs in (channels-last, on the CPU), so that ``Jv``'s mask products and layers meet no
+    conversion (a boolean mask, or a mask and a vector in different formats, take a slow
+    elementwise path: measured 2.4× the float, same-format ``Jᵀu``); the point and the products
+    are returned contiguous."""
     steps: list[tuple[nn.ConvTranspose2d | None, Tensor | None]] = []  # (layer, None) or (None, ReLU mask)
     with torch.no_grad():
         for layer in layers:
             if isinstance(layer, nn.ReLU):
-                mask = h > 0
+                mask = (h > 0).to(h.dtype)
                 steps.append((None, mask))
                 h = h * mask
             elif isinstance(layer, nn.ConvTranspose2d):
                 if layer.output_padding != (0, 0):
                     raise ValueError(f"sigmoid_stack: output_padding is not supported, got {layer}")
                 steps.append((layer, None))
-                h = conv_transpose(h, layer)
+                h = conv_transpose(h, layer, contiguous=False)
             else:
                 name = type(layer).__name__
                 raise TypeError(f"sigmoid_stack supports nn.ReLU and nn.ConvTranspose2d layers, got {name}")
-        point = torch.sigmoid(h)
+        point = torch.sigmoid(h).contiguous()
         slope = point * (1 - point)
 
     def jvp(v: Tensor) -> Tensor:
         with torch.no_grad():
             for layer, mask in steps:
-                v = v * mask if layer is None else conv_transpose(v, layer, bias=False)
-            return v * slope
+                v = v * mask if layer is None else conv_transpose(v, layer, bias=False, contiguous=False)
+            return v.contiguous() * slope
 
     def vjp(u: Tensor) -> Tensor:
         with torch.no_grad():

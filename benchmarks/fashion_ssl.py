@@ -44,9 +44,12 @@ Each stage shows a progress bar with an ETA on stderr. ``--stage train`` writes
 atomically: a killed run keeps its curve so far), and the classifier (``<run>.classifier.pt``,
 read back with ``weights_only=True``) at its end. ``--stage summary`` gathers the finished runs into
 ``summary.json``: per run, the mean ± s.d. over seeds of the selected and the final test error,
-and the paired difference to VAT's on the same seeds; ``curves.png`` (test and validation error
-against iterations, mean over seeds) of the untagged runs; ``curves-variants.png``, the validation
-error of the tagged runs beside VAT's and TNAR's (over the seeds they all share);
+and the paired difference to VAT's on the same seeds (to ``vat@<tag>``'s for a run
+``<method>@<tag>`` when it exists: a tag that changes the setting, as ``--per-class`` or
+``--entropy``, is run for VAT too); ``curves.png`` (test and validation error against iterations,
+mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's runs;
+``curves-variants.png``, the validation error of the other tagged runs beside VAT's and TNAR's
+(over the seeds they all share);
 ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent and normal perturbations, as
 the paper's Fig. 4) from the first seed's untagged TNAR classifiers.
 ``--synthetic`` replaces the data by random tensors of the same shape (a smoke run of the code
@@ -302,9 +305,11 @@ def stage_summary(args: argparse.Namespace) -> dict:
         row = {"seeds": seeds}
         for key in ("test_error", "final_test_error", "val_error", "seconds_per_iter"):
             row[key] = mean_sd([by_seed[s][key] for s in seeds])
-        paired = [s for s in seeds if s in runs.get("vat", {})]
-        if name != "vat" and paired:
-            row["minus_vat"] = mean_sd([by_seed[s]["test_error"] - runs["vat"][s]["test_error"] for s in paired])
+        vat = baseline(name, runs)
+        paired = [s for s in seeds if s in runs.get(vat, {})]
+        if name != vat and paired:
+            row["minus_vat"] = mean_sd([by_seed[s]["test_error"] - runs[vat][s]["test_error"] for s in paired])
+            row["vat_run"] = vat
         table[name] = row
     summary = {"paper_test_error": PAPER, "runs": table, "unfinished": unfinished}
     write_json(args.out / "summary.json", summary)
@@ -313,22 +318,33 @@ def stage_summary(args: argparse.Namespace) -> dict:
         text = f"{name:24s} test error {row['test_error']['mean']:6.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
         text += f"% (final {row['final_test_error']['mean']:.2f}%, seeds {row['seeds']})"
         if "minus_vat" in row:
-            text += f", − VAT {row['minus_vat']['mean']:+.2f}"
+            text += f", − {row['vat_run']} {row['minus_vat']['mean']:+.2f}"
         print(text)
     for what, count in unfinished.items():
         print(f"unfinished (not in the table): {what} at iteration {count}")
     main = {name: by_seed for name, by_seed in runs.items() if "@" not in name}
     if main:
         plot_curves(main, args.out / "curves.png")
-    variants = {n: r for n, r in runs.items() if "@" in n or n in ("vat", "tnar")}  # tagged, beside VAT and TNAR
+    settings = {n.partition("@")[2] for n in runs if n.startswith("vat@")}  # a tag with its own VAT
+    for tag in sorted(settings):
+        plot_curves({n: r for n, r in runs.items() if n.endswith(f"@{tag}")}, args.out / f"curves-{tag}.png")
+    variants = {n: r for n, r in runs.items() if n in ("vat", "tnar") or n.partition("@")[2] not in {"", *settings}}
     shared = sorted(set.intersection(*map(set, variants.values()))) if variants else []
-    if len(main) < len(runs) and shared:
+    if len(variants) > 2 and shared:  # the tagged variants, beside VAT and TNAR
         plot_curves(variants, args.out / "curves-variants.png", seeds=shared, keys=("val_error",))
     for method in ("tnar", "tnar-lgan"):
         seeds = sorted(runs.get(method, {}))
         if seeds:
             plot_perturbations(args, method, runs[method][seeds[0]])
     return summary
+
+
+def baseline(name: str, runs: dict[str, dict[int, dict]]) -> str:
+    """The VAT run that ``name`` is compared with: ``vat@<tag>`` for a run ``<method>@<tag>`` when
+    that exists (a tag that changes the setting for every method, e.g. the labels or the entropy
+    term), else the untagged ``vat``."""
+    tag = name.partition("@")[2]
+    return f"vat@{tag}" if tag and f"vat@{tag}" in runs else "vat"
 
 
 def plot_curves(
@@ -406,8 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="SmallCNN's dropout (the official Conv-Large: 0.5)")
     p.add_argument("--entropy", type=float, default=1.0, help="weight of the entropy term (0: none)")
     p.add_argument("--eps-vat", type=float, default=2.0, help="VAT's ε (ℓ2)")
-    p.add_argument("--eps-tangent", type=float, default=1.0, help="TNAR's ε_t (units: --normalize)")
-    p.add_argument("--eps-normal", type=float, default=0.1, help="TNAR's ε_n (units: --normalize)")
+    p.add_argument("--eps-tangent", type=float, default=0.25, help="TNAR's ε_t (units: --normalize)")
+    p.add_argument("--eps-normal", type=float, default=1.0, help="TNAR's ε_n (units: --normalize)")
     p.add_argument(
         "--normalize", choices=("official", "l2"), default="official",
         help="official: ε_t the largest entry of the latent step, ε_n of the normal perturbation; l2: ℓ2 norms",

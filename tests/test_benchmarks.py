@@ -279,16 +279,20 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
         ["--stage", "chart", "--chart-epochs", "1", "--lgan-epochs", "1", "--lgan-latent", "2"],
         [*train, "--methods", "supervised,vat,tnar,tnar-lgan"],
         [*train, "--methods", "tnar", "--tag", "l2", "--normalize", "l2", "--normal", "official", "--entropy", "0"],
+        [*train, "--methods", "vat,supervised", "--tag", "few", "--per-class", "2"],  # a setting: its own VAT
         ["--stage", "summary"],
     ]
     for stage in stages:
         out = subprocess.run(script + stage, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["runs"]) == {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2"} and not summary["unfinished"]
+    runs = {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2", "vat@few", "supervised@few"}
+    assert set(summary["runs"]) == runs and not summary["unfinished"]
     for name, row in summary["runs"].items():
         assert row["seeds"] == [0, 1] and row["test_error"]["n"] == 2, name
-        assert ("minus_vat" in row) == (name != "vat"), name
+        assert ("minus_vat" in row) == (name not in ("vat", "vat@few")), name
+    assert summary["runs"]["supervised@few"]["vat_run"] == "vat@few"  # compared within its setting
+    assert summary["runs"]["tnar@l2"]["vat_run"] == "vat"
     runs = {
         (s, n): json.loads((tmp_path / f"seed{s}" / f"{n}.json").read_text()) for s in (0, 1) for n in ("vat", "tnar")
     }
@@ -306,10 +310,12 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     tagged = json.loads((tmp_path / "seed0" / "tnar@l2.json").read_text())
     assert "grad_entropy" not in tagged["log"][0] and tagged["config"]["normal"] == "official"
     # the logged sizes are the perturbations' own: ε_n is a max-abs bound under "official", an ℓ2 norm under "l2"
-    assert tnar["log"][0]["max_r_normal"] == pytest.approx(0.1, rel=1e-4)
-    assert tagged["log"][0]["l2_r_normal"] == pytest.approx(0.1, rel=1e-4)
+    assert tnar["log"][0]["max_r_normal"] == pytest.approx(1.0, rel=1e-4)  # --eps-normal's default
+    assert tagged["log"][0]["l2_r_normal"] == pytest.approx(1.0, rel=1e-4)
+    few = json.loads((tmp_path / "seed0" / "supervised@few.json").read_text())
+    assert len(few["labeled_indices"]) == 20 and few["config"]["per_class"] == 2
     assert runs[0, "vat"]["log"][0]["l2_r_adv"] == pytest.approx(2.0, rel=1e-4)  # --eps-vat
-    for image in ("curves.png", "curves-variants.png", "perturbations.png", "perturbations-lgan.png"):
+    for image in ("curves.png", "curves-variants.png", "curves-few.png", "perturbations.png", "perturbations-lgan.png"):
         assert (tmp_path / image).stat().st_size > 1000, image
     bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--tag" in bad.stderr

@@ -44,7 +44,8 @@ Each stage shows a progress bar with an ETA on stderr. ``--stage train`` writes
 atomically: a killed run keeps its curve so far), and the classifier (``<run>.classifier.pt``,
 read back with ``weights_only=True``) at its end. ``--stage summary`` gathers the finished runs into
 ``summary.json``: per run, the mean ± s.d. over seeds of the selected and the final test error,
-and the paired difference to VAT's on the same seeds (to ``vat@<tag>``'s for a run
+the late rise (the mean validation error over the last third of the iterations minus the
+lowest), and the paired difference to VAT's on the same seeds (to ``vat@<tag>``'s for a run
 ``<method>@<tag>`` when it exists: a tag that changes the setting, as ``--per-class`` or
 ``--entropy``, is run for VAT too); ``curves.png`` (test and validation error against iterations,
 mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's runs;
@@ -283,6 +284,15 @@ def selection(curve: list[dict]) -> dict:
     }  # fmt: skip
 
 
+def late_rise(curve: list[dict]) -> float:
+    """The mean validation error of the evaluations in the last third of the iterations, minus the
+    lowest validation error of the run: how far the run drifts up from its best point (0: it ends
+    at its best)."""
+    end = curve[-1]["iter"]
+    last = [p["val_error"] for p in curve if p["iter"] > 2 * end / 3]
+    return statistics.fmean(last) - min(p["val_error"] for p in curve)
+
+
 def mean_sd(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
             "n": len(values), "values": values}  # fmt: skip
@@ -305,6 +315,7 @@ def stage_summary(args: argparse.Namespace) -> dict:
         row = {"seeds": seeds}
         for key in ("test_error", "final_test_error", "val_error", "seconds_per_iter"):
             row[key] = mean_sd([by_seed[s][key] for s in seeds])
+        row["late_rise"] = mean_sd([late_rise(by_seed[s]["curve"]) for s in seeds])
         vat = baseline(name, runs)
         paired = [s for s in seeds if s in runs.get(vat, {})]
         if name != vat and paired:
@@ -316,7 +327,8 @@ def stage_summary(args: argparse.Namespace) -> dict:
     for name, row in table.items():
         sd = row["test_error"]["sd"]
         text = f"{name:24s} test error {row['test_error']['mean']:6.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
-        text += f"% (final {row['final_test_error']['mean']:.2f}%, seeds {row['seeds']})"
+        text += f"% (final {row['final_test_error']['mean']:.2f}%, late rise {row['late_rise']['mean']:.1f}"
+        text += f", seeds {row['seeds']})"
         if "minus_vat" in row:
             text += f", − {row['vat_run']} {row['minus_vat']['mean']:+.2f}"
         print(text)

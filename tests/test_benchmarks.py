@@ -305,6 +305,8 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert [r["iter"] for r in tnar["log"]] == [1, 2]
     assert {"kl_tar", "kl_nar", "grad_ce", "grad_reg", "grad_entropy"} <= set(tnar["log"][0])
     assert tnar["config"]["normalize"] == "official" and tnar["config"]["entropy"] == 1.0
+    vals = [p["val_error"] for p in tnar["curve"]]  # 3 evaluations: the last third is the last one
+    assert summary["runs"]["tnar"]["late_rise"]["values"][0] == pytest.approx(vals[-1] - min(vals))
     diffs = [runs[s, "tnar"]["test_error"] - runs[s, "vat"]["test_error"] for s in (0, 1)]
     assert summary["runs"]["tnar"]["minus_vat"]["values"] == pytest.approx(diffs)
     tagged = json.loads((tmp_path / "seed0" / "tnar@l2.json").read_text())

@@ -30,7 +30,10 @@ test set; the final test accuracy is in ``summary.json``. TNAR's units and NAR's
 
 SVHN and CIFAR-10 follow the VAT paper (Conv-Large, 48k / 200k Adam steps, decay over the last
 third / 8%); its CIFAR-10 ε = 10 applies to ZCA-whitened images, ours are in [0, 1], so our
-ε = 2 there is the FashionMNIST value, untuned. ε_t = ε_n = ε unless given.
+ε = 2 there is the FashionMNIST value, untuned. TNAR on FashionMNIST takes the radii chosen on
+the validation split of ``benchmarks/fashion_ssl.py`` (docs/benchmarks.md): the official code's
+units (``--tnar-normalize official``), ε_t = 0.25 (latent), ε_n = 1 (largest pixel); elsewhere
+ε_t = ε_n = ε (ℓ2) unless given, untuned.
 
     python recipes/semisupervised.py                       # two rings: supervised, VAT, TNAR; one plot
     python recipes/semisupervised.py --methods tar,nar,tnar --seed 1
@@ -72,7 +75,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "two-rings": dict(labels=6, steps=3000, batch_labeled=6, batch_unlabeled=128, eps=0.3, eps_tangent=1.0,
                       eps_normal=0.05, arch="mlp", chart="oracle", decay_start=1.0, entropy=0.0),
     "fashionmnist": dict(labels=100, steps=3000, batch_labeled=32, batch_unlabeled=64, eps=2.0, arch="smallcnn",
-                         chart="vae", decay_start=2 / 3, entropy=1.0),
+                         chart="vae", decay_start=2 / 3, entropy=1.0, eps_tangent=0.25, eps_normal=1.0,
+                         tnar_normalize="official"),
     "mnist": dict(labels=100, steps=3000, batch_labeled=32, batch_unlabeled=64, eps=2.0, arch="smallcnn",
                   chart="vae", decay_start=2 / 3, entropy=1.0),
     "svhn": dict(labels=1000, steps=48000, batch_labeled=32, batch_unlabeled=128, eps=2.5, arch="conv_large",
@@ -108,9 +112,9 @@ class SSLConfig(skeleton.RunConfig):
     eps_normal: float | None = skeleton.opt(None, "TNAR's ε_n", fallback="= --eps")
     cg_iters: int = skeleton.opt(4, "CG iterations for (JᵀJ)⁻¹ (TNAR)")
     tangent: str = skeleton.opt("manifold", "tangent perturbation", choices=("manifold", "linear"))
-    tnar_normalize: str = skeleton.opt(
-        "l2", "units of ε_t, ε_n: l2 norms (the paper) or official (ε_t the latent step's largest entry, ε_n the "
-        "normal perturbation's)", choices=("l2", "official"),
+    tnar_normalize: str | None = skeleton.opt(
+        None, "units of ε_t, ε_n: l2 norms (the paper) or official (ε_t the latent step's largest entry, ε_n the "
+        "normal perturbation's)", choices=("l2", "official"), fallback="l2",
     )  # fmt: skip
     normal: str = skeleton.opt(
         "projection", "NAR's direction (robustreg.TNAR)", choices=("projection", "penalty", "official")
@@ -305,6 +309,7 @@ def resolve(cfg: SSLConfig) -> SSLConfig:
         cfg,
         eps_tangent=cfg.eps_tangent if cfg.eps_tangent is not None else d.get("eps_tangent", cfg.eps),
         eps_normal=cfg.eps_normal if cfg.eps_normal is not None else d.get("eps_normal", cfg.eps),
+        tnar_normalize=cfg.tnar_normalize or d.get("tnar_normalize", "l2"),
     )
     unknown = set(cfg.methods.split(",")) - set(METHODS)
     if unknown:

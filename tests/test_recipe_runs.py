@@ -84,8 +84,8 @@ def test_chart_recipe_then_tnar_with_that_lgan_chart(tmp_path):
 def test_semisupervised_images_carry_the_entropy_term_and_choose_on_a_validation_split(tmp_path):
     args = ["--dataset", "fashionmnist", "--synthetic", "--methods", "vat,tnar", "--chart", "ae", "--chart-epochs",
             "1", "--steps", "4", "--labels", "20", "--batch-labeled", "10", "--batch-unlabeled", "10",
-            "--eval-size", "20", "--val-size", "30", "--eval-every", "2", "--tnar-normalize", "official",
-            "--normal", "official", "--out", str(tmp_path)]  # fmt: skip
+            "--eval-size", "20", "--val-size", "30", "--eval-every", "2", "--normal", "official",
+            "--out", str(tmp_path)]  # fmt: skip
     ok(run("semisupervised.py", *args))
     for method in ("vat", "tnar"):
         evals = rows(tmp_path / method / "metrics.jsonl", "eval")
@@ -95,6 +95,7 @@ def test_semisupervised_images_carry_the_entropy_term_and_choose_on_a_validation
         assert 0 <= summary["val_acc"] <= 1 and 0 <= summary["acc"] <= 1
     config = json.loads((tmp_path / "tnar" / "run.json").read_text())["config"]
     assert (config["entropy"], config["normal"], config["tnar_normalize"]) == (1.0, "official", "official")
+    assert (config["eps_tangent"], config["eps_normal"]) == (0.25, 1.0)  # the preset: benchmarks/fashion_ssl.py's
     proc = run("semisupervised.py", "--val-size", "10", "--out", str(tmp_path / "rings"))
     assert proc.returncode != 0 and "transductive" in proc.stderr
 

@@ -46,8 +46,8 @@ read back with ``weights_only=True``) at its end. ``--stage summary`` gathers th
 ``summary.json``: per run, the mean ± s.d. over seeds of the selected and the final test error,
 the late rise (the mean validation error over the last third of the iterations minus the
 lowest), and the paired difference to VAT's on the same seeds (to ``vat@<tag>``'s for a run
-``<method>@<tag>`` when it exists: a tag that changes the setting, as ``--per-class`` or
-``--entropy``, is run for VAT too); ``curves.png`` (test and validation error against iterations,
+``<method>@<tag>`` when the tag is a setting, run for VAT and another method alike, as
+``--per-class`` or ``--entropy``); ``curves.png`` (test and validation error against iterations,
 mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's runs;
 ``curves-variants.png``, the validation error of the other tagged runs beside VAT's and TNAR's
 (over the seeds they all share);
@@ -337,7 +337,7 @@ def stage_summary(args: argparse.Namespace) -> dict:
     main = {name: by_seed for name, by_seed in runs.items() if "@" not in name}
     if main:
         plot_curves(main, args.out / "curves.png")
-    settings = {n.partition("@")[2] for n in runs if n.startswith("vat@")}  # a tag with its own VAT
+    settings = setting_tags(runs)
     for tag in sorted(settings):
         plot_curves({n: r for n, r in runs.items() if n.endswith(f"@{tag}")}, args.out / f"curves-{tag}.png")
     variants = {n: r for n, r in runs.items() if n in ("vat", "tnar") or n.partition("@")[2] not in {"", *settings}}
@@ -351,12 +351,18 @@ def stage_summary(args: argparse.Namespace) -> dict:
     return summary
 
 
+def setting_tags(runs: dict[str, dict[int, dict]]) -> set[str]:
+    """The tags run for VAT and for another method too: a setting changed for every method (e.g.
+    the labels or the entropy term), not a variant of one method (``vat@eps1``)."""
+    tags = {n.partition("@")[2] for n in runs if n.startswith("vat@")}
+    return {t for t in tags if any(n.endswith(f"@{t}") and not n.startswith("vat@") for n in runs)}
+
+
 def baseline(name: str, runs: dict[str, dict[int, dict]]) -> str:
-    """The VAT run that ``name`` is compared with: ``vat@<tag>`` for a run ``<method>@<tag>`` when
-    that exists (a tag that changes the setting for every method, e.g. the labels or the entropy
-    term), else the untagged ``vat``."""
+    """The VAT run that ``name`` is compared with: ``vat@<tag>`` for a run ``<method>@<tag>`` of a
+    setting (:func:`setting_tags`), else the untagged ``vat``."""
     tag = name.partition("@")[2]
-    return f"vat@{tag}" if tag and f"vat@{tag}" in runs else "vat"
+    return f"vat@{tag}" if tag in setting_tags(runs) else "vat"
 
 
 def plot_curves(

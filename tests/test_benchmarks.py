@@ -280,19 +280,20 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
         [*train, "--methods", "supervised,vat,tnar,tnar-lgan"],
         [*train, "--methods", "tnar", "--tag", "l2", "--normalize", "l2", "--normal", "official", "--entropy", "0"],
         [*train, "--methods", "vat,supervised", "--tag", "few", "--per-class", "2"],  # a setting: its own VAT
+        [*train, "--methods", "vat", "--tag", "eps1", "--eps-vat", "1"],  # a variant of VAT alone
         ["--stage", "summary"],
     ]
     for stage in stages:
         out = subprocess.run(script + stage, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    runs = {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2", "vat@few", "supervised@few"}
+    runs = {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2", "vat@few", "supervised@few", "vat@eps1"}
     assert set(summary["runs"]) == runs and not summary["unfinished"]
     for name, row in summary["runs"].items():
         assert row["seeds"] == [0, 1] and row["test_error"]["n"] == 2, name
         assert ("minus_vat" in row) == (name not in ("vat", "vat@few")), name
     assert summary["runs"]["supervised@few"]["vat_run"] == "vat@few"  # compared within its setting
-    assert summary["runs"]["tnar@l2"]["vat_run"] == "vat"
+    assert summary["runs"]["tnar@l2"]["vat_run"] == summary["runs"]["vat@eps1"]["vat_run"] == "vat"
     runs = {
         (s, n): json.loads((tmp_path / f"seed{s}" / f"{n}.json").read_text()) for s in (0, 1) for n in ("vat", "tnar")
     }

@@ -386,7 +386,9 @@ def plot_curves(
             mean = [statistics.fmean(c[j][key] for c in curves) for j in range(len(iters))]
             label = f"{name} ({'test' if key == 'test_error' else 'validation'}, {len(curves)} seeds)"
             ax.plot(iters, mean, style, color=color, label=label)
-    ax.set(xlabel="iteration", ylabel="error (%)", title="FashionMNIST, 100 labels: mean over seeds")
+    labels = sorted({10 * r["config"]["per_class"] for by_seed in runs.values() for r in by_seed.values()})
+    title = f"FashionMNIST, {' or '.join(map(str, labels))} labels: mean over seeds"
+    ax.set(xlabel="iteration", ylabel="error (%)", title=title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

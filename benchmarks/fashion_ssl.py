@@ -52,7 +52,8 @@ mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's 
 ``curves-variants.png``, the validation error of the other tagged runs beside VAT's and TNAR's
 (over the seeds they all share);
 ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent and normal perturbations, as
-the paper's Fig. 4) from the first seed's untagged TNAR classifiers.
+the paper's Fig. 4) from the first seed's untagged TNAR classifiers (skipped, with a note, where
+the classifier's file is absent, as in the repository's copy of the results, which keeps no weights).
 ``--synthetic`` replaces the data by random tensors of the same shape (a smoke run of the code
 path).
 """
@@ -404,10 +405,14 @@ def plot_perturbations(args: argparse.Namespace, method: str, run: dict, n: int 
     x + r_normal, and the two perturbations (each scaled to its own range), from the classifier of
     ``run`` (``method``'s finished run of one seed) with its chart and its options."""
     seed = run["seed"]
+    weights = args.out / f"seed{seed}" / f"{method}.classifier.pt"
+    if not weights.exists():  # the classifiers are not kept with the results (.gitignore): a copy has only the JSONs
+        print(f"{method}: no {weights}, its perturbations are not drawn (train seed {seed} again to draw them)")
+        return
     args = argparse.Namespace(**(vars(args) | {k: run["config"][k] for k in REG_OPTIONS}))
     _, _, xt, _ = load(args)
     model = SmallCNN(drop=args.dropout)
-    model.load_state_dict(torch.load(args.out / f"seed{seed}" / f"{method}.classifier.pt", weights_only=True))
+    model.load_state_dict(torch.load(weights, weights_only=True))
     model.eval()
     reg = make_reg(method, model, args)
     torch.manual_seed(seed)

@@ -320,6 +320,13 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert runs[0, "vat"]["log"][0]["l2_r_adv"] == pytest.approx(2.0, rel=1e-4)  # --eps-vat
     for image in ("curves.png", "curves-variants.png", "curves-few.png", "perturbations.png", "perturbations-lgan.png"):
         assert (tmp_path / image).stat().st_size > 1000, image
+    # a copy of the results holds no classifiers (.gitignore): the summary still runs, and says what it skips
+    (tmp_path / "seed0" / "tnar-lgan.classifier.pt").unlink()
+    (tmp_path / "perturbations-lgan.png").unlink()
+    again = subprocess.run([*script, "--stage", "summary"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "tnar-lgan: no " in again.stdout, again.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert not (tmp_path / "perturbations-lgan.png").exists() and (tmp_path / "perturbations.png").exists()
     bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--tag" in bad.stderr
 

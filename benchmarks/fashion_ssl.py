@@ -48,7 +48,8 @@ the late rise (the mean validation error over the last third of the iterations m
 lowest), and the paired difference to VAT's on the same seeds (to ``vat@<tag>``'s for a run
 ``<method>@<tag>`` when the tag is a setting, run for VAT and another method alike, as
 ``--per-class`` or ``--entropy``); ``curves.png`` (test and validation error against iterations,
-mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's runs;
+mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's runs (one
+panel per seed instead of the mean where its runs do not all have the same seeds);
 ``curves-variants.png``, the validation error of the other tagged runs beside VAT's and TNAR's
 (over the seeds they all share);
 ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent and normal perturbations, as
@@ -368,32 +369,46 @@ def baseline(name: str, runs: dict[str, dict[int, dict]]) -> str:
 
 def plot_curves(
     runs: dict[str, dict[int, dict]], path: Path, seeds: list[int] | None = None, keys=("test_error", "val_error")
-) -> None:
-    """Test (solid) and validation (dashed) error against iterations, mean over seeds (over
-    ``seeds`` if given, so that runs of different seed sets are not compared), per run."""
+) -> list[str]:
+    """Test (solid) and validation (dashed) error against iterations, per run: the mean over its
+    seeds (over ``seeds`` if given) when every run has the same ones; otherwise (a run of a
+    setting made for one seed only) one panel per seed, with the runs that have it, so that means
+    over different seeds are never drawn side by side. Returns the panels' titles."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, by_seed) in enumerate(sorted(runs.items())):
-        curves = [r["curve"] for seed, r in by_seed.items() if seeds is None or seed in seeds]
-        iters = [p["iter"] for p in curves[0]]
-        color = f"C{i % 10}"
-        for key, style in (("test_error", "-"), ("val_error", "--")):
-            if key not in keys:
-                continue
-            mean = [statistics.fmean(c[j][key] for c in curves) for j in range(len(iters))]
-            label = f"{name} ({'test' if key == 'test_error' else 'validation'}, {len(curves)} seeds)"
-            ax.plot(iters, mean, style, color=color, label=label)
+    runs = {n: {s: r for s, r in by_seed.items() if seeds is None or s in seeds} for n, by_seed in runs.items()}
+    runs = {n: by_seed for n, by_seed in sorted(runs.items()) if by_seed}
+    colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
     labels = sorted({10 * r["config"]["per_class"] for by_seed in runs.values() for r in by_seed.values()})
-    title = f"FashionMNIST, {' or '.join(map(str, labels))} labels: mean over seeds"
-    ax.set(xlabel="iteration", ylabel="error (%)", title=title)
-    ax.legend(fontsize=7, ncol=2)
+    head = f"FashionMNIST, {' or '.join(map(str, labels))} labels"
+    seed_sets = {tuple(sorted(by_seed)) for by_seed in runs.values()}
+    if len(seed_sets) == 1:
+        (shared,) = seed_sets
+        what = f"seed {shared[0]}" if len(shared) == 1 else f"mean over seeds {', '.join(map(str, shared))}"
+        panels = [(f"{head}: {what}", runs)]
+    else:
+        every = sorted({s for by_seed in runs.values() for s in by_seed})
+        panels = [(f"{head}: seed {s}", {n: {s: r[s]} for n, r in runs.items() if s in r}) for s in every]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), squeeze=False, sharey=True)
+    for ax, (title, shown) in zip(axes[0], panels, strict=True):
+        for name, by_seed in shown.items():
+            curves = [r["curve"] for r in by_seed.values()]
+            iters = [p["iter"] for p in curves[0]]
+            for key, style in (("test_error", "-"), ("val_error", "--")):
+                if key not in keys:
+                    continue
+                mean = [statistics.fmean(c[j][key] for c in curves) for j in range(len(iters))]
+                label = f"{name} ({'test' if key == 'test_error' else 'validation'})"
+                ax.plot(iters, mean, style, color=colors[name], label=label)
+        ax.set(xlabel="iteration", ylabel="error (%)", title=title)
+        ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return [title for title, _ in panels]
 
 
 #: the options of a run that its regulariser is built from (the perturbation images use the run's)

@@ -331,6 +331,25 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert bad.returncode != 0 and "--tag" in bad.stderr
 
 
+def test_fashion_ssl_curves_never_average_over_different_seeds(tmp_path):
+    fashion = _benchmark("fashion_ssl")
+
+    def run(seed, shift):
+        curve = [{"iter": i, "val_error": 20.0 + shift + i, "test_error": 21.0 + shift + i} for i in (1, 2, 3)]
+        return {"seed": seed, "curve": curve, "config": {"per_class": 10}}
+
+    same = {"vat@x": {0: run(0, 0), 1: run(1, 5)}, "tnar@x": {0: run(0, 1), 1: run(1, 2)}}
+    titles = fashion.plot_curves(same, tmp_path / "same.png")
+    assert titles == ["FashionMNIST, 100 labels: mean over seeds 0, 1"]
+    mixed = {**same, "tar@x": {1: run(1, 3)}}  # one seed only: a panel per seed, no mean across seed sets
+    titles = fashion.plot_curves(mixed, tmp_path / "mixed.png")
+    assert titles == ["FashionMNIST, 100 labels: seed 0", "FashionMNIST, 100 labels: seed 1"]
+    restricted = fashion.plot_curves(mixed, tmp_path / "one.png", seeds=[1])  # every run has seed 1
+    assert restricted == ["FashionMNIST, 100 labels: seed 1"]
+    for name in ("same", "mixed", "one"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
 def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "threads.py"), "--workloads", "rings-vat,rings-trades",
            "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "threads.json")]  # fmt: skip

@@ -51,7 +51,7 @@ lowest), and the paired difference to VAT's on the same seeds (to ``vat@<tag>``'
 mean over seeds) of the untagged runs, ``curves-<tag>.png`` of such a setting's runs (one
 panel per seed instead of the mean where its runs do not all have the same seeds);
 ``curves-variants.png``, the validation error of the other tagged runs beside VAT's and TNAR's
-(over the seeds they all share);
+(likewise per seed);
 ``perturbations.png`` and ``perturbations-lgan.png`` (x, its tangent and normal perturbations, as
 the paper's Fig. 4) from the first seed's untagged TNAR classifiers (skipped, with a note, where
 the classifier's file is absent, as in the repository's copy of the results, which keeps no weights).
@@ -343,9 +343,8 @@ def stage_summary(args: argparse.Namespace) -> dict:
     for tag in sorted(settings):
         plot_curves({n: r for n, r in runs.items() if n.endswith(f"@{tag}")}, args.out / f"curves-{tag}.png")
     variants = {n: r for n, r in runs.items() if n in ("vat", "tnar") or n.partition("@")[2] not in {"", *settings}}
-    shared = sorted(set.intersection(*map(set, variants.values()))) if variants else []
-    if len(variants) > 2 and shared:  # the tagged variants, beside VAT and TNAR
-        plot_curves(variants, args.out / "curves-variants.png", seeds=shared, keys=("val_error",))
+    if len(variants) > 2:  # the tagged variants, beside VAT and TNAR (a panel per seed where they differ)
+        plot_curves(variants, args.out / "curves-variants.png", keys=("val_error",))
     for method in ("tnar", "tnar-lgan"):
         seeds = sorted(runs.get(method, {}))
         if seeds:
@@ -381,7 +380,8 @@ def plot_curves(
 
     runs = {n: {s: r for s, r in by_seed.items() if seeds is None or s in seeds} for n, by_seed in runs.items()}
     runs = {n: by_seed for n, by_seed in sorted(runs.items()) if by_seed}
-    colors = {name: f"C{i % 10}" for i, name in enumerate(runs)}
+    cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")  # a colour per run up to 20
+    colors = {name: cmap(i % cmap.N) for i, name in enumerate(runs)}
     labels = sorted({10 * r["config"]["per_class"] for by_seed in runs.values() for r in by_seed.values()})
     head = f"FashionMNIST, {' or '.join(map(str, labels))} labels"
     seed_sets = {tuple(sorted(by_seed)) for by_seed in runs.values()}

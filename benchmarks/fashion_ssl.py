@@ -372,7 +372,8 @@ def plot_curves(
     """Test (solid) and validation (dashed) error against iterations, per run: the mean over its
     seeds (over ``seeds`` if given) when every run has the same ones; otherwise (a run of a
     setting made for one seed only) one panel per seed, with the runs that have it, so that means
-    over different seeds are never drawn side by side. Returns the panels' titles."""
+    over different seeds are never drawn side by side. Returns the panels' titles (none, and no
+    figure, when no run has a curve of ``seeds``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,6 +381,8 @@ def plot_curves(
 
     runs = {n: {s: r for s, r in by_seed.items() if seeds is None or s in seeds} for n, by_seed in runs.items()}
     runs = {n: by_seed for n, by_seed in sorted(runs.items()) if by_seed}
+    if not runs:  # nothing of those seeds: no figure
+        return []
     cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")  # a colour per run up to 20
     colors = {name: cmap(i % cmap.N) for i, name in enumerate(runs)}
     labels = sorted({10 * r["config"]["per_class"] for by_seed in runs.values() for r in by_seed.values()})

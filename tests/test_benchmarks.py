@@ -346,6 +346,7 @@ def test_fashion_ssl_curves_never_average_over_different_seeds(tmp_path):
     assert titles == ["FashionMNIST, 100 labels: seed 0", "FashionMNIST, 100 labels: seed 1"]
     restricted = fashion.plot_curves(mixed, tmp_path / "one.png", seeds=[1])  # every run has seed 1
     assert restricted == ["FashionMNIST, 100 labels: seed 1"]
+    assert fashion.plot_curves(mixed, tmp_path / "none.png", seeds=[7]) == [] and not (tmp_path / "none.png").exists()
     for name in ("same", "mixed", "one"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
 

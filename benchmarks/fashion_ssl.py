@@ -25,8 +25,10 @@ default) puts ε_t (``--eps-tangent``) in the latent space's units (the largest 
 official code) and ε_n (``--eps-normal``) on the normal perturbation's largest entry, ``l2`` makes
 both ℓ2 norms in input space (the paper's text); ``--normal`` and ``--normal-start`` choose NAR's
 direction (:class:`robustreg.TNAR`); ``--hvp`` takes exact Hessian products instead of finite
-differences (VAT and TNAR alike). ``--tag`` names a variant (its files are ``<method>@<tag>``), for
-the ablations.
+differences (VAT and TNAR alike). ``--eps-tangent-final`` shrinks ε_t linearly from ``--eps-tangent``
+to that value over the iterations after ``--tangent-decay-from`` of them (constant without it;
+the radius of each iteration is logged as ``eps_tangent``). ``--tag`` names a variant (its files
+are ``<method>@<tag>``), for the ablations.
 
 Charts, trained once by ``--stage chart`` (seeded by ``--chart-seed``) and shared by every method
 and seed: :class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``, KL weight
@@ -64,6 +66,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import time
@@ -209,6 +212,8 @@ def terms_log(it: int, model: nn.Module, terms: dict[str, Tensor], reg: Any) -> 
     norm in the weights."""
     params = [p for p in model.parameters() if p.requires_grad]
     row = {"iter": it} | {k: float(v.detach()) for k, v in terms.items()}
+    if isinstance(reg, robustreg.TNAR):
+        row["eps_tangent"] = reg.eps_tangent
     if reg is not None and reg.last is not None:
         row |= {f"kl_{k}": float(v) for k, v in reg.last.metrics.items()}
         for k, r in reg.last.perturbations.items():  # the sizes used: mean per-sample ℓ2 and max-abs
@@ -216,6 +221,17 @@ def terms_log(it: int, model: nn.Module, terms: dict[str, Tensor], reg: Any) -> 
             row |= {f"l2_{k}": float(flat.norm(dim=1).mean()), f"max_{k}": float(flat.abs().amax(1).mean())}
     row |= {f"grad_{k}": grad_norm(v, params) for k, v in terms.items() if v.requires_grad}
     return row
+
+
+def tangent_radius(it: int, args: argparse.Namespace) -> float:
+    """ε_t at iteration ``it`` (1-based): ``--eps-tangent`` until ``--tangent-decay-from`` of the
+    iterations, then linearly down to ``--eps-tangent-final`` at the last (constant without it)."""
+    start, final = args.eps_tangent, args.eps_tangent_final
+    if final is None:
+        return start
+    begin = int(args.tangent_decay_from * args.iters)
+    frac = min(1.0, max(0.0, (it - begin) / max(1, args.iters - begin)))
+    return start + frac * (final - start)
 
 
 def stage_train(method: str, seed: int, args: argparse.Namespace) -> dict:
@@ -244,6 +260,8 @@ def stage_train(method: str, seed: int, args: argparse.Namespace) -> dict:
             start = time.perf_counter()
             terms = {"ce": F.cross_entropy(model(x_l), y_l)}
             if reg is not None:
+                if isinstance(reg, robustreg.TNAR):
+                    reg.eps_tangent = tangent_radius(it, args)
                 logits_u = model(x_u)
                 terms["reg"] = reg(x_u, logits=logits_u)
                 if entmin is not None:
@@ -466,6 +484,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--entropy", type=float, default=1.0, help="weight of the entropy term (0: none)")
     p.add_argument("--eps-vat", type=float, default=2.0, help="VAT's ε (ℓ2)")
     p.add_argument("--eps-tangent", type=float, default=0.25, help="TNAR's ε_t (units: --normalize)")
+    p.add_argument(
+        "--eps-tangent-final", type=float, default=None,
+        help="ε_t at the last iteration, reached linearly from --tangent-decay-from (default: ε_t constant)",
+    )  # fmt: skip
+    p.add_argument("--tangent-decay-from", type=float, default=1 / 3, help="fraction of --iters; ε_t shrinks after it")
     p.add_argument("--eps-normal", type=float, default=1.0, help="TNAR's ε_n (units: --normalize)")
     p.add_argument(
         "--normalize", choices=("official", "l2"), default="official",
@@ -510,6 +533,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--charts: unknown {sorted(set(args.charts) - {'vae', 'lgan'})}")
     if not 0 <= args.decay_from <= 1:
         p.error(f"--decay-from must be in [0, 1], got {args.decay_from}")
+    if not 0 <= args.tangent_decay_from <= 1:
+        p.error(f"--tangent-decay-from must be in [0, 1], got {args.tangent_decay_from}")
+    if args.eps_tangent_final is not None and not 0 < args.eps_tangent_final < math.inf:
+        p.error(f"--eps-tangent-final must be a finite number > 0, got {args.eps_tangent_final}")
     for name in ("iters", "eval_every", "log_every", "val_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

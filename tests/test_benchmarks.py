@@ -281,13 +281,14 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
         [*train, "--methods", "tnar", "--tag", "l2", "--normalize", "l2", "--normal", "official", "--entropy", "0"],
         [*train, "--methods", "vat,supervised", "--tag", "few", "--per-class", "2"],  # a setting: its own VAT
         [*train, "--methods", "vat", "--tag", "eps1", "--eps-vat", "1"],  # a variant of VAT alone
+        [*train, "--methods", "tnar", "--tag", "shrink", "--eps-tangent-final", "0.05", "--tangent-decay-from", "0"],
         ["--stage", "summary"],
     ]
     for stage in stages:
         out = subprocess.run(script + stage, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    runs = {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2", "vat@few", "supervised@few", "vat@eps1"}
+    runs = {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2", "vat@few", "supervised@few", "vat@eps1", "tnar@shrink"}
     assert set(summary["runs"]) == runs and not summary["unfinished"]
     for name, row in summary["runs"].items():
         assert row["seeds"] == [0, 1] and row["test_error"]["n"] == 2, name
@@ -315,6 +316,11 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     # the logged sizes are the perturbations' own: ε_n is a max-abs bound under "official", an ℓ2 norm under "l2"
     assert tnar["log"][0]["max_r_normal"] == pytest.approx(1.0, rel=1e-4)  # --eps-normal's default
     assert tagged["log"][0]["l2_r_normal"] == pytest.approx(1.0, rel=1e-4)
+    # ε_t constant by default; --eps-tangent-final shrinks it linearly: 0.25 → 0.05 over iterations 1..3 from 0
+    assert [r["eps_tangent"] for r in tnar["log"]] == [0.25, 0.25]
+    shrink = json.loads((tmp_path / "seed0" / "tnar@shrink.json").read_text())
+    expected = [0.25 + it / 3 * (0.05 - 0.25) for it in (1, 2)]
+    assert [r["eps_tangent"] for r in shrink["log"]] == pytest.approx(expected)
     few = json.loads((tmp_path / "seed0" / "supervised@few.json").read_text())
     assert len(few["labeled_indices"]) == 20 and few["config"]["per_class"] == 2
     assert runs[0, "vat"]["log"][0]["l2_r_adv"] == pytest.approx(2.0, rel=1e-4)  # --eps-vat
@@ -329,6 +335,8 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert not (tmp_path / "perturbations-lgan.png").exists() and (tmp_path / "perturbations.png").exists()
     bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--tag" in bad.stderr
+    bad = subprocess.run([*script, "--stage", "train", "--eps-tangent-final", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--eps-tangent-final must be a finite number > 0" in bad.stderr
 
 
 def test_fashion_ssl_curves_never_average_over_different_seeds(tmp_path):

@@ -88,6 +88,7 @@ from robustreg.plots import perturbation_grid
 from reporting import progress_bar, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "fashion_ssl_protocol"
 METHODS = ("supervised", "vat", "tar", "nar", "tnar", "tnar-lgan")
 WEIGHTS = {"tar": (1.0, 0.0), "nar": (0.0, 1.0), "tnar": (1.0, 1.0), "tnar-lgan": (1.0, 1.0)}
 #: the paper's test errors (%), FashionMNIST with 100 labels
@@ -462,6 +463,16 @@ def plot_perturbations(args: argparse.Namespace, method: str, run: dict, n: int 
     )  # fmt: skip
 
 
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    """``--data-dir``: where FashionMNIST is (shared with ``tangent_flips.py``)."""
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data")),
+        help="holds FashionMNIST/raw/*.gz ($ROBUSTREG_DATA, else ../shared/data)",
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
     p.add_argument(
@@ -507,15 +518,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chart-seed", type=int, default=0, help="seeds the charts' training")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--synthetic", action="store_true", help="random tensors instead of FashionMNIST")
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("ROBUSTREG_DATA", ROOT.parent / "shared" / "data")),
-        help="holds FashionMNIST/raw/*.gz ($ROBUSTREG_DATA, else ../shared/data)",
-    )
-    p.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_ssl_protocol", help="results directory"
-    )
+    add_data_dir(p)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = p.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)

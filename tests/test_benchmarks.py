@@ -359,6 +359,51 @@ def test_fashion_ssl_curves_never_average_over_different_seeds(tmp_path):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
+class _FirstPixelLabel(torch.nn.Module):
+    """Labels an image by its first pixel: class floor(10·x[0, 0, 0]) (one-hot logits)."""
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 10).floor().long().clamp(0, 9), 10).float()
+
+
+def test_tangent_flips_counts_against_a_hand_made_oracle():
+    flips = _benchmark("tangent_flips").flips
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, 0, 0, 0] = (y + 0.5) / 10
+    x[7, 0, 0, 0] = 0.05  # class 3 read as 0: the oracle is wrong on it, so it is left out of every count
+    r = torch.zeros_like(x)
+    r[[0, 2, 3, 7], 0, 0, 0] = 0.1  # moves images 0, 2, 3 (and the left-out 7) one class up
+    r[4, 0, 0, 0] = 0.01  # stays inside class 2
+    out = flips(_FirstPixelLabel(), _FirstPixelLabel(), x, y, r)
+    assert out["images"] == 7 and out["oracle_flip"] == out["model_flip"] == pytest.approx(3 / 7)
+    per_class = out["oracle_flip_per_class"]
+    assert (per_class["T-shirt"], per_class["trouser"], per_class["pullover"], per_class["dress"]) == (0.5, 1.0, 0, 0)
+    assert per_class["coat"] == 0  # no image of the class: 0, not a division by zero
+    blind = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # a model the move cannot change
+    torch.nn.init.zeros_(blind[1].weight)
+    assert flips(blind, _FirstPixelLabel(), x, y, r)["model_flip"] == 0
+
+
+def test_tangent_flips_on_generated_images(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "tangent_flips.py"), "--synthetic", "--n", "64",
+           "--val-size", "64", "--runs", "a,b", "--seeds", "0", "--eps-tangent", "0.1,0.5", "--oracle-epochs", "1",
+           "--out", str(tmp_path / "f.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert report["partial"] is False and set(report["results"]) == {"a, seed 0", "b, seed 0"}
+    for row in report["results"].values():
+        assert set(row) == {"0.1", "0.5", "test_error", "test_error_per_class"}
+        assert 0 <= row["test_error"] <= 100 and len(row["test_error_per_class"]) == 10
+        for moves in (row["0.1"], row["0.5"]):
+            for move in (moves["tangent"], moves["random"]):
+                assert 0 <= move["oracle_flip"] <= 1 and 0 <= move["model_flip"] <= 1 and move["l2"] > 0
+                assert len(move["oracle_flip_per_class"]) == 10
+    bad = subprocess.run([*cmd, "--eps-tangent", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--eps-tangent must be finite numbers > 0" in bad.stderr
+
+
 def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "threads.py"), "--workloads", "rings-vat,rings-trades",
            "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "threads.json")]  # fmt: skip

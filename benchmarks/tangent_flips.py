@@ -16,7 +16,7 @@ the fraction whose oracle label changes (``oracle_flip``: the move crossed a cla
 far as the oracle can tell), per true class, and the fraction whose label the
 classifier itself changes (``model_flip``: what the tangent KL term penalises). The oracle's own
 test error is reported beside them (its errors bound what ``oracle_flip`` can resolve), and each
-classifier's test error on the same images, overall and per class.
+classifier's error on the whole test set, overall, per class and as a confusion matrix.
 
 Results: ``<results>/tangent_flips.json`` (written atomically after every classifier, ``"partial":
 true`` until the last). ``--synthetic`` replaces the data by random tensors of the same shape and
@@ -120,10 +120,23 @@ def flips(model: nn.Module, judge: nn.Module, x: Tensor, y: Tensor, r: Tensor) -
     }  # fmt: skip
 
 
+def test_errors(model: nn.Module, x: Tensor, y: Tensor) -> dict:
+    """The test error (%), per class (None for a class without images), and the confusion counts
+    (``confusion[i][j]``: images of class i predicted j)."""
+    pred = predict(model, x)
+    wrong = pred != y
+    k = len(CLASSES)
+    per_class = {CLASSES[c]: 100.0 * float(wrong[y == c].float().mean()) if bool((y == c).any()) else None
+                 for c in range(k)}  # fmt: skip
+    confusion = torch.bincount(y * k + pred, minlength=k * k).view(k, k)
+    return {"test_error": 100.0 * float(wrong.float().mean()), "test_error_per_class": per_class,
+            "confusion": confusion.tolist()}  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict:
-    x, y, xt, yt = load(args)
+    x, y, x_test, y_test = load(args)
     (x, y), _ = split(x, y, args)
-    xt, yt = xt[: args.n], yt[: args.n]
+    xt, yt = x_test[: args.n], y_test[: args.n]  # the images moved
     if args.synthetic:
         torch.manual_seed(0)
         chart = VAE(tuple(x.shape[1:]), latent=4, width=4)
@@ -135,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
         chart = load_chart(path)
     chart.requires_grad_(False)
     judge = oracle(args, x, y)
-    report = {"oracle_test_error": 100.0 * float((predict(judge, xt) != yt).float().mean()), "n": len(xt)}
+    report = {"oracle_test_error": 100.0 * float((predict(judge, x_test) != y_test).float().mean()), "n": len(xt)}
     report |= {"eps_tangent": args.eps_tangent, "partial": True, "results": {}}
     jobs = [(s, r) for s in args.seeds for r in args.runs]
     with progress_bar() as bar:
@@ -150,12 +163,7 @@ def run(args: argparse.Namespace) -> dict:
             else:
                 model.load_state_dict(torch.load(weights, weights_only=True))
             model.eval()
-            wrong = predict(model, xt) != yt
-            row = {"test_error": 100.0 * float(wrong.float().mean())}
-            row["test_error_per_class"] = {  # None: no image of the class among the n
-                CLASSES[c]: 100.0 * float(wrong[yt == c].float().mean()) if bool((yt == c).any()) else None
-                for c in range(len(CLASSES))
-            }
+            row = test_errors(model, x_test, y_test)
             for eps in args.eps_tangent:
                 torch.manual_seed(seed)
                 gen = torch.Generator().manual_seed(seed)
@@ -210,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     report = run(args)
     for name, row in report["results"].items():
-        print(f"{name}: test error {row['test_error']:.2f}% on {report['n']} images")
+        print(f"{name}: test error {row['test_error']:.2f}%")
         for eps in map(str, args.eps_tangent):
             moves = row[eps]
             t, r = moves["tangent"], moves["random"]
@@ -218,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{name}, ε_t = {eps}: oracle flips {100 * t['oracle_flip']:.1f}% (random direction "
                 f"{100 * r['oracle_flip']:.1f}%), the classifier's own {100 * t['model_flip']:.1f}%"
             )
-    print(f"oracle test error {report['oracle_test_error']:.2f}% on {report['n']} images")
+    print(f"oracle test error {report['oracle_test_error']:.2f}%; moves of {report['n']} test images")
 
 
 if __name__ == "__main__":

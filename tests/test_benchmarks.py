@@ -383,6 +383,12 @@ def test_tangent_flips_counts_against_a_hand_made_oracle():
     blind = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # a model the move cannot change
     torch.nn.init.zeros_(blind[1].weight)
     assert flips(blind, _FirstPixelLabel(), x, y, r)["model_flip"] == 0
+    errors = _benchmark("tangent_flips").test_errors(_FirstPixelLabel(), x + r, y)  # images 0, 2, 3, 7 one class up
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    for true, pred in zip(y.tolist(), [1, 0, 2, 2, 2, 2, 3, 1], strict=True):
+        confusion[true, pred] += 1
+    assert errors["confusion"] == confusion.tolist() and errors["test_error"] == pytest.approx(100 * 4 / 8)
+    assert errors["test_error_per_class"]["trouser"] == 100.0 and errors["test_error_per_class"]["coat"] is None
 
 
 def test_tangent_flips_on_generated_images(tmp_path):
@@ -394,8 +400,10 @@ def test_tangent_flips_on_generated_images(tmp_path):
     report = json.loads((tmp_path / "f.json").read_text())
     assert report["partial"] is False and set(report["results"]) == {"a, seed 0", "b, seed 0"}
     for row in report["results"].values():
-        assert set(row) == {"0.1", "0.5", "test_error", "test_error_per_class"}
+        assert set(row) == {"0.1", "0.5", "test_error", "test_error_per_class", "confusion"}
         assert 0 <= row["test_error"] <= 100 and len(row["test_error_per_class"]) == 10
+        confusion = torch.tensor(row["confusion"])  # the whole generated test set (256 images)
+        assert confusion.sum() == 256 and row["test_error"] == pytest.approx(100 * (1 - confusion.trace() / 256))
         for moves in (row["0.1"], row["0.5"]):
             for move in (moves["tangent"], moves["random"]):
                 assert 0 <= move["oracle_flip"] <= 1 and 0 <= move["model_flip"] <= 1 and move["l2"] > 0

@@ -410,6 +410,10 @@ def test_tangent_flips_on_generated_images(tmp_path):
                 assert len(move["oracle_flip_per_class"]) == 10
     bad = subprocess.run([*cmd, "--eps-tangent", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--eps-tangent must be finite numbers > 0" in bad.stderr
+    real = [*cmd[:2], "--results", str(tmp_path), "--runs", "a", "--seeds", "0"]  # no classifier saved there
+    bad = subprocess.run(real, capture_output=True, text=True)
+    assert bad.returncode != 0 and f"no classifier of a, seed 0 in {tmp_path}" in bad.stderr
+    assert not (tmp_path / "tangent_flips.json").exists()
 
 
 def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):

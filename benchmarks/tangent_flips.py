@@ -1,7 +1,7 @@
 """How often does a tangent perturbation change an image's class? FashionMNIST test images moved
 along the VAE chart of ``benchmarks/fashion_ssl.py`` (its ``charts/vae``), by the tangent step
 TNAR trains on, judged by an *oracle*: a SmallCNN trained on every labelled training image
-outside the validation split (trained once, kept as ``charts/oracle.pt``).
+outside the validation split (trained once, kept as ``charts/oracle_e<epochs>_s<seed>.pt``).
 
     python benchmarks/fashion_ssl.py --stage chart                 # the VAE, once
     python benchmarks/tangent_flips.py --runs tnar@it8k,vat@it8k --seeds 0,1
@@ -70,8 +70,9 @@ def train_oracle(x: Tensor, y: Tensor, epochs: int, seed: int) -> SmallCNN:
 
 
 def oracle(args: argparse.Namespace, x: Tensor, y: Tensor) -> SmallCNN:
-    """The oracle classifier: read from ``charts/oracle.pt`` (weights only), else trained and saved."""
-    path = args.results / "charts" / "oracle.pt"
+    """The oracle classifier of ``--oracle-epochs`` and ``--oracle-seed``: read from its file in
+    ``charts/`` (weights only), else trained and saved there."""
+    path = args.results / "charts" / f"oracle_e{args.oracle_epochs}_s{args.oracle_seed}.pt"
     model = SmallCNN()
     if path.exists() and not args.synthetic:
         model.load_state_dict(torch.load(path, weights_only=True))
@@ -111,13 +112,14 @@ def flips(model: nn.Module, judge: nn.Module, x: Tensor, y: Tensor, r: Tensor) -
     right = predict(judge, x) == y
     oracle_flip = (predict(judge, x + r) != y) & right
     model_flip = (predict(model, x + r) != predict(model, x)) & right
-    n = int(right.sum())
+    n = max(1, int(right.sum()))  # (no image right: every fraction 0)
     per_class = {
         CLASSES[c]: float(oracle_flip[y == c].sum() / right[y == c].sum().clamp_min(1)) for c in range(len(CLASSES))
     }
     return {
-        "images": n, "oracle_flip": float(oracle_flip.sum()) / n, "model_flip": float(model_flip.sum()) / n,
-        "oracle_flip_per_class": per_class, "l2": float(r.flatten(1).norm(dim=1).mean()),
+        "images": int(right.sum()), "oracle_flip": float(oracle_flip.sum()) / n,
+        "model_flip": float(model_flip.sum()) / n, "oracle_flip_per_class": per_class,
+        "l2": float(r.flatten(1).norm(dim=1).mean()),
     }  # fmt: skip
 
 

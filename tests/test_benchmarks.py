@@ -383,6 +383,8 @@ def test_tangent_flips_counts_against_a_hand_made_oracle():
     blind = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # a model the move cannot change
     torch.nn.init.zeros_(blind[1].weight)
     assert flips(blind, _FirstPixelLabel(), x, y, r)["model_flip"] == 0
+    none_right = flips(blind, _FirstPixelLabel(), x, y + 5, r)  # the oracle right on no image: 0 of 0, not an error
+    assert none_right["images"] == 0 and none_right["oracle_flip"] == none_right["model_flip"] == 0
     errors = _benchmark("tangent_flips").test_errors(_FirstPixelLabel(), x + r, y)  # images 0, 2, 3, 7 one class up
     confusion = torch.zeros(10, 10, dtype=torch.long)
     for true, pred in zip(y.tolist(), [1, 0, 2, 2, 2, 2, 3, 1], strict=True):

@@ -62,6 +62,8 @@ def train_oracle(x: Tensor, y: Tensor, epochs: int, seed: int) -> SmallCNN:
         for _ in range(epochs):
             for idx in torch.randperm(len(x), generator=gen).split(128):
                 loss = F.cross_entropy(model(x[idx]), y[idx])
+                if not bool(torch.isfinite(loss)):  # nothing saved: a NaN oracle would judge every move
+                    raise SystemExit("error: the oracle's loss is not finite; no oracle written")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

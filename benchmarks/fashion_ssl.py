@@ -35,7 +35,9 @@ and seed: :class:`robustreg.charts.VAE` (latent ``--latent``, width ``--width``,
 ``--vae-kl-weight``, ``--chart-epochs`` epochs), or the Localized GAN
 (:class:`robustreg.charts.LocalizedGAN`, latent ``--lgan-latent``, width 32, ``--lgan-epochs``
 epochs with :data:`LGAN_TRAIN`; its locality and orthonormality errors on test images, before
-and after, go to ``charts/lgan.json``) for ``tnar-lgan``.
+and after, go to ``charts/lgan.json``) for ``tnar-lgan``. ``--chart-tag T`` trains and uses a
+second chart, ``charts/<kind>@T``, beside the first (each run records its chart's settings as
+``chart_config``).
 
 Every ``--log-every`` iterations a run records its terms: cross-entropy, the regulariser's KLs
 (VAT's, or TAR's and NAR's), the entropy, and the gradient norm of each of cross-entropy,
@@ -116,8 +118,9 @@ def split(x: Tensor, y: Tensor, args: argparse.Namespace) -> tuple[tuple[Tensor,
 
 
 def chart_path(args: argparse.Namespace, kind: str) -> Path:
-    """Where the chart ``kind`` is saved: a model directory (safetensors + JSON)."""
-    return args.out / "charts" / kind
+    """Where the chart ``kind`` is saved: a model directory (safetensors + JSON), ``charts/<kind>``,
+    or ``charts/<kind>@<tag>`` for ``--chart-tag`` (a second chart beside the first)."""
+    return args.out / "charts" / (f"{kind}@{args.chart_tag}" if args.chart_tag else kind)
 
 
 # the LGAN's training settings (train_lgan's defaults, the Jacobian term on 16 of every 64 images)
@@ -170,7 +173,7 @@ def train_one_chart(kind: str, x: Tensor, xt: Tensor, args: argparse.Namespace) 
     path = chart_path(args, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(chart, path)
-    write_json(path.parent / f"{kind}.json", info)
+    write_json(path.parent / f"{path.name}.json", info)
 
 
 def make_reg(method: str, model: nn.Module, args: argparse.Namespace) -> Any:
@@ -254,6 +257,8 @@ def stage_train(method: str, seed: int, args: argparse.Namespace) -> dict:
     name, out = run_name(method, args), args.out / f"seed{seed}"
     curve, log, train_seconds, result = [], [], 0.0, {}
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"seed": seed}
+    if reg is not None and hasattr(reg, "chart"):  # the chart's own settings (--latent etc. only shape a new one)
+        config["chart_config"] = reg.chart.config
     model.train()
     with progress_bar() as bar:
         task = bar.add_task(f"{name}, seed {seed} ({args.iters} iterations)", total=args.iters)
@@ -434,7 +439,9 @@ def plot_curves(
 
 
 #: the options of a run that its regulariser is built from (the perturbation images use the run's)
-REG_OPTIONS = ("eps_vat", "eps_tangent", "eps_normal", "normalize", "normal", "normal_start", "hvp", "dropout")
+REG_OPTIONS = (
+    "eps_vat", "eps_tangent", "eps_normal", "normalize", "normal", "normal_start", "hvp", "dropout", "chart_tag",
+)  # fmt: skip
 
 
 def plot_perturbations(args: argparse.Namespace, method: str, run: dict, n: int = 6) -> None:
@@ -446,7 +453,7 @@ def plot_perturbations(args: argparse.Namespace, method: str, run: dict, n: int 
     if not weights.exists():  # the classifiers are not kept with the results (.gitignore): a copy has only the JSONs
         print(f"{method}: no {weights}, its perturbations are not drawn (train seed {seed} again to draw them)")
         return
-    args = argparse.Namespace(**(vars(args) | {k: run["config"][k] for k in REG_OPTIONS}))
+    args = argparse.Namespace(**(vars(args) | {k: run["config"][k] for k in REG_OPTIONS if k in run["config"]}))
     _, _, xt, _ = load(args)
     model = SmallCNN(drop=args.dropout)
     model.load_state_dict(torch.load(weights, weights_only=True))
@@ -516,6 +523,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lgan-epochs", type=int, default=3, help="Localized-GAN training epochs")
     p.add_argument("--lgan-latent", type=int, default=10, help="Localized-GAN latent dimension")
     p.add_argument("--chart-seed", type=int, default=0, help="seeds the charts' training")
+    p.add_argument("--chart-tag", default="", help="names a second chart, charts/<kind>@<tag> (empty: charts/<kind>)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--synthetic", action="store_true", help="random tensors instead of FashionMNIST")
     add_data_dir(p)
@@ -546,8 +554,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.entropy < 0 or not 0 <= args.dropout < 1:
         p.error("--entropy must be >= 0 and --dropout in [0, 1)")
-    if args.tag and not all(c.isalnum() or c in "._-" for c in args.tag):
-        p.error(f"--tag may hold letters, digits and . _ - only, got {args.tag!r}")
+    for name in ("tag", "chart_tag"):
+        value = getattr(args, name)
+        if value and not all(c.isalnum() or c in "._-" for c in value):
+            p.error(f"--{name.replace('_', '-')} may hold letters, digits and . _ - only, got {value!r}")
     return args
 
 

@@ -282,6 +282,8 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
         [*train, "--methods", "vat,supervised", "--tag", "few", "--per-class", "2"],  # a setting: its own VAT
         [*train, "--methods", "vat", "--tag", "eps1", "--eps-vat", "1"],  # a variant of VAT alone
         [*train, "--methods", "tnar", "--tag", "shrink", "--eps-tangent-final", "0.05", "--tangent-decay-from", "0"],
+        ["--stage", "chart", "--charts", "vae", "--chart-epochs", "1", "--chart-tag", "small", "--latent", "3"],
+        [*train, "--methods", "tnar", "--tag", "small", "--chart-tag", "small"],  # the second chart
         ["--stage", "summary"],
     ]
     for stage in stages:
@@ -289,6 +291,7 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     runs = {"supervised", "vat", "tnar", "tnar-lgan", "tnar@l2", "vat@few", "supervised@few", "vat@eps1", "tnar@shrink"}
+    runs.add("tnar@small")
     assert set(summary["runs"]) == runs and not summary["unfinished"]
     for name, row in summary["runs"].items():
         assert row["seeds"] == [0, 1] and row["test_error"]["n"] == 2, name
@@ -321,6 +324,12 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     shrink = json.loads((tmp_path / "seed0" / "tnar@shrink.json").read_text())
     expected = [0.25 + it / 3 * (0.05 - 0.25) for it in (1, 2)]
     assert [r["eps_tangent"] for r in shrink["log"]] == pytest.approx(expected)
+    # --chart-tag: a second chart beside the first, each run recording the chart it used
+    small = json.loads((tmp_path / "seed0" / "tnar@small.json").read_text())
+    assert (small["config"]["chart_config"]["latent"], tnar["config"]["chart_config"]["latent"]) == (3, 20)
+    assert {"vae", "vae@small"} <= {p.name for p in (tmp_path / "charts").iterdir()}
+    assert json.loads((tmp_path / "charts" / "vae@small.json").read_text())["config"]["latent"] == 3
+    assert "chart_config" not in runs[0, "vat"]["config"]
     few = json.loads((tmp_path / "seed0" / "supervised@few.json").read_text())
     assert len(few["labeled_indices"]) == 20 and few["config"]["per_class"] == 2
     assert runs[0, "vat"]["log"][0]["l2_r_adv"] == pytest.approx(2.0, rel=1e-4)  # --eps-vat
@@ -335,6 +344,12 @@ def test_fashion_ssl_protocol_on_generated_images(tmp_path):
     assert not (tmp_path / "perturbations-lgan.png").exists() and (tmp_path / "perturbations.png").exists()
     bad = subprocess.run([*script, "--stage", "train", "--tag", "a/b"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--tag" in bad.stderr
+    bad = subprocess.run([*script, "--stage", "chart", "--chart-tag", "../x"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--chart-tag may hold letters" in bad.stderr
+    bad = subprocess.run(
+        [*script, "--stage", "train", "--methods", "tnar", "--chart-tag", "none"], capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and f"needs the chart {tmp_path / 'charts' / 'vae@none'}" in bad.stderr
     bad = subprocess.run([*script, "--stage", "train", "--eps-tangent-final", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--eps-tangent-final must be a finite number > 0" in bad.stderr
 

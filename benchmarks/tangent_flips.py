@@ -1,5 +1,6 @@
 """How often does a tangent perturbation change an image's class? FashionMNIST test images moved
-along the VAE chart of ``benchmarks/fashion_ssl.py`` (its ``charts/vae``), by the tangent step
+along the VAE chart of ``benchmarks/fashion_ssl.py`` (its ``charts/vae``, or ``charts/vae@<tag>``
+with ``--chart-tag``), by the tangent step
 TNAR trains on, judged by an *oracle*: a SmallCNN trained on every labelled training image
 outside the validation split (trained once, kept as ``charts/oracle_e<epochs>_s<seed>.pt``).
 
@@ -155,13 +156,14 @@ def run(args: argparse.Namespace) -> dict:
         chart = VAE(tuple(x.shape[1:]), latent=4, width=4)
         train_chart(chart, x, epochs=1, batch_size=128)
     else:
-        path = args.results / "charts" / "vae"  # fashion_ssl.py's chart_path
+        path = args.results / "charts" / (f"vae@{args.chart_tag}" if args.chart_tag else "vae")  # as fashion_ssl
         if not path.exists():
             raise SystemExit(f"error: no chart {path}: run benchmarks/fashion_ssl.py --stage chart first")
         chart = load_chart(path)
     chart.requires_grad_(False)
     judge = oracle(args, x, y)
     report = {"oracle_test_error": 100.0 * float((predict(judge, x_test) != y_test).float().mean()), "n": len(xt)}
+    report |= {"chart": {"tag": args.chart_tag, "config": chart.config}}
     report |= {"eps_tangent": args.eps_tangent, "partial": True, "missing": missing, "results": {}}
     with progress_bar() as bar:
         task = bar.add_task("classifiers", total=len(jobs))
@@ -201,7 +203,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", action="store_true", help="random tensors, a throwaway chart and classifiers")
     add_data_dir(p)
     p.add_argument("--results", type=Path, default=RESULTS, help="fashion_ssl.py's results (charts, classifiers)")
-    p.add_argument("--out", type=Path, default=None, help="report (default: <results>/tangent_flips.json)")
+    p.add_argument("--chart-tag", default="", help="the moves follow charts/vae@<tag> (empty: charts/vae)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="report (default: <results>/tangent_flips[@<chart-tag>].json)"
+    )
     args = p.parse_args(argv)
     args.runs = [r for r in args.runs.split(",") if r]
     try:
@@ -216,7 +221,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("n", "oracle_epochs", "val_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    args.out = args.out or args.results / "tangent_flips.json"
+    if args.chart_tag and not all(c.isalnum() or c in "._-" for c in args.chart_tag):
+        p.error(f"--chart-tag may hold letters, digits and . _ - only, got {args.chart_tag!r}")
+    args.out = args.out or args.results / (
+        f"tangent_flips@{args.chart_tag}.json" if args.chart_tag else "tangent_flips.json"
+    )
     args.per_class = 10  # split()'s check: enough training images left
     return args
 

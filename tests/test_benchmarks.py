@@ -416,6 +416,7 @@ def test_tangent_flips_on_generated_images(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "f.json").read_text())
     assert report["partial"] is False and set(report["results"]) == {"a, seed 0", "b, seed 0"}
+    assert report["chart"]["tag"] == "" and report["chart"]["config"]["latent"] == 4  # the chart the moves follow
     for row in report["results"].values():
         assert set(row) == {"0.1", "0.5", "test_error", "test_error_per_class", "confusion"}
         assert 0 <= row["test_error"] <= 100 and len(row["test_error_per_class"]) == 10
@@ -427,6 +428,8 @@ def test_tangent_flips_on_generated_images(tmp_path):
                 assert len(move["oracle_flip_per_class"]) == 10
     bad = subprocess.run([*cmd, "--eps-tangent", "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--eps-tangent must be finite numbers > 0" in bad.stderr
+    bad = subprocess.run([*cmd, "--chart-tag", "../vae"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--chart-tag may hold letters" in bad.stderr
     real = [*cmd[:2], "--results", str(tmp_path), "--runs", "a", "--seeds", "0"]  # no classifier saved there
     bad = subprocess.run(real, capture_output=True, text=True)
     assert bad.returncode != 0 and f"no classifier of a, seed 0 in {tmp_path}" in bad.stderr

@@ -117,10 +117,18 @@ def split(x: Tensor, y: Tensor, args: argparse.Namespace) -> tuple[tuple[Tensor,
     return (x[:cut], y[:cut]), (x[cut:], y[cut:])
 
 
-def chart_path(args: argparse.Namespace, kind: str) -> Path:
-    """Where the chart ``kind`` is saved: a model directory (safetensors + JSON), ``charts/<kind>``,
-    or ``charts/<kind>@<tag>`` for ``--chart-tag`` (a second chart beside the first)."""
-    return args.out / "charts" / (f"{kind}@{args.chart_tag}" if args.chart_tag else kind)
+def chart_path(out: Path, kind: str, tag: str = "") -> Path:
+    """Where the chart ``kind`` is saved under the results ``out``: a model directory (safetensors +
+    JSON), ``charts/<kind>``, or ``charts/<kind>@<tag>`` for ``--chart-tag`` (a second chart)."""
+    return out / "charts" / (f"{kind}@{tag}" if tag else kind)
+
+
+def check_tags(p: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """Tags name files: letters, digits and ``. _ -`` only (never a path)."""
+    for name in names:
+        value = getattr(args, name)
+        if value and not all(c.isalnum() or c in "._-" for c in value):
+            p.error(f"--{name.replace('_', '-')} may hold letters, digits and . _ - only, got {value!r}")
 
 
 # the LGAN's training settings (train_lgan's defaults, the Jacobian term on 16 of every 64 images)
@@ -170,7 +178,7 @@ def train_one_chart(kind: str, x: Tensor, xt: Tensor, args: argparse.Namespace) 
         info = {"kind": kind, "config": chart.config, "train": {"epochs": args.lgan_epochs, **LGAN_TRAIN}}
         info |= {"history": history, "held_out_before": before, "held_out_after": held_out(chart, xt)}
     info |= {"images": len(x), "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start}
-    path = chart_path(args, kind)
+    path = chart_path(args.out, kind, args.chart_tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_model(chart, path)
     write_json(path.parent / f"{path.name}.json", info)
@@ -183,7 +191,7 @@ def make_reg(method: str, model: nn.Module, args: argparse.Namespace) -> Any:
         return None
     if method == "vat":
         return robustreg.VAT(model, eps=args.eps_vat, method=fd)
-    path = chart_path(args, "lgan" if method == "tnar-lgan" else "vae")
+    path = chart_path(args.out, "lgan" if method == "tnar-lgan" else "vae", args.chart_tag)
     if not path.exists():
         raise SystemExit(f"error: {method} needs the chart {path}: run --stage chart first")
     chart = load_chart(path)
@@ -554,10 +562,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.entropy < 0 or not 0 <= args.dropout < 1:
         p.error("--entropy must be >= 0 and --dropout in [0, 1)")
-    for name in ("tag", "chart_tag"):
-        value = getattr(args, name)
-        if value and not all(c.isalnum() or c in "._-" for c in value):
-            p.error(f"--{name.replace('_', '-')} may hold letters, digits and . _ - only, got {value!r}")
+    check_tags(p, args, ("tag", "chart_tag"))
     return args
 
 

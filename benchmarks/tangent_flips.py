@@ -40,7 +40,7 @@ from robustreg import cli
 from robustreg.charts import VAE, load_chart, train_chart
 from robustreg.models import SmallCNN
 
-from fashion_ssl import RESULTS, add_data_dir, load, split
+from fashion_ssl import RESULTS, add_data_dir, chart_path, check_tags, load, split
 from reporting import progress_bar, write_json
 
 CLASSES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
         chart = VAE(tuple(x.shape[1:]), latent=4, width=4)
         train_chart(chart, x, epochs=1, batch_size=128)
     else:
-        path = args.results / "charts" / (f"vae@{args.chart_tag}" if args.chart_tag else "vae")  # as fashion_ssl
+        path = chart_path(args.results, "vae", args.chart_tag)
         if not path.exists():
             raise SystemExit(f"error: no chart {path}: run benchmarks/fashion_ssl.py --stage chart first")
         chart = load_chart(path)
@@ -221,8 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("n", "oracle_epochs", "val_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.chart_tag and not all(c.isalnum() or c in "._-" for c in args.chart_tag):
-        p.error(f"--chart-tag may hold letters, digits and . _ - only, got {args.chart_tag!r}")
+    check_tags(p, args, ("chart_tag",))
     args.out = args.out or args.results / (
         f"tangent_flips@{args.chart_tag}.json" if args.chart_tag else "tangent_flips.json"
     )

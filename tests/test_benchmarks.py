@@ -436,6 +436,51 @@ def test_tangent_flips_on_generated_images(tmp_path):
     assert not (tmp_path / "tangent_flips.json").exists()
 
 
+def test_dropout_power_eigenpairs_against_the_exact_power_iteration():
+    from robustreg.func import per_sample_normalize, power_steps
+    from robustreg.models import SmallCNN
+    from robustreg.ssl.base import kl_hessian_product
+
+    dp = _benchmark("dropout_power")
+    torch.manual_seed(0)
+    model = SmallCNN().double().eval()
+    torch.nn.init.normal_(model.classifier[-1].weight, std=0.3)  # (zero at init: p uniform, H of rank 9 all the same)
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    lam, u, jac, fisher = dp.top_eigenpairs(model, x)
+    hess = kl_hessian_product(model, x, model(x).detach(), method="hvp", xi=1e-6)  # forward-over-reverse H·v
+    _, estimate = power_steps(hess, per_sample_normalize(torch.randn_like(x)), iters=300)
+    torch.testing.assert_close(lam, estimate, rtol=1e-6, atol=0)
+    torch.testing.assert_close(hess(u), lam.view(-1, 1, 1, 1) * u, rtol=0, atol=1e-10 * float(lam.max()))
+    torch.testing.assert_close(u.flatten(1).norm(dim=1), torch.ones(3, dtype=torch.float64))
+    p = torch.softmax(model(x), dim=1)
+    torch.testing.assert_close(fisher, torch.diag_embed(p) - p[:, :, None] * p[:, None, :])
+    d = per_sample_normalize(torch.randn_like(x))
+    torch.testing.assert_close(dp.curvature(jac, fisher, d), (d * hess(d)).flatten(1).sum(1))
+    assert bool((dp.curvature(jac, fisher, d) < lam).all())  # a random direction: below the top
+
+
+def test_dropout_power_on_generated_images(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "dropout_power.py"), "--synthetic", "--n", "48", "--batch", "32",
+           "--runs", "a", "--seeds", "0", "--out", str(tmp_path / "d.json")]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["partial"] is False and report["n"] == 48 and list(report["results"]) == ["a, seed 0"]
+    row = report["results"]["a, seed 0"]
+    assert row["lambda_max_mean"] > 0 and row["eps"] == 2.0
+    for name in ("random", "fd-eval", "hvp-eval", "fd-dropout", "hvp-dropout"):
+        stats = row[name]
+        assert -1e-6 <= stats["ratio"]["mean"] <= 1 + 1e-6 and -1e-6 <= stats["pooled_ratio"] <= 1 + 1e-6
+        assert 0 <= stats["cos"]["median"] <= 1 + 1e-6 and stats["pooled_kl_ratio"] >= 0
+    assert row["random"]["ratio"]["mean"] < row["hvp-eval"]["ratio"]["mean"]  # one power step beats its start
+    bad = subprocess.run([*cmd, "--dropout", "1"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--dropout must be in (0, 1), got 1.0" in bad.stderr
+    real = [*cmd[:2], "--results", str(tmp_path), "--runs", "a", "--seeds", "0"]  # no classifier saved there
+    bad = subprocess.run(real, capture_output=True, text=True)
+    assert bad.returncode != 0 and f"no classifier of a, seed 0 in {tmp_path}" in bad.stderr
+    assert not (tmp_path / "dropout_power.json").exists()
+
+
 def test_threads_reports_the_ratio_of_two_threads_to_one(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "threads.py"), "--workloads", "rings-vat,rings-trades",
            "--repeats", "2", "--warmup", "0", "--out", str(tmp_path / "threads.json")]  # fmt: skip

@@ -1,7 +1,7 @@
 """Does VAT's power step still find the direction of largest curvature when dropout is on? Measured
 on the FashionMNIST classifiers of ``benchmarks/fashion_ssl.py``.
 
-    python benchmarks/dropout_power.py --runs vat@do0.5,tnar@do0.5,vat --seeds 0
+    python benchmarks/dropout_power.py --runs vat@do0.5,tnar@do0.5,vat@it8k --seeds 0,1,2
 
 For a classifier in eval mode and an image x, the KL's Hessian in the input at r = 0 is exact and of
 rank at most C − 1:
@@ -47,7 +47,7 @@ from robustreg.models import SmallCNN
 
 from fashion_ssl import RESULTS, add_data_dir, load
 from reporting import progress_bar, write_json
-from tangent_flips import train_oracle
+from tangent_flips import classifier_jobs, train_oracle
 
 DIRECTIONS = ("random", "fd-eval", "hvp-eval", "fd-dropout", "hvp-dropout")
 
@@ -141,15 +141,20 @@ def measure(model: nn.Module, x: Tensor, eps: float, batch: int, seed: int) -> d
     return out
 
 
+def run_eps(path: Path) -> float:
+    """VAT's ε of the run whose JSON is ``path`` (its ``config.eps_vat``); a missing, truncated or
+    edited JSON stops with its path."""
+    try:
+        eps = float(json.loads(path.read_text())["config"]["eps_vat"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"error: no VAT ε in {path} ({type(err).__name__}: {err})") from None
+    if not 0 < eps < float("inf"):
+        raise SystemExit(f"error: {path}: eps_vat must be a finite number > 0, got {eps}")
+    return eps
+
+
 def run(args: argparse.Namespace) -> dict:
-    jobs = [(s, r) for s in args.seeds for r in args.runs]
-    weights = {job: args.results / f"seed{job[0]}" / f"{job[1]}.classifier.pt" for job in jobs}
-    missing = [] if args.synthetic else [f"{r}, seed {s}" for (s, r) in jobs if not weights[s, r].exists()]
-    if len(missing) == len(jobs):
-        raise SystemExit(f"error: no classifier of {', '.join(missing)} in {args.results}: train with fashion_ssl.py")
-    if missing:
-        print(f"no classifier of {', '.join(missing)}: skipped")
-        jobs = [(s, r) for (s, r) in jobs if f"{r}, seed {s}" not in missing]
+    jobs, weights, missing = classifier_jobs(args)
     x, y, x_test, _ = load(args)
     xt = x_test[: args.n]
     report = {"n": len(xt), "dropout": args.dropout, "partial": True, "missing": missing, "results": {}}
@@ -162,8 +167,7 @@ def run(args: argparse.Namespace) -> dict:
             else:
                 model = SmallCNN(drop=args.dropout)
                 model.load_state_dict(torch.load(weights[seed, name], weights_only=True))
-                config = json.loads(weights[seed, name].with_name(f"{name}.json").read_text())["config"]
-                eps = float(config["eps_vat"])
+                eps = run_eps(weights[seed, name].with_name(f"{name}.json"))
             row = measure(model, xt, eps, args.batch, seed) | {"eps": eps}
             report["results"][f"{name}, seed {seed}"] = row
             write_json(args.out, report)
@@ -175,8 +179,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=cli.summary(__doc__), formatter_class=cli.HelpFormatter)
-    p.add_argument("--runs", default="vat@do0.5,tnar@do0.5,vat", help="comma list of the protocol's runs")
-    p.add_argument("--seeds", default="0", help="comma list of seeds")
+    p.add_argument("--runs", default="vat@do0.5,tnar@do0.5,vat@it8k", help="comma list of the protocol's runs")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--n", type=int, default=500, help="test images")
     p.add_argument("--batch", type=int, default=100, help="images per pass")
     p.add_argument("--dropout", type=float, default=0.5, help="dropout of the *-dropout directions' passes")

@@ -139,7 +139,10 @@ def test_errors(model: nn.Module, x: Tensor, y: Tensor) -> dict:
             "confusion": confusion.tolist()}  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> dict:
+def classifier_jobs(args: argparse.Namespace) -> tuple[list[tuple[int, str]], dict, list[str]]:
+    """``(jobs, weights, missing)``: the (seed, run) pairs of ``--seeds`` × ``--runs`` whose classifier
+    ``<results>/seed<N>/<run>.classifier.pt`` exists (every pair with ``--synthetic``), their weight
+    files, and the pairs without one (skipped, named; an error when none is left)."""
     jobs = [(s, r) for s in args.seeds for r in args.runs]
     weights = {job: args.results / f"seed{job[0]}" / f"{job[1]}.classifier.pt" for job in jobs}
     missing = [] if args.synthetic else [f"{r}, seed {s}" for (s, r) in jobs if not weights[s, r].exists()]
@@ -148,6 +151,11 @@ def run(args: argparse.Namespace) -> dict:
     if missing:  # a run trained on some seeds only (as TAR and NAR at 8000 iterations): measured where it exists
         print(f"no classifier of {', '.join(missing)}: skipped")
         jobs = [(s, r) for (s, r) in jobs if f"{r}, seed {s}" not in missing]
+    return jobs, weights, missing
+
+
+def run(args: argparse.Namespace) -> dict:
+    jobs, weights, missing = classifier_jobs(args)
     x, y, x_test, y_test = load(args)
     (x, y), _ = split(x, y, args)
     xt, yt = x_test[: args.n], y_test[: args.n]  # the images moved

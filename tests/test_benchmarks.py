@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -457,6 +458,21 @@ def test_dropout_power_eigenpairs_against_the_exact_power_iteration():
     d = per_sample_normalize(torch.randn_like(x))
     torch.testing.assert_close(dp.curvature(jac, fisher, d), (d * hess(d)).flatten(1).sum(1))
     assert bool((dp.curvature(jac, fisher, d) < lam).all())  # a random direction: below the top
+
+
+def test_dropout_power_reads_eps_from_the_run_json_and_names_a_bad_one(tmp_path):
+    run_eps = _benchmark("dropout_power").run_eps
+    good = tmp_path / "vat.json"
+    good.write_text(json.dumps({"config": {"eps_vat": 2.5}}))
+    assert run_eps(good) == 2.5
+    cases = {"truncated.json": '{"config": {"eps_v', "no_eps.json": '{"config": {}}',
+             "zero.json": '{"config": {"eps_vat": 0}}'}  # fmt: skip
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit, match=re.escape(str(tmp_path / name))):
+            run_eps(tmp_path / name)
+    with pytest.raises(SystemExit, match=re.escape(str(tmp_path / "absent.json"))):
+        run_eps(tmp_path / "absent.json")
 
 
 def test_dropout_power_on_generated_images(tmp_path):
